@@ -1,0 +1,31 @@
+# Two commands set up everything on a fresh Linux machine with Python >= 3.11: `make up`, `make test`.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip
+# CPU build of torch: never pulls CUDA wheels on a CPU box. GPU boxes: make TORCH_SPEC="torch==2.13.0" TORCH_INDEX=... install
+TORCH_SPEC  ?= torch==2.13.0
+TORCH_INDEX ?=
+
+.PHONY: install up test bench clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install -q $(TORCH_INDEX) "$(TORCH_SPEC)"
+	$(PIP) install -q -e ".[test]"
+	$(PY) -m poseloop.cli weights fetch --quiet || echo "warning: pretrained backbone weights not fetched (offline?); they are fetched on first use"
+	touch $@
+
+install: $(VENV)/.installed
+
+up: install
+	$(VENV)/bin/poseloop up
+
+test: install
+	$(VENV)/bin/pytest -q
+
+bench: install
+	$(VENV)/bin/poseloop bench infer
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache
