@@ -1,0 +1,119 @@
+"""Top-down samples: person record → (augmented) affine crop → normalised tensor + heatmap targets.
+
+One crop affine per sample maps image pixels to crop pixels; keypoints go through the same matrix, so image and
+targets can never disagree. Random draws come from a per-sample generator seeded by (seed, epoch, index):
+reproducible, and different across DataLoader workers.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from models.codec import HeatmapCodec
+from models.geometry import (
+    Size, box_to_center_scale, compose_affine, crop_affine, flip_affine, normalize_crop, transform_points,
+    warp_image,
+)
+from models.schemas import get_schema
+from training.config import AugmentConfig
+from training.datasets.records import PersonRecord
+
+
+@lru_cache(maxsize=8192)
+def _read_rgb(path: str) -> np.ndarray:
+    image = cv2.imread(path, cv2.IMREAD_COLOR)
+    if image is None:
+        raise FileNotFoundError(f"cannot read image {path}")
+    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+
+
+def read_rgb(path: str | Path) -> np.ndarray:
+    """HxWx3 RGB uint8 (cached: datasets here are small; callers must not modify the array)."""
+    return _read_rgb(str(path))
+
+
+@dataclass(frozen=True)
+class CropParams:
+    scale: float = 1.0
+    rotation: float = 0.0
+    flip: bool = False
+
+    @classmethod
+    def sample(cls, rng: np.random.Generator, cfg: AugmentConfig) -> "CropParams":
+        sf, rf = cfg.scale_factor, cfg.rotation_factor
+        scale = float(np.clip(rng.normal(1.0, sf), 1 - sf, 1 + sf))
+        rotation = float(np.clip(rng.normal(0.0, rf), -2 * rf, 2 * rf)) if rng.random() < cfg.rotation_prob else 0.0
+        return cls(scale, rotation, bool(rng.random() < cfg.flip_prob))
+
+
+def sample_affine(box: np.ndarray, out: Size, padding: float, params: CropParams) -> np.ndarray:
+    """Image → crop affine for one person; a flip mirrors the crop (applied after the crop)."""
+    center, size = box_to_center_scale(box, out.aspect, padding)
+    matrix = crop_affine(center, size * params.scale, params.rotation, out)
+    return compose_affine(flip_affine(out.w), matrix) if params.flip else matrix
+
+
+class TopDownDataset(Dataset):
+    """Labeled or unlabeled person crops.
+
+    Item keys: image (3, H, W) float32 normalised; affine (2, 3) image→crop; index. Labeled records add
+    heatmaps (K, h, w), target_weight (K,), keypoints (K, 2) in crop pixels.
+    `augment=None` gives the deterministic evaluation crop.
+    """
+
+    def __init__(self, records: list[PersonRecord], codec: HeatmapCodec, mean, std, padding: float = 1.25,
+                 augment: AugmentConfig | None = None, seed: int = 0):
+        if not records:
+            raise ValueError("empty record list")
+        self.records = records
+        self.codec = codec
+        self.mean = np.asarray(mean, np.float32)
+        self.std = np.asarray(std, np.float32)
+        self.padding = padding
+        self.augment = augment
+        self.seed = seed
+        self.epoch = 0
+        self.flip_index = get_schema(records[0].schema).flip_index
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def crop_params(self, index: int) -> CropParams:
+        if self.augment is None:
+            return CropParams()
+        rng = np.random.default_rng([self.seed, self.epoch, index])
+        return CropParams.sample(rng, self.augment)
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        record = self.records[index]
+        image = read_rgb(record.image_path)
+        params = self.crop_params(index)
+        size = self.codec.input_size
+        affine = sample_affine(record.box, size, self.padding, params)
+        crop = warp_image(image, affine, size)
+        item = {
+            "image": torch.from_numpy(normalize_crop(crop, self.mean, self.std)),
+            "affine": torch.from_numpy(affine.astype(np.float32)),
+            "index": torch.tensor(index),
+        }
+        if record.keypoints is not None:
+            keypoints = transform_points(record.keypoints, affine)
+            labeled = np.asarray(record.visibility) > 0
+            if params.flip:
+                keypoints, labeled = keypoints[self.flip_index], labeled[self.flip_index]
+            heatmaps, weight = self.codec.encode(keypoints, labeled)
+            item.update(
+                heatmaps=torch.from_numpy(heatmaps),
+                target_weight=torch.from_numpy(weight),
+                keypoints=torch.from_numpy(keypoints.astype(np.float32)),
+            )
+        return item

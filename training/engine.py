@@ -1,0 +1,298 @@
+"""The one training loop: data, optimisation, AMP, logging, validation, checkpoints and resume.
+
+Methods (training/methods) only say what one step computes; everything else lives here.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from models.codec import HeatmapCodec
+from models.network import build_model
+from training.config import TrainConfig
+from training.data import Splits, build_splits
+from training.datasets.records import PersonRecord
+from training.datasets.topdown import TopDownDataset
+from training.evaluator import evaluate_model, metric_name
+from training.methods import LabeledBatch, Method, UnlabeledBatch, build_method
+from training.plots import plot_curves
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def pick_device(requested: str | None = None) -> torch.device:
+    if requested:
+        return torch.device(requested)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def git_commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                              cwd=Path(__file__).parent, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def codec_for(config: TrainConfig) -> HeatmapCodec:
+    return HeatmapCodec.for_input(config.data.input_size, config.codec.stride, config.codec.sigma,
+                                  config.codec.refinement)
+
+
+def atomic_save(obj, path: Path) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    torch.save(obj, tmp)
+    with open(tmp, "rb") as f:
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+class InfiniteLoader:
+    """Endless shuffled batches; resumable exactly at (epoch, batch) so a resumed run sees the same data.
+
+    Each epoch's order comes from a generator seeded by (seed, epoch); sets smaller than a batch are drawn
+    with replacement. The dataset's epoch (its augmentation draw) advances with each pass.
+    """
+
+    def __init__(self, dataset: TopDownDataset, batch_size: int, seed: int, num_workers: int,
+                 position: tuple[int, int] = (0, 0)):
+        self.dataset = dataset
+        self.batch_size = batch_size
+        self.seed = seed
+        self.num_workers = num_workers
+        self.epoch, self.batch = position
+
+    @property
+    def position(self) -> tuple[int, int]:
+        return self.epoch, self.batch
+
+    def _batches(self) -> list[list[int]]:
+        n, b = len(self.dataset), self.batch_size
+        g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        order = torch.randperm(n, generator=g) if n >= b else torch.randint(n, (b,), generator=g)
+        return [order[i:i + b].tolist() for i in range(0, len(order) - b + 1, b)]
+
+    def __iter__(self) -> Iterator[dict]:
+        while True:
+            self.dataset.set_epoch(self.epoch)
+            batches = self._batches()[self.batch:]
+            loader = DataLoader(self.dataset, batch_sampler=batches, num_workers=self.num_workers)
+            for item in loader:
+                self.batch += 1
+                yield item
+            self.epoch, self.batch = self.epoch + 1, 0
+
+
+def lr_factor(step: int, config: TrainConfig) -> float:
+    o = config.optim
+    factor = o.gamma ** sum(step >= int(m * o.iterations) for m in o.milestones)
+    if o.warmup_iterations and step < o.warmup_iterations:
+        factor *= (step + 1) / o.warmup_iterations
+    return factor
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    best_metric: float
+    best_step: int
+    final_metrics: dict[str, float]
+    steps: int
+    wall_time_s: float
+    stopped_reason: str | None = None
+
+
+class Trainer:
+    """Builds everything a config describes and runs (or resumes) it."""
+
+    def __init__(self, config: TrainConfig, device: str | None = None, splits: Splits | None = None,
+                 unlabeled: list[PersonRecord] | None = None, init_checkpoint: str | None = None):
+        self.config = config
+        self.device = pick_device(device)
+        seed_everything(config.seed)
+        self.splits = splits or build_splits(config.data)
+        self.codec = codec_for(config)
+        student = build_model(config.model)
+        if init_checkpoint:
+            state = torch.load(init_checkpoint, map_location="cpu", weights_only=True)
+            student.load_state_dict(state["model"])
+        self.method: Method = build_method(config.method.name, student, **config.method.params).to(self.device)
+        self.mean, self.std = student.mean, student.std
+        self.optimizer = self._optimizer()
+        self.amp = config.optim.amp and self.device.type == "cuda"
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
+        self.run_dir = config.run_dir
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.unlabeled = unlabeled
+        self.step = 0
+        self.best_metric = -math.inf
+        self.best_step = -1
+        self.positions: dict[str, tuple[int, int]] = {"labeled": (0, 0), "unlabeled": (0, 0)}
+        self.history: list[dict] = []
+
+    # ------------------------------------------------------------------ setup
+    def _optimizer(self) -> torch.optim.Optimizer:
+        o = self.config.optim
+        params = self.method.trainable_parameters()
+        cls = torch.optim.AdamW if o.optimizer == "adamw" else torch.optim.Adam
+        return cls(params, lr=o.lr, weight_decay=o.weight_decay)
+
+    def _dataset(self, records: list[PersonRecord], seed_offset: int) -> TopDownDataset:
+        d = self.config.data
+        return TopDownDataset(records, self.codec, self.mean, self.std, d.padding, d.augment,
+                              seed=self.config.seed * 1000 + seed_offset)
+
+    # ------------------------------------------------------------------ checkpoints
+    @property
+    def last_path(self) -> Path:
+        return self.run_dir / "last.pt"
+
+    def save_checkpoint(self) -> None:
+        atomic_save({
+            "step": self.step,
+            "method": self.method.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "best_metric": self.best_metric,
+            "best_step": self.best_step,
+            "positions": self.positions,
+            "torch_rng": torch.get_rng_state(),
+            "config": self.config.model_dump(mode="json"),
+            "git_commit": git_commit(),
+        }, self.last_path)
+
+    def try_resume(self) -> bool:
+        if not self.last_path.exists():
+            return False
+        state = torch.load(self.last_path, map_location="cpu", weights_only=False)
+        if state["config"] != self.config.model_dump(mode="json"):
+            raise RuntimeError(f"{self.last_path} was written by a different config; use a new run name or delete it")
+        self.method.load_state_dict(state["method"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.step, self.best_metric, self.best_step = state["step"], state["best_metric"], state["best_step"]
+        self.positions = {k: tuple(v) for k, v in state["positions"].items()}
+        torch.set_rng_state(state["torch_rng"])
+        return True
+
+    def save_best(self, metrics: dict[str, float]) -> None:
+        atomic_save({
+            "model": self.method.student.state_dict(),
+            "model_config": self.config.model.model_dump(mode="json"),
+            "config": self.config.model_dump(mode="json"),
+            "metrics": metrics,
+            "step": self.step,
+            "trained_on": self.splits.description,
+            "git_commit": git_commit(),
+        }, self.run_dir / "best.pt")
+
+    # ------------------------------------------------------------------ validation and logs
+    def validate(self) -> dict[str, float]:
+        e = self.config.eval
+        return evaluate_model(self.method.student, self.splits.val, self.config.data.dataset, self.codec,
+                              self.mean, self.std, self.config.data.padding, e.flip_test, e.batch_size,
+                              self.device, coco_gt=self.config.data.val_ann_file)
+
+    def log(self, row: dict) -> None:
+        self.history.append(row)
+        with open(self.run_dir / "metrics.jsonl", "a") as f:
+            f.write(json.dumps(row) + "\n")
+
+    def _load_history(self) -> None:
+        path = self.run_dir / "metrics.jsonl"
+        if path.exists():
+            rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+            self.history = [r for r in rows if r.get("step", 0) <= self.step]
+            path.write_text("".join(json.dumps(r) + "\n" for r in self.history))
+
+    # ------------------------------------------------------------------ the loop
+    def fit(self, resume: bool = True, progress: bool = True) -> TrainResult:
+        cfg = self.config
+        if resume and self.try_resume():
+            self._load_history()
+        else:
+            (self.run_dir / "metrics.jsonl").unlink(missing_ok=True)
+        (self.run_dir / "config.json").write_text(json.dumps(cfg.model_dump(mode="json"), indent=2))
+        loaders = {"labeled": InfiniteLoader(self._dataset(self.splits.train, 0), cfg.optim.batch_size, cfg.seed,
+                                             cfg.data.num_workers, self.positions["labeled"])}
+        if self.method.needs_unlabeled:
+            if not self.unlabeled:
+                raise ValueError(f"method {cfg.method.name!r} needs unlabeled records")
+            loaders["unlabeled"] = InfiniteLoader(self._dataset(self.unlabeled, 1), cfg.optim.batch_size,
+                                                  cfg.seed + 1, cfg.data.num_workers, self.positions["unlabeled"])
+        labeled = iter(loaders["labeled"])
+        unlabeled = iter(loaders["unlabeled"]) if "unlabeled" in loaders else None
+        start = time.time()
+        stopped = None
+        bar = tqdm(total=cfg.optim.iterations, initial=self.step, disable=not progress, desc=cfg.name,
+                   dynamic_ncols=True)
+        window: dict[str, float] = {}
+        self.method.train()
+        while self.step < cfg.optim.iterations:
+            lb = LabeledBatch.from_item(next(labeled), self.device)
+            ub = UnlabeledBatch.from_item(next(unlabeled), self.device) if unlabeled else None
+            for group in self.optimizer.param_groups:
+                group["lr"] = cfg.optim.lr * lr_factor(self.step, cfg)
+            with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.amp):
+                out = self.method.train_step(lb, ub, self.step)
+            if not torch.isfinite(out.loss):
+                stopped = f"non-finite loss at step {self.step}"
+                break
+            self.optimizer.zero_grad(set_to_none=True)
+            self.scaler.scale(out.loss).backward()
+            if cfg.optim.grad_clip:
+                self.scaler.unscale_(self.optimizer)
+                torch.nn.utils.clip_grad_norm_(self.method.trainable_parameters(), cfg.optim.grad_clip)
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            self.method.after_optimizer_step(self.step)
+            self.step += 1
+            self.positions.update({name: loader.position for name, loader in loaders.items()})
+            for k, v in out.logs.items():
+                window[k] = window.get(k, 0.0) + v
+            window["_n"] = window.get("_n", 0) + 1
+            bar.update(1)
+            if self.step % cfg.schedule.log_every == 0 or self.step == cfg.optim.iterations:
+                n = window.pop("_n")
+                row = {"step": self.step, "lr": self.optimizer.param_groups[0]["lr"],
+                       "time_s": round(time.time() - start, 2), **{k: v / n for k, v in window.items()}}
+                window = {}
+                self.log(row)
+                bar.set_postfix({k: f"{v:.4g}" for k, v in row.items() if k.startswith("loss")})
+            if self.step % cfg.schedule.val_every == 0 or self.step == cfg.optim.iterations:
+                self._validate_and_keep_best()
+            if self.step % cfg.schedule.checkpoint_every == 0 or self.step == cfg.optim.iterations:
+                self.save_checkpoint()
+        bar.close()
+        final = self.history[-1] if self.history else {}
+        return TrainResult(self.run_dir, self.best_metric, self.best_step,
+                           {k: v for k, v in final.items() if k.startswith("val/")}, self.step,
+                           time.time() - start, stopped)
+
+    def _validate_and_keep_best(self) -> None:
+        metrics = self.validate()
+        key = metric_name(self.config.data.dataset)
+        row = {"step": self.step, **{f"val/{k}": v for k, v in metrics.items()}}
+        self.log(row)
+        if metrics[key] > self.best_metric:
+            self.best_metric, self.best_step = metrics[key], self.step
+            self.save_best(metrics)
+        plot_curves(self.history, self.run_dir / "curve.png", title=self.config.name, metric=f"val/{key}")
+        self.method.train()
+

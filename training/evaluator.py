@@ -1,0 +1,45 @@
+"""Dataset-specific validation: LSP PCK@0.2, MPII PCKh@0.5, COCO OKS AP — one call for the trainer and CLI."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from models.codec import HeatmapCodec
+from training import evaluation
+from training.datasets.records import PersonRecord
+from training.inference import predict_records
+
+
+def metric_name(dataset: str) -> str:
+    """The scalar that selects the best checkpoint (higher is better)."""
+    return {"lsp": "pck_limbs", "mpii": "pckh", "coco": "ap"}[dataset]
+
+
+def evaluate_model(model: torch.nn.Module, records: list[PersonRecord], dataset: str, codec: HeatmapCodec,
+                   mean, std, padding: float = 1.25, flip_test: bool = False, batch_size: int = 64,
+                   device: torch.device | str = "cpu", coco_gt=None) -> dict[str, float]:
+    """Predict every record and score it; returns flat metrics (percentages for PCK, 0–100 AP)."""
+    pred = predict_records(model, records, codec, mean, std, padding, flip_test, batch_size, device)
+    if dataset == "lsp":
+        gt = np.stack([r.keypoints for r in records])
+        result = evaluation.lsp_pck(pred.keypoints, gt)
+        metrics = {"pck_all": result.subset["all"], "pck_limbs": result.subset["limbs"]}
+        from models.schemas import LSP14
+
+        metrics.update({f"pck/{name}": float(v) for name, v in zip(LSP14.keypoints, result.per_joint)})
+        return metrics
+    if dataset == "mpii":
+        gt = np.stack([r.keypoints for r in records])
+        mask = np.stack([r.visibility > 0 for r in records])
+        heads = np.array([r.head_size if r.head_size else np.nan for r in records], np.float64)
+        result = evaluation.pckh(pred.keypoints, gt, mask, heads)
+        return {"pckh": result.overall}
+    if dataset == "coco":
+        results = []
+        for record, kpts, scores in zip(records, pred.keypoints, pred.scores):
+            flat = np.concatenate([kpts, scores[:, None]], 1).reshape(-1)
+            results.append({"image_id": record.image_id, "category_id": 1, "keypoints": flat.tolist(),
+                            "score": float(scores[scores > 0.2].mean()) if (scores > 0.2).any() else 0.0})
+        stats = evaluation.coco_keypoint_ap(results, coco_gt)
+        return {k.lower(): v for k, v in stats.items()}
+    raise ValueError(f"unknown dataset {dataset!r}")

@@ -1,0 +1,51 @@
+"""PyTorch inference over person records (evaluation and the `predict` command's torch path)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from models.codec import HeatmapCodec
+from models.schemas import get_schema
+from training.datasets.records import PersonRecord
+from training.datasets.topdown import TopDownDataset
+
+
+@dataclass
+class Predictions:
+    keypoints: np.ndarray  # (N, K, 2) source-image pixels
+    scores: np.ndarray     # (N, K) heatmap peak values
+
+
+@torch.inference_mode()
+def predict_heatmaps(model: torch.nn.Module, images: torch.Tensor, flip_index: np.ndarray | None,
+                     codec: HeatmapCodec) -> np.ndarray:
+    """(N, 3, H, W) → (N, K, h, w) numpy; with `flip_index` averages with the flipped-back mirrored pass."""
+    heatmaps = model(images).float().cpu().numpy()
+    if flip_index is not None:
+        mirrored = model(images.flip(-1)).float().cpu().numpy()
+        heatmaps = 0.5 * (heatmaps + codec.flip_back(mirrored, flip_index))
+    return heatmaps
+
+
+def predict_records(model: torch.nn.Module, records: list[PersonRecord], codec: HeatmapCodec, mean, std,
+                    padding: float = 1.25, flip_test: bool = False, batch_size: int = 64,
+                    device: torch.device | str = "cpu", num_workers: int = 0) -> Predictions:
+    """Keypoints in image pixels for each record's box (eval crop, no augmentation)."""
+    dataset = TopDownDataset(records, codec, mean, std, padding=padding, augment=None)
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
+    flip_index = get_schema(records[0].schema).flip_index if flip_test else None
+    was_training = model.training
+    model.eval()
+    keypoints, scores = [], []
+    try:
+        for item in loader:
+            heatmaps = predict_heatmaps(model, item["image"].to(device), flip_index, codec)
+            crop_kpts, crop_scores = codec.decode(heatmaps)
+            keypoints.append(codec.to_image(crop_kpts, item["affine"].numpy()))
+            scores.append(crop_scores)
+    finally:
+        model.train(was_training)
+    return Predictions(np.concatenate(keypoints), np.concatenate(scores))

@@ -1,0 +1,54 @@
+"""What every method shares: named batches, the step output, and the Method interface."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+import torch
+from torch import nn
+
+
+@dataclass
+class LabeledBatch:
+    images: torch.Tensor         # (N, 3, H, W) normalised
+    heatmaps: torch.Tensor       # (N, K, h, w)
+    target_weight: torch.Tensor  # (N, K)
+
+    @classmethod
+    def from_item(cls, item: dict, device: torch.device) -> "LabeledBatch":
+        return cls(*(item[k].to(device, non_blocking=True) for k in ("image", "heatmaps", "target_weight")))
+
+
+@dataclass
+class UnlabeledBatch:
+    images: torch.Tensor         # (N, 3, H, W) normalised easy view (base augmentation only)
+
+    @classmethod
+    def from_item(cls, item: dict, device: torch.device) -> "UnlabeledBatch":
+        return cls(item["image"].to(device, non_blocking=True))
+
+
+@dataclass
+class StepOutput:
+    loss: torch.Tensor
+    logs: dict[str, float] = field(default_factory=dict)
+
+
+class Method(nn.Module):
+    """Owns the networks it trains. `student` is the network that is validated, exported and served."""
+
+    method_name: ClassVar[str] = ""
+    needs_unlabeled: ClassVar[bool] = False
+
+    def __init__(self, student: nn.Module):
+        super().__init__()
+        self.student = student
+
+    def train_step(self, labeled: LabeledBatch, unlabeled: UnlabeledBatch | None, step: int) -> StepOutput:
+        raise NotImplementedError
+
+    def after_optimizer_step(self, step: int) -> None:
+        """Hook for teacher updates (EMA, reviewer snapshots); nothing by default."""
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        return [p for p in self.parameters() if p.requires_grad]
