@@ -222,7 +222,8 @@ class Trainer:
             path.write_text("".join(json.dumps(r) + "\n" for r in self.history))
 
     # ------------------------------------------------------------------ the loop
-    def fit(self, resume: bool = True, progress: bool = True) -> TrainResult:
+    def fit(self, resume: bool = True, progress: bool = True, stop_after: int | None = None) -> TrainResult:
+        """Run to `optim.iterations` (or only `stop_after` more steps, leaving a resumable checkpoint)."""
         cfg = self.config
         if resume and self.try_resume():
             self._load_history()
@@ -244,7 +245,8 @@ class Trainer:
                    dynamic_ncols=True)
         window: dict[str, float] = {}
         self.method.train()
-        while self.step < cfg.optim.iterations:
+        end = cfg.optim.iterations if stop_after is None else min(cfg.optim.iterations, self.step + stop_after)
+        while self.step < end:
             lb = LabeledBatch.from_item(next(labeled), self.device)
             ub = UnlabeledBatch.from_item(next(unlabeled), self.device) if unlabeled else None
             for group in self.optimizer.param_groups:
@@ -277,7 +279,7 @@ class Trainer:
                 bar.set_postfix({k: f"{v:.4g}" for k, v in row.items() if k.startswith("loss")})
             if self.step % cfg.schedule.val_every == 0 or self.step == cfg.optim.iterations:
                 self._validate_and_keep_best()
-            if self.step % cfg.schedule.checkpoint_every == 0 or self.step == cfg.optim.iterations:
+            if self.step % cfg.schedule.checkpoint_every == 0 or self.step in (cfg.optim.iterations, end):
                 self.save_checkpoint()
         bar.close()
         final = self.history[-1] if self.history else {}

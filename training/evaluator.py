@@ -31,10 +31,13 @@ def evaluate_model(model: torch.nn.Module, records: list[PersonRecord], dataset:
     if dataset == "mpii":
         gt = np.stack([r.keypoints for r in records])
         mask = np.stack([r.visibility > 0 for r in records])
-        heads = np.array([r.head_size if r.head_size else np.nan for r in records], np.float64)
+        fallback = evaluation.mpii_head_size_from_box(np.stack([r.box for r in records]))
+        heads = np.array([r.head_size or f for r, f in zip(records, fallback)], np.float64)
         result = evaluation.pckh(pred.keypoints, gt, mask, heads)
         return {"pckh": result.overall}
     if dataset == "coco":
+        if coco_gt is None:
+            raise ValueError("COCO evaluation needs the ground-truth annotation file (data.val_ann_file)")
         results = []
         for record, kpts, scores in zip(records, pred.keypoints, pred.scores):
             flat = np.concatenate([kpts, scores[:, None]], 1).reshape(-1)

@@ -35,20 +35,25 @@ def same_padding(size: int, kernel: int, stride: int) -> tuple[int, int]:
 
 
 class SameConv2d(nn.Conv2d):
-    """Bias-free Conv2d with TF "SAME" padding computed from the input's spatial size.
+    """Bias-free Conv2d with TF "SAME" padding (odd kernels).
 
-    For a fixed input size the padding is a constant, so ONNX export traces it as a static Pad (the
-    batch dimension stays dynamic).
+    At stride 1 SAME is the symmetric (k - 1) / 2, so it is the conv's own static padding. At stride 2
+    the padding depends on the input size and is applied with F.pad; for a fixed input size it traces
+    to a constant Pad in ONNX (the legacy exporter warns about converting sizes to Python ints: that is
+    expected, as exported models have a fixed spatial size and only a dynamic batch).
     """
 
     def __init__(self, cin: int, cout: int, kernel: int, stride: int = 1, groups: int = 1) -> None:
-        super().__init__(cin, cout, kernel, stride, padding=0, groups=groups, bias=False)
+        if kernel % 2 == 0 or stride not in (1, 2):
+            raise ValueError(f"SameConv2d supports odd kernels and strides 1, 2; got k={kernel}, s={stride}")
+        padding = (kernel - 1) // 2 if stride == 1 else 0
+        super().__init__(cin, cout, kernel, stride, padding=padding, groups=groups, bias=False)
 
     def forward(self, x: Tensor) -> Tensor:
-        h, w = (int(s) for s in x.shape[-2:])
-        top, bottom = same_padding(h, self.kernel_size[0], self.stride[0])
-        left, right = same_padding(w, self.kernel_size[1], self.stride[1])
-        if top or bottom or left or right:
+        if self.stride == (2, 2):
+            h, w = (int(s) for s in x.shape[-2:])
+            top, bottom = same_padding(h, self.kernel_size[0], 2)
+            left, right = same_padding(w, self.kernel_size[1], 2)
             x = F.pad(x, [left, right, top, bottom])
         return super().forward(x)
 
@@ -86,6 +91,7 @@ class EfficientNetLite0(Backbone):
     """
 
     out_channels = (24, 40, 112, 1280)
+    has_default_weights = True
     mean = (127.0, 127.0, 127.0)
     std = (128.0, 128.0, 128.0)
 

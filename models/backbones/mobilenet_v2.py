@@ -73,6 +73,7 @@ class MobileNetV2(Backbone):
     """
 
     out_channels = (24, 32, 96, 1280)
+    has_default_weights = True
 
     def __init__(self) -> None:
         super().__init__()

@@ -45,9 +45,11 @@ class Backbone(nn.Module):
     Class attributes (read by the network, the export metadata and preprocessing):
       out_channels: channels of the stride-4, 8, 16 and 32 maps.
       mean, std: per-channel RGB statistics on the 0-255 scale; inputs are (x - mean) / std.
+      has_default_weights: whether pretrained=True works without a weights_path.
     """
 
     out_channels: ClassVar[tuple[int, int, int, int]]
+    has_default_weights: ClassVar[bool] = False
     mean: ClassVar[tuple[float, float, float]] = IMAGENET_MEAN
     std: ClassVar[tuple[float, float, float]] = IMAGENET_STD
 

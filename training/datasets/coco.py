@@ -46,7 +46,7 @@ def load_coco_keypoints(
     for image in coco.dataset["images"]:
         for ann in coco.imgToAnns.get(image["id"], []):
             if max_instances is not None and len(records) >= max_instances:
-                return records
+                return records  # budget reached: later instances are not even parsed
             if ann["category_id"] not in person_ids or not _is_usable(ann):
                 continue
             flat = np.asarray(ann["keypoints"], dtype=np.float32).reshape(-1, 3)

@@ -4,11 +4,12 @@ Conventions verified on this release (drawings in docs/images/lsp_flags_check.pn
 - `joints.mat` holds `joints`, shape (3, 14, 1000): x, y, flag. Flag 1 = occluded, 0 = visible
   (the occluded joints are the far side of side-on and back-facing people); every joint has
   coordinates. Mapped to COCO visibility: flag 0 -> 2, flag 1 -> 1.
-- Coordinates are MATLAB 1-based (the dataset was annotated with MATLAB tools, like MPII, whose
-  HRNet/MMPose loaders subtract 1). They are shifted by -1 to 0-based pixel-centre coordinates.
-  The data barely constrain the choice: after the shift all 14,000 joints lie in
-  x in [3.35, W - 4.06], y in [-0.75, H - 0.96] (the left wrist of im0632 is 0.25 px above the
-  image edge at -0.5); unshifted, the right ankle of im0126 would be 0.54 px below the image.
+- Coordinates are taken as MATLAB 1-based (the labels ship as a MATLAB matrix; for MPII, also
+  MATLAB, HRNet and MMPose subtract 1) and shifted by -1 to 0-based pixel-centre coordinates.
+  A half pixel cannot be seen in drawings of these ~150 px people and the data barely constrain
+  it: after the shift all 14,000 joints lie in x in [3.35, W - 4.06], y in [-0.75, H - 0.96]
+  (the left wrist of im0632 is 0.25 px above the image edge at -0.5); unshifted, the right ankle
+  of im0126 would be 0.54 px below the image.
 - Split convention of the project: im0001-0800 train, im0801-1000 validation (the official test
   half im1001-2000 is held out); label budgets are the first N train images.
 """

