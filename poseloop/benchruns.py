@@ -1,8 +1,11 @@
 """Resumable benchmark tables: each row is a training config; finished rows are cached by config hash."""
 from __future__ import annotations
 
+import fcntl
 import json
+import os
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -19,6 +22,25 @@ class BenchRow:
 
 def load_results(path: Path) -> dict:
     return json.loads(path.read_text()) if path.exists() else {}
+
+
+@contextmanager
+def _locked(path: Path):
+    """Exclusive lock so several bench processes (one row each) can share one results file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_suffix(".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
+def save_result(path: Path, key: str, value: dict) -> dict:
+    with _locked(path):
+        results = load_results(path)
+        results[key] = value
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(results, indent=2))
+        os.replace(tmp, path)
+    return results
 
 
 def run_rows(rows: list[BenchRow], results_path: Path, evaluate: Callable[[Path, TrainConfig], dict],
@@ -39,15 +61,13 @@ def run_rows(rows: list[BenchRow], results_path: Path, evaluate: Callable[[Path,
         extra = trainer_kwargs(row) if trainer_kwargs else {}
         result = Trainer(row.config, **extra).fit(resume=True)
         metrics = evaluate(result.run_dir / "best.pt", row.config)
-        results[key] = {
+        results = save_result(results_path, key, {
             "label": row.label, **row.info, "run": row.config.name, "iterations": row.config.optim.iterations,
             "best_step": result.best_step, "wall_time_min": round((time.time() - t0) / 60, 1),
             "train_time_min": round(_train_time_s(result.run_dir) / 60, 1), "stopped": result.stopped_reason,
             "metrics": metrics, "done": True,
-        }
-        results_path.parent.mkdir(parents=True, exist_ok=True)
-        results_path.write_text(json.dumps(results, indent=2))
-    return results
+        })
+    return load_results(results_path)
 
 
 def _train_time_s(run_dir: Path) -> float:

@@ -108,10 +108,15 @@ def bench_infer(
 def bench_supervised(
     out: Path = typer.Option(Path("docs/benchmarks.md")),
     only: list[str] = typer.Option([], help="Run only rows whose label contains this text (repeatable)."),
+    threads: Optional[int] = typer.Option(None, help="torch intra-op threads (run several benches side by side)."),
 ):
     """Supervised LSP PCK@0.2 for N = 100, 200, 800 labels, ImageNet vs random init (resumable, cached rows)."""
+    import torch
+
     from poseloop.bench_supervised import run_supervised_bench
 
+    if threads:
+        torch.set_num_threads(threads)
     run_supervised_bench(out=out, only=only, command=" ".join(["poseloop", *sys.argv[1:]]))
 
 

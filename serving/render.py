@@ -5,7 +5,6 @@ import colorsys
 from collections.abc import Sequence
 
 import cv2
-import torch
 import numpy as np
 
 from serving.pipeline import PersonPose

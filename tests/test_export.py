@@ -22,7 +22,7 @@ from models.geometry import Size, normalize_crop, person_crop_affine, warp_image
 from models.network import ModelConfig, build_model
 from models.schemas import COCO17, LSP14
 from serving.metadata import REQUIRED_KEYS, MetadataError, ModelMetadata
-from training.datasets import default_data_root, load_lsp
+from training.datasets import load_lsp
 
 INPUT = Size(96, 128)  # w, h: non-square on purpose
 CODEC = HeatmapCodec.for_input(INPUT, 4, sigma=2.0, refinement="quarter")
@@ -58,11 +58,16 @@ def model() -> nn.Module:
 
 @pytest.fixture(scope="module")
 def exported(model, tmp_path_factory):
-    """The default path: dynamo exporter, synthetic parity batch (~25 s of the budget on 2 cores)."""
+    """The default path: dynamo exporter, synthetic parity batch (~10 s on 2 cores, most of the budget)."""
     out = tmp_path_factory.mktemp("export") / "pose.onnx"
     report = export_onnx(model, CODEC, LSP14, out, version="test-1", trained_on="lsp:none",
                          extra_metadata={"poseloop.note": "unit test"})
     return report
+
+
+@pytest.fixture(scope="module")
+def session(exported) -> ort.InferenceSession:
+    return ort.InferenceSession(str(exported.path), providers=["CPUExecutionProvider"])
 
 
 def test_checker_opset_and_report(exported) -> None:
@@ -78,15 +83,14 @@ def test_checker_opset_and_report(exported) -> None:
     assert not list(exported.path.parent.glob(".*.tmp"))  # atomic write left nothing behind
 
 
-def test_graph_signature(exported) -> None:
-    session = ort.InferenceSession(str(exported.path), providers=["CPUExecutionProvider"])
+def test_graph_signature(session) -> None:
     (inp,), (out,) = session.get_inputs(), session.get_outputs()
     assert (inp.name, inp.type) == ("input", "tensor(float)")
     assert isinstance(inp.shape[0], str) and inp.shape[1:] == [3, 128, 96]
     assert out.name == "heatmaps" and isinstance(out.shape[0], str) and out.shape[1:] == [14, 32, 24]
 
 
-def test_metadata_contract_round_trips(exported, model) -> None:
+def test_metadata_contract_round_trips(exported, session, model) -> None:
     props = {p.key: p.value for p in onnx.load(str(exported.path)).metadata_props}
     assert set(REQUIRED_KEYS) <= set(props)
     assert json.loads(props["poseloop.keypoints"]) == list(LSP14.keypoints)
@@ -100,7 +104,6 @@ def test_metadata_contract_round_trips(exported, model) -> None:
     assert (meta.version, meta.trained_on, meta.backbone, meta.head) == ("test-1", "lsp:none", "mobilenet_v2", "deconv")
     assert meta.codec() == CODEC
     # ORT's view of the same props parses identically (what the serving backend uses)
-    session = ort.InferenceSession(str(exported.path), providers=["CPUExecutionProvider"])
     assert ModelMetadata.from_props(session.get_modelmeta().custom_metadata_map) == meta
 
 
@@ -119,8 +122,7 @@ def test_extra_metadata_cannot_override_contract(model) -> None:
 
 
 @pytest.mark.parametrize("batch", [1, 3, 8])
-def test_dynamic_batch(exported, model, batch) -> None:
-    session = ort.InferenceSession(str(exported.path), providers=["CPUExecutionProvider"])
+def test_dynamic_batch(session, model, batch) -> None:
     x = np.random.default_rng(batch).standard_normal((batch, 3, INPUT.h, INPUT.w)).astype(np.float32)
     got = session.run(["heatmaps"], {"input": x})[0]
     with torch.inference_mode():
@@ -136,20 +138,18 @@ def test_synthetic_parity_figures(exported) -> None:
     assert exported.keypoints_compared > 100  # 9 crops x 14 joints, nearly all with a decidable peak
 
 
-def lsp_crops(count: int) -> list[np.ndarray]:
-    root = default_data_root()
-    if not (root / "lsp" / "joints.mat").exists():
-        pytest.skip(f"LSP not found under {root} (../shared/datasets or $POSELOOP_DATA)")
+def lsp_crops(root, count: int, mean, std) -> list[np.ndarray]:
+    """Normalised person crops of the first LSP images, as the training dataset makes them."""
     crops = []
     for record in load_lsp(root, range(count)):
         image = cv2.cvtColor(cv2.imread(str(record.image_path)), cv2.COLOR_BGR2RGB)
         affine = person_crop_affine(np.asarray(record.box), INPUT, 1.25)
-        crops.append(normalize_crop(warp_image(image, affine, INPUT), (123.675, 116.28, 103.53), (58.395, 57.12, 57.375)))
+        crops.append(normalize_crop(warp_image(image, affine, INPUT), mean, std))
     return crops
 
 
-def test_parity_on_lsp_person_crops(model, tmp_path) -> None:
-    crops = lsp_crops(8)
+def test_parity_on_lsp_person_crops(model, tmp_path, data_root) -> None:
+    crops = lsp_crops(data_root, 8, model.mean, model.std)
     report = export_onnx(model, CODEC, LSP14, tmp_path / "lsp.onnx", version="t", trained_on="t",
                          parity_images=crops, exporter="torchscript")
     assert report.exporter == "torchscript"

@@ -195,9 +195,11 @@ def test_posenet_shapes(backbone: str, head: str) -> None:
 
 
 @pytest.mark.parametrize(("h", "w"), [(256, 192), (192, 144), (160, 128)])
-@pytest.mark.parametrize("num_deconv_layers", [1, 2, 3])
-def test_output_is_quarter_resolution(h: int, w: int, num_deconv_layers: int) -> None:
-    model = PoseNet(ModelConfig(pretrained=False, num_deconv_layers=num_deconv_layers, aux_stages=(1,))).eval()
+@pytest.mark.parametrize(
+    "head", [{"head": "light"}, {"num_deconv_layers": 1}, {"num_deconv_layers": 2}, {"num_deconv_layers": 3}]
+)
+def test_output_is_quarter_resolution(h: int, w: int, head: dict) -> None:
+    model = PoseNet(ModelConfig(pretrained=False, aux_stages=(1,), **head)).eval()
     with torch.no_grad():
         outs = model.forward_all(torch.randn(1, 3, h, w))
     assert [tuple(o.shape) for o in outs] == [(1, K, h // 4, w // 4)] * 2
@@ -220,7 +222,7 @@ def test_light_head_is_much_cheaper() -> None:
     feats = [torch.randn(1, c, H // s, W // s) for c, s in zip(channels, (4, 8, 16, 32))]
     deconv = conv_macs(DeconvHead(channels, K, channels=128).eval(), feats)
     light = conv_macs(LightHead(channels, K, channels=128).eval(), feats)
-    assert light * 3 < deconv, (light, deconv)
+    assert light * 5 < deconv, (light, deconv)  # measured: 9.8 M vs 95.7 M
 
 
 def test_light_head_uses_every_stage() -> None:

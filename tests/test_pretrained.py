@@ -19,9 +19,9 @@ from models.backbones import build_backbone
 from models.backbones import efficientnet_lite
 from models.backbones.mobilenet_v2 import remap_wheel_keys
 from models.pretrained import SOURCES, PretrainedWeightsError, cache_dir, fetch_weights, load_state_dict, sha256_of
+from training.datasets import default_data_root
 
-DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "datasets"
-WILD = DATA / "wild"
+WILD = default_data_root() / "wild"
 SOCCER_BALL = 805  # ImageNet class index
 
 
@@ -45,7 +45,7 @@ def weights_or_skip(name: str) -> Path:
 def image_or_skip(name: str) -> Path:
     path = WILD / name
     if not path.is_file():
-        pytest.skip(f"{path} not found: real-image checks need ../shared/datasets next to the repo")
+        pytest.skip(f"{path} not found: real-image checks need ../shared/datasets (or $POSELOOP_DATA)")
     return path
 
 
@@ -195,6 +195,24 @@ def test_activations_match_trained_bn_statistics(name: str) -> None:
     z, corr = bn_input_statistics(model, x)
     assert np.median(z) < 0.5, np.median(z)  # measured: 0.16 (MobileNetV2)
     assert np.median(corr) > 0.6, np.median(corr)  # measured: 0.87 (MobileNetV2)
+
+
+def test_mean_std_match_the_first_layer_statistics() -> None:
+    """The stem's output variance on real photos matches the first BN's running variance only under
+    the backbone's own input normalisation (measured median log-ratio: -0.23 MobileNetV2 with
+    ImageNet mean/std, -0.28 Lite0 with 127/128; -1.83 and +1.32 with each other's)."""
+    for name in ("mobilenet_v2", "efficientnet_lite0"):
+        weights_or_skip(name)
+    images = [image_or_skip(n) for n in ("messi5.jpg", "basketball1.png", "basketball2.png")]
+    models = {name: build_backbone(name, pretrained=True).eval() for name in ("mobilenet_v2", "efficientnet_lite0")}
+    for name, model in models.items():
+        stem = next(m for m in model.modules() if isinstance(m, nn.Conv2d))
+        bn = next(m for m in model.modules() if isinstance(m, nn.BatchNorm2d))
+        for norm_of, other in models.items():
+            x = torch.cat([load_rgb(p, (192, 192), other.mean, other.std) for p in images])
+            with torch.no_grad():
+                log_ratio = (stem(x).var((0, 2, 3)) / bn.running_var).log().median().item()
+            assert (abs(log_ratio) < 0.7) == (norm_of == name), (name, norm_of, log_ratio)
 
 
 def test_efficientnet_lite0_recognises_the_soccer_ball(monkeypatch) -> None:

@@ -133,6 +133,8 @@ class Trainer:
             state = torch.load(init_checkpoint, map_location="cpu", weights_only=True)
             student.load_state_dict(state["model"])
         self.method: Method = build_method(config.method.name, student, **config.method.params).to(self.device)
+        self.memory_format = torch.channels_last if config.optim.channels_last else torch.contiguous_format
+        self.method.to(memory_format=self.memory_format)
         self.mean, self.std = student.mean, student.std
         self.optimizer = self._optimizer()
         self.amp = config.optim.amp and self.device.type == "cuda"
@@ -247,8 +249,8 @@ class Trainer:
         self.method.train()
         end = cfg.optim.iterations if stop_after is None else min(cfg.optim.iterations, self.step + stop_after)
         while self.step < end:
-            lb = LabeledBatch.from_item(next(labeled), self.device)
-            ub = UnlabeledBatch.from_item(next(unlabeled), self.device) if unlabeled else None
+            lb = LabeledBatch.from_item(next(labeled), self.device, self.memory_format)
+            ub = UnlabeledBatch.from_item(next(unlabeled), self.device, self.memory_format) if unlabeled else None
             for group in self.optimizer.param_groups:
                 group["lr"] = cfg.optim.lr * lr_factor(self.step, cfg)
             with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.amp):

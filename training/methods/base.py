@@ -15,8 +15,10 @@ class LabeledBatch:
     target_weight: torch.Tensor  # (N, K)
 
     @classmethod
-    def from_item(cls, item: dict, device: torch.device) -> "LabeledBatch":
-        return cls(*(item[k].to(device, non_blocking=True) for k in ("image", "heatmaps", "target_weight")))
+    def from_item(cls, item: dict, device: torch.device,
+                  memory_format: torch.memory_format = torch.contiguous_format) -> "LabeledBatch":
+        images = item["image"].to(device, non_blocking=True).contiguous(memory_format=memory_format)
+        return cls(images, item["heatmaps"].to(device, non_blocking=True), item["target_weight"].to(device))
 
 
 @dataclass
@@ -24,8 +26,9 @@ class UnlabeledBatch:
     images: torch.Tensor         # (N, 3, H, W) normalised easy view (base augmentation only)
 
     @classmethod
-    def from_item(cls, item: dict, device: torch.device) -> "UnlabeledBatch":
-        return cls(item["image"].to(device, non_blocking=True))
+    def from_item(cls, item: dict, device: torch.device,
+                  memory_format: torch.memory_format = torch.contiguous_format) -> "UnlabeledBatch":
+        return cls(item["image"].to(device, non_blocking=True).contiguous(memory_format=memory_format))
 
 
 @dataclass
