@@ -13,6 +13,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install -q $(TORCH_INDEX) "$(TORCH_SPEC)"
 	$(PIP) install -q -e ".[test]"
+	$(PIP) install -q -e ".[triton]" || echo "warning: nvidia-pytriton not installable here; Triton tests will skip"
 	$(PY) -m poseloop.cli weights fetch --quiet || echo "warning: pretrained backbone weights not fetched (offline?); they are fetched on first use"
 	touch $@
 

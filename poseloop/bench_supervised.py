@@ -10,8 +10,8 @@ from training.config import TrainConfig, load_config
 CONFIG = Path(__file__).resolve().parent.parent / "configs" / "lsp_mbv2_128x96.yaml"
 RESULTS = Path("docs/results/supervised.json")
 # (labels, ImageNet init, iterations): the 2-core CPU budget decides the schedules; see docs/benchmarks.md.
-PLAN = [(800, True, 3000), (100, True, 800), (200, True, 800), (800, False, 1500), (100, False, 600),
-        (200, False, 600)]
+PLAN = [(800, True, 3000), (100, True, 800), (200, True, 800), (800, False, 1000), (100, False, 400),
+        (200, False, 400)]
 DECODE_VARIANTS = {"flip+dark": (True, "dark"), "flip+quarter": (True, "quarter"), "dark": (False, "dark"),
                    "quarter": (False, "quarter")}
 

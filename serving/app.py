@@ -1,0 +1,273 @@
+"""The PoseLoop HTTP API: `create_app(settings, manager=None)` builds the FastAPI app.
+
+Request path of POST /v1/pose: read the body (size-limited) → decode and validate in a worker thread
+(serving.validation) → crops into the micro-batcher (serving.batching) → the version that ran the batch is
+returned in the body and in `X-Model-Version`. Promotions and rollbacks go through serving.manager (hot swap).
+Every error is `{"error": {"code", "message"}}`; bad input is always a 4xx.
+This module, like all of serving/, never imports torch.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import threading
+import time
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+from fastapi import FastAPI, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from serving.auth import AuthError, TokenAuth
+from serving.backends import VersionedBackend
+from serving.batching import BatchError, MicroBatcher, Overloaded, PoseResult
+from serving.manager import ModelManager, NoActiveModel, PromotionError
+from serving.metrics import Metrics, MetricsMiddleware
+from serving.registry import ModelRegistry, RegistryError, VersionNotFound
+from serving.render import render_poses
+from serving.routes import health, models, ops, pose
+from serving.settings import Settings
+from serving.validation import InputError, PoseInput, decode_pose_input
+
+log = logging.getLogger("poseloop.serving")
+READY_CACHE_S = 1.0
+
+
+@dataclass(frozen=True)
+class PoseOutcome:
+    result: PoseResult
+    image: np.ndarray  # the decoded RGB image
+    timing_ms: dict[str, float]
+
+    @property
+    def width(self) -> int:
+        return self.image.shape[1]
+
+    @property
+    def height(self) -> int:
+        return self.image.shape[0]
+
+
+class Service:
+    """What the routes delegate to: settings, auth, metrics, the model manager and the micro-batcher."""
+
+    def __init__(self, settings: Settings, manager: ModelManager, auth: TokenAuth, metrics: Metrics) -> None:
+        self.settings, self.manager, self.auth, self.metrics = settings, manager, auth, metrics
+        self.batcher = MicroBatcher(manager, settings.max_batch, settings.max_wait_ms, settings.max_queue,
+                                    on_batch=metrics.observe_batch, on_error=metrics.observe_backend_error)
+        self._ready_at = 0.0
+        self._stop = threading.Event()
+        self._poller: threading.Thread | None = None
+
+    def start(self) -> None:
+        self.batcher.start()
+        self.metrics.set_active(self.manager.active_version)
+        if self.settings.registry_poll_s > 0:
+            self._poller = threading.Thread(target=self._poll, name="poseloop-registry-poll", daemon=True)
+            self._poller.start()
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._poller:
+            self._poller.join(5)
+        self.batcher.close()
+
+    async def predict(self, pose_input: PoseInput) -> PoseOutcome:
+        start = time.perf_counter()
+
+        def prepare():
+            image, boxes = decode_pose_input(pose_input, self.settings.max_pixels, self.settings.max_boxes)
+            decoded = time.perf_counter()
+            return image, self.batcher.submit(image, boxes), decoded
+
+        image, future, decoded = await run_in_threadpool(prepare)
+        try:
+            result: PoseResult = await asyncio.wait_for(asyncio.wrap_future(future), self.settings.request_timeout_s)
+        except asyncio.TimeoutError:
+            raise BatchError(f"no result within {self.settings.request_timeout_s} s (server overloaded)") from None
+        total = (time.perf_counter() - start) * 1e3
+        timing = {"total": total, "decode": (decoded - start) * 1e3, "queue": result.queue_ms,
+                  "inference": result.infer_ms, "batch_crops": result.batch_crops}
+        return PoseOutcome(result, image, {k: round(v, 3) for k, v in timing.items()})
+
+    async def render(self, pose_input: PoseInput) -> tuple[bytes, str]:
+        outcome = await self.predict(pose_input)
+
+        def draw() -> bytes:
+            overlay = render_poses(outcome.image, outcome.result.poses, outcome.result.metadata.schema.skeleton)
+            ok, png = cv2.imencode(".png", cv2.cvtColor(overlay, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_PNG_COMPRESSION, 1])
+            if not ok:
+                raise BatchError("PNG encoding failed")
+            return png.tobytes()
+
+        return await run_in_threadpool(draw), outcome.result.version
+
+    def promote(self, version: str | None, actor: str, reason: str | None, rollback: bool) -> dict:
+        """Promote (or roll back); blocking (call from a worker thread)."""
+        action = "rollback" if rollback else "promote"
+        try:
+            if rollback:
+                report = self.manager.rollback(actor, version, reason)
+            else:
+                report = self.manager.promote(version, actor, reason)
+        except PromotionError as err:
+            self.metrics.promotions.labels(action, err.code).inc()
+            raise
+        self.metrics.promotions.labels(action, "ok").inc()
+        self.metrics.hot_swap.observe(report.total_ms / 1e3)
+        self.metrics.set_active(report.version)
+        return {"active": report.version, "previous": report.previous, "action": action,
+                "timing_ms": {"load": round(report.load_ms, 3), "flip": round(report.flip_ms, 4),
+                              "total": round(report.total_ms, 3)}}
+
+    async def ready(self) -> tuple[bool, str | None, str]:
+        """(ready, version, detail): a 16×16 image through the whole batching path within 5 s."""
+        version = self.manager.active_version
+        if version is None:
+            return False, None, str(self.manager.last_error or "no active model version")
+        if not self.batcher.alive:
+            return False, version, "the batching worker is not running"
+        if time.monotonic() - self._ready_at < READY_CACHE_S:
+            return True, version, "ok"
+        try:
+            future = self.batcher.submit(np.zeros((16, 16, 3), np.uint8), None)
+            result = await asyncio.wait_for(asyncio.wrap_future(future), 5.0)
+        except Exception as err:  # noqa: BLE001 - any failure means not ready
+            return False, version, f"probe inference failed: {type(err).__name__}: {err}"
+        self._ready_at = time.monotonic()
+        return True, result.version, "ok"
+
+    def json_response(self, content, headers: dict[str, str] | None = None) -> JSONResponse:
+        return SafeJSONResponse(content, headers=headers)
+
+    def _poll(self) -> None:
+        while not self._stop.wait(self.settings.registry_poll_s):
+            try:
+                if self.manager.sync():
+                    self.metrics.set_active(self.manager.active_version)
+            except Exception:  # noqa: BLE001 - a registry hiccup must not kill the poller
+                log.exception("registry poll failed")
+
+
+class SafeJSONResponse(JSONResponse):
+    """JSONResponse that writes non-finite floats as null instead of failing (a model may emit NaN)."""
+
+    def render(self, content) -> bytes:
+        try:
+            return super().render(content)
+        except ValueError:
+            return super().render(_finite(content))
+
+
+def build_backend(settings: Settings) -> VersionedBackend:
+    if settings.backend == "triton":
+        from serving.backends.triton import TritonBackend  # imported only when asked for
+
+        return TritonBackend(settings.triton_url)
+    from serving.backends.embedded import EmbeddedBackend
+
+    return EmbeddedBackend(intra_op_threads=settings.ort_threads, inter_op_threads=settings.ort_inter_threads)
+
+
+def build_manager(settings: Settings) -> ModelManager:
+    registry = ModelRegistry(settings.registry_dir, keep_last=settings.keep_versions)
+    return ModelManager(registry, build_backend(settings))
+
+
+def bootstrap(manager: ModelManager, settings: Settings) -> None:
+    """With no active version, register `settings.bootstrap_model` (unless already registered) and promote it."""
+    if settings.bootstrap_model is None or manager.registry.active() is not None:
+        return
+    import hashlib
+
+    digest = hashlib.sha256(settings.bootstrap_model.read_bytes()).hexdigest()
+    known = [v for v in manager.registry.list()
+             if v.meta.get("files", {}).get("model.onnx", {}).get("sha256") == digest and v.state != "rejected"]
+    info = known[-1] if known else manager.registry.register(settings.bootstrap_model, actor="bootstrap")
+    manager.promote(info.version, "bootstrap", "bootstrap model at start")
+
+
+def create_app(settings: Settings, manager: ModelManager | None = None) -> FastAPI:
+    """The API. `manager` injects a ModelManager (tests); by default one is built from `settings` and owned."""
+    auth, dev_tokens = TokenAuth.from_settings(settings)
+    metrics = Metrics()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        mgr = manager or build_manager(settings)
+        mgr.start()
+        bootstrap(mgr, settings)
+        service = Service(settings, mgr, auth, metrics)
+        service.start()
+        app.state.service = service
+        try:
+            yield
+        finally:
+            service.close()
+            if manager is None:
+                mgr.close()
+
+    app = FastAPI(title="PoseLoop", version="1", lifespan=lifespan,
+                  description="2D human pose estimation: keypoints JSON, COCO results, overlays; versioned models.")
+    app.state.dev_tokens = dev_tokens
+    for router in (pose.router, models.router, ops.router, health.router):
+        app.include_router(router)
+    _install_error_handlers(app)
+    app.add_middleware(MetricsMiddleware, metrics=metrics)
+    return app
+
+
+def error_response(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"error": {"code": code, "message": message}}, status_code=status, headers=headers)
+
+
+def _install_error_handlers(app: FastAPI) -> None:
+    simple = {
+        InputError: lambda e: (e.status, e.code, e.message, None),
+        AuthError: lambda e: (e.status, e.code, e.message, {"WWW-Authenticate": "Bearer"} if e.status == 401 else None),
+        PromotionError: lambda e: (e.status, e.code, str(e), None),
+        VersionNotFound: lambda e: (404, "unknown_version", str(e), None),
+        RegistryError: lambda e: (409, "registry_refused", str(e), None),
+        NoActiveModel: lambda e: (503, "no_active_model", str(e), {"Retry-After": "5"}),
+        Overloaded: lambda e: (503, "overloaded", str(e), {"Retry-After": "1"}),
+        BatchError: lambda e: (500, "inference_failed", str(e), None),
+    }
+    for exc_type, convert in simple.items():
+        async def handler(_request: Request, exc: Exception, convert=convert) -> JSONResponse:
+            status, code, message, headers = convert(exc)
+            return error_response(status, code, message, headers)
+
+        app.add_exception_handler(exc_type, handler)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(_request: Request, exc: RequestValidationError) -> JSONResponse:
+        parts = [f"{'.'.join(str(p) for p in e.get('loc', ()))}: {e.get('msg')}" for e in exc.errors()[:5]]
+        return error_response(422, "invalid_request", "; ".join(parts) or "invalid request")
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        codes = {404: "not_found", 405: "method_not_allowed", 400: "bad_request", 413: "request_too_large"}
+        return error_response(exc.status_code, codes.get(exc.status_code, f"http_{exc.status_code}"), str(exc.detail),
+                              getattr(exc, "headers", None))
+
+    @app.exception_handler(Exception)
+    async def _unexpected(_request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error")
+        return error_response(500, "internal_error", f"{type(exc).__name__}: {exc}")
+
+
+def _finite(value):
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
+

@@ -1,0 +1,205 @@
+"""Cross-request micro-batching of person crops: one backend call serves several requests.
+
+Requests are queued whole. A worker thread takes the first waiting request, waits up to `max_wait_ms` for
+more while the batch has room for the next *whole* request (at most `max_batch` crops; a single request with
+more crops forms its own batch, run in `max_batch` chunks), then takes ONE lease on the active model version,
+runs the crops through it and decodes each request with that same version. Every request learns the version
+that computed it, so the label in the response is truthful even while a promotion flips the active version
+between batches. A request's crops are never split across versions.
+
+Crops are prepared in the caller's thread with the version active at submit time; if a promotion changed the
+preprocessing (input size, mean/std, padding) before the batch runs, the worker re-crops that request.
+A failing batch fails only its own requests (BatchError with the cause); the worker keeps running.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from serving.manager import ActiveModel, ModelManager
+from serving.metadata import ModelMetadata
+from serving.pipeline import PersonPose, PreparedCrops
+
+log = logging.getLogger(__name__)
+
+
+class BatchError(RuntimeError):
+    """The backend call for a batch failed; the message names the version and the cause."""
+
+
+class Overloaded(RuntimeError):
+    """The queue is full (`max_queue` requests waiting)."""
+
+
+@dataclass(frozen=True)
+class PoseResult:
+    """What one request gets back: the poses, the version that computed them, and where the time went (ms)."""
+
+    version: str
+    metadata: ModelMetadata
+    poses: list[PersonPose]
+    queue_ms: float  # from submit until its batch started
+    infer_ms: float  # the backend call(s) of its batch
+    batch_crops: int  # crops in its batch (all requests)
+
+
+@dataclass
+class _Job:
+    image: np.ndarray
+    boxes: np.ndarray | None
+    model: ActiveModel
+    prepared: PreparedCrops
+    future: Future = field(default_factory=Future)
+    submitted: float = field(default_factory=time.perf_counter)
+
+    @property
+    def crops(self) -> int:
+        return len(self.prepared.crops)
+
+
+BatchObserver = Callable[[str, int, int, float], None]  # (version, requests, crops, seconds)
+ErrorObserver = Callable[[str, BaseException], None]  # (version, error)
+
+
+class MicroBatcher:
+    """Thread-safe: `submit` from any thread; one worker thread runs the batches (`start` / `close`)."""
+
+    def __init__(self, manager: ModelManager, max_batch: int = 16, max_wait_ms: float = 5.0, max_queue: int = 512,
+                 on_batch: BatchObserver | None = None, on_error: ErrorObserver | None = None) -> None:
+        if max_batch < 1:
+            raise ValueError(f"max_batch must be >= 1, got {max_batch}")
+        self.manager = manager
+        self.max_batch, self.max_wait_s, self.max_queue = max_batch, max_wait_ms / 1e3, max_queue
+        self.on_batch, self.on_error = on_batch, on_error
+        self._queue: deque[_Job] = deque()
+        self._cond = threading.Condition()
+        self._closed = False
+        self._thread = threading.Thread(target=self._run, name="poseloop-batcher", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Stop the worker; requests still queued fail with BatchError."""
+        with self._cond:
+            self._closed = True
+            pending = list(self._queue)
+            self._queue.clear()
+            self._cond.notify_all()
+        for job in pending:
+            _fail(job, BatchError("the server is shutting down"))
+        if self._thread.is_alive():
+            self._thread.join(timeout)
+
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive() and not self._closed
+
+    def submit(self, image: np.ndarray, boxes: np.ndarray | None = None) -> Future:
+        """Queue one image (H×W×3 RGB uint8) with its boxes (None = whole image) → Future[PoseResult].
+
+        Raises NoActiveModel or Overloaded right away; the crops are prepared here, in the caller's thread.
+        """
+        model = self.manager.active()
+        job = _Job(image, boxes, model, model.pipeline.prepare(image, boxes))
+        if job.crops == 0:
+            job.future.set_result(PoseResult(model.version, model.metadata, [], 0.0, 0.0, 0))
+            return job.future
+        with self._cond:
+            if self._closed:
+                raise BatchError("the server is shutting down")
+            if len(self._queue) >= self.max_queue:
+                raise Overloaded(f"{len(self._queue)} requests are queued (limit {self.max_queue}); retry later")
+            self._queue.append(job)
+            self._cond.notify()
+        return job.future
+
+    # ------------------------------------------------------------------ worker
+    def _run(self) -> None:
+        while True:
+            jobs = self._next_batch()
+            if jobs is None:
+                return
+            try:
+                self._run_batch(jobs)
+            except Exception as err:  # noqa: BLE001 - the worker must survive anything a batch does
+                log.exception("batch of %d requests failed", len(jobs))
+                for job in jobs:
+                    _fail(job, err if isinstance(err, BatchError) else BatchError(f"{type(err).__name__}: {err}"))
+
+    def _next_batch(self) -> list[_Job] | None:
+        """Whole requests totalling ≤ max_batch crops (or one bigger request); None once closed."""
+        with self._cond:
+            while not self._queue:
+                if self._closed:
+                    return None
+                self._cond.wait()
+            jobs = [self._queue.popleft()]
+            crops = jobs[0].crops
+            deadline = time.perf_counter() + self.max_wait_s
+            while crops < self.max_batch and not self._closed:
+                if self._queue:
+                    if crops + self._queue[0].crops > self.max_batch:
+                        break
+                    job = self._queue.popleft()
+                    jobs.append(job)
+                    crops += job.crops
+                    continue
+                remaining = deadline - time.perf_counter()
+                if remaining <= 0:
+                    break
+                self._cond.wait(remaining)
+        return [job for job in jobs if job.future.set_running_or_notify_cancel()]  # drop timed-out requests
+
+    def _run_batch(self, jobs: list[_Job]) -> None:
+        if not jobs:
+            return
+        started = time.perf_counter()
+        with self.manager.lease() as model:
+            for job in jobs:
+                if _preprocess_key(job.model.metadata) != _preprocess_key(model.metadata):
+                    job.prepared = model.pipeline.prepare(job.image, job.boxes)
+            crops = np.concatenate([job.prepared.crops for job in jobs])
+            try:
+                heatmaps = np.concatenate([
+                    np.asarray(model.pipeline.backend.infer(crops[i:i + self.max_batch]), np.float32)
+                    for i in range(0, len(crops), self.max_batch)
+                ])
+            except Exception as err:  # noqa: BLE001
+                if self.on_error:
+                    self.on_error(model.version, err)
+                raise BatchError(f"inference on model version {model.version} failed: "
+                                 f"{type(err).__name__}: {err}") from err
+            infer_s = time.perf_counter() - started
+            if self.on_batch:
+                self.on_batch(model.version, len(jobs), len(crops), infer_s)
+            offset = 0
+            for job in jobs:
+                n = job.crops
+                try:
+                    poses = model.pipeline.decode(heatmaps[offset:offset + n], job.prepared)
+                except Exception as err:  # noqa: BLE001 - one undecodable request fails alone
+                    _fail(job, BatchError(f"decoding with model version {model.version} failed: {err}"))
+                else:
+                    job.future.set_result(PoseResult(model.version, model.metadata, poses,
+                                                     (started - job.submitted) * 1e3, infer_s * 1e3, len(crops)))
+                offset += n
+
+
+def _preprocess_key(meta: ModelMetadata) -> tuple:
+    return meta.input_size, meta.mean, meta.std, meta.padding
+
+
+def _fail(job: _Job, err: BaseException) -> None:
+    if not job.future.done():
+        try:
+            job.future.set_exception(err)
+        except Exception:  # noqa: BLE001 - cancelled/finished concurrently
+            pass

@@ -1,0 +1,1 @@
+"""HTTP routers: thin — they validate input and delegate to the Service (serving.app)."""

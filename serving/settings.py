@@ -1,0 +1,75 @@
+"""Service settings: environment variables with the POSELOOP_ prefix (optionally an env file), validated once.
+
+Example:
+    POSELOOP_REGISTRY_DIR=/shared/registry POSELOOP_TOKENS='{"<secret>": ["infer"], "<secret2>": ["ops", "infer"]}'
+Tokens map a bearer token to its roles (`infer`, `upload`, `ops`), or to {"name": ..., "roles": [...]} when the
+audit log should name the caller. POSELOOP_DEV=1 with no tokens generates one token per role at start.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+ROLES = ("infer", "upload", "ops")
+MIN_TOKEN_LENGTH = 16
+
+
+class TokenSpec(BaseModel):
+    """Roles of one bearer token; `name` is what the audit log records as the actor."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    roles: tuple[Literal["infer", "upload", "ops"], ...]
+    name: str | None = None
+
+
+class Settings(BaseSettings):
+    """Everything the API process needs; see the module docstring for the environment syntax."""
+
+    model_config = SettingsConfigDict(env_prefix="POSELOOP_", frozen=True, extra="ignore")
+
+    registry_dir: Path = Path("runs/registry")
+    keep_versions: int = Field(5, ge=2, description="versions kept on disk (active and previous always are)")
+    bootstrap_model: Path | None = Field(None, description="registered and promoted at start if none is active")
+    registry_poll_s: float = Field(2.0, ge=0, description="follow promotions made by other replicas; 0 = off")
+
+    backend: Literal["embedded", "triton"] = "embedded"
+    triton_url: str = "127.0.0.1:8000"
+    ort_threads: int = Field(2, ge=1, description="ONNX Runtime intra-op threads per session")
+    ort_inter_threads: int = Field(1, ge=1)
+
+    max_image_bytes: int = Field(20 * 1024 * 1024, ge=1)
+    max_pixels: int = Field(40_000_000, ge=1, description="decoded width × height, checked before decoding")
+    max_boxes: int = Field(64, ge=1)
+
+    max_batch: int = Field(16, ge=1, description="crops per backend call (one request is never split)")
+    max_wait_ms: float = Field(5.0, ge=0, description="how long a batch waits for more requests")
+    max_queue: int = Field(512, ge=1, description="queued requests beyond which /v1/pose answers 503")
+    request_timeout_s: float = Field(30.0, gt=0)
+
+    host: str = "127.0.0.1"
+    port: int = Field(8080, ge=0, le=65535)
+    tokens: dict[str, TokenSpec] = Field(default_factory=dict)
+    dev: bool = False
+
+    @field_validator("tokens", mode="before")
+    @classmethod
+    def _roles_list(cls, value):
+        if isinstance(value, dict):
+            return {k: {"roles": v} if isinstance(v, (list, tuple)) else v for k, v in value.items()}
+        return value
+
+    @model_validator(mode="after")
+    def _token_strength(self) -> Settings:
+        short = [t[:4] + "…" for t in self.tokens if len(t) < MIN_TOKEN_LENGTH]
+        if short and not self.dev:
+            raise ValueError(f"tokens shorter than {MIN_TOKEN_LENGTH} characters: {short} (use secrets.token_urlsafe)")
+        return self
+
+
+def load_settings(env_file: Path | str | None = None, **overrides) -> Settings:
+    """Settings; priority: keyword overrides > POSELOOP_* environment variables > `env_file` > defaults."""
+    return Settings(_env_file=env_file, **overrides) if env_file else Settings(**overrides)

@@ -1,0 +1,279 @@
+"""Untrusted request input → a decoded image and checked boxes, or an InputError naming the problem (4xx).
+
+Images: the type is decided by magic bytes (JPEG, PNG, WebP, BMP; anything else is 415), then the header is
+parsed in pure Python to get the decoded size *before* any pixel is decoded, so a decompression bomb (e.g. a
+30000×30000 single-colour PNG of 110 kB) is refused with 413 without allocating its 2.7 GB of pixels. The
+same walk over the file's structure (PNG chunks up to IEND, JPEG segments and entropy-coded data up to EOI,
+the RIFF size of WebP, the pixel array size of BMP) refuses truncated files, which decoders would otherwise
+half-decode (libjpeg fills a truncated JPEG with grey and only warns). OpenCV then decodes with IMREAD_COLOR:
+EXIF orientation applied, grey/alpha/16-bit converted to 8-bit RGB.
+"""
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import math
+import re
+import struct
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+MAX_COORDINATE = 1e6  # |x|, |y|, w, h of a box, pixels (keeps every derived number finite)
+_JPEG_SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
+_JPEG_NEXT_MARKER = re.compile(rb"\xff[^\x00\xd0-\xd7]")  # a marker in entropy-coded data (not stuffing/RST)
+
+
+class InputError(ValueError):
+    """Bad client input: HTTP `status`, machine-readable `code`, human `message`."""
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status, self.code, self.message = status, code, message
+
+
+@dataclass(frozen=True)
+class PoseInput:
+    """One request's raw input: encoded image bytes, boxes (JSON text if `boxes_text`, else parsed JSON)."""
+
+    data: bytes
+    boxes: object
+    boxes_text: bool
+    image_id: int | None
+
+
+@dataclass(frozen=True)
+class ImageHeader:
+    format: str  # "jpeg" | "png" | "webp" | "bmp"
+    width: int
+    height: int
+
+
+def sniff_image(data: bytes) -> ImageHeader:
+    """Type and size from the header, checking the file is complete; InputError (400/415) otherwise."""
+    if not data:
+        raise InputError(400, "empty_image", "the image is empty (0 bytes)")
+    if data.startswith(b"\x89PNG\r\n\x1a\n"):
+        return _png(data)
+    if data.startswith(b"\xff\xd8\xff"):
+        return _jpeg(data)
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return _webp(data)
+    if data.startswith(b"BM"):
+        return _bmp(data)
+    raise InputError(415, "unsupported_image_type",
+                     f"not a JPEG, PNG, WebP or BMP image (starts with {data[:8].hex()})")
+
+
+def decode_image(data: bytes, max_pixels: int) -> np.ndarray:
+    """Encoded bytes → H×W×3 RGB uint8; 413 if width × height > max_pixels (decided before decoding)."""
+    header = sniff_image(data)
+    if header.width <= 0 or header.height <= 0:
+        raise InputError(400, "invalid_image", f"{header.format} header declares a {header.width}×{header.height} image")
+    if header.width * header.height > max_pixels:
+        raise InputError(413, "image_too_large", f"{header.format} image is {header.width}×{header.height} = "
+                         f"{header.width * header.height} pixels, limit {max_pixels}")
+    bgr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    if bgr is None or bgr.ndim != 3 or bgr.shape[2] != 3 or bgr.size == 0:
+        raise InputError(400, "undecodable_image", f"the {header.format} image could not be decoded (corrupt data)")
+    if sorted(bgr.shape[:2]) != sorted((header.height, header.width)):
+        raise InputError(400, "invalid_image", f"{header.format} decoded to {bgr.shape[1]}×{bgr.shape[0]}, header "
+                         f"says {header.width}×{header.height}")
+    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+
+
+def decode_pose_input(pose_input: PoseInput, max_pixels: int, max_boxes: int) -> tuple[np.ndarray, np.ndarray | None]:
+    """(RGB image, boxes or None) from a PoseInput; InputError for anything wrong."""
+    image = decode_image(pose_input.data, max_pixels)
+    h, w = image.shape[:2]
+    if pose_input.boxes_text:
+        return image, parse_boxes_text(pose_input.boxes, w, h, max_boxes)
+    return image, parse_boxes(pose_input.boxes, w, h, max_boxes)
+
+
+def parse_boxes(value, width: int, height: int, max_boxes: int) -> np.ndarray | None:
+    """[[x, y, w, h], ...] (pixels) → (N, 4) float64; None = no boxes given (the whole image is one person).
+
+    Each box must be finite, |value| ≤ 1e6, w > 0 and h > 0, and overlap the image (partly outside is fine).
+    """
+    if value is None:
+        return None
+    if not isinstance(value, list):
+        raise InputError(422, "invalid_boxes", f"boxes must be a JSON list of [x, y, w, h], got {_kind(value)}")
+    if len(value) > max_boxes:
+        raise InputError(422, "too_many_boxes", f"{len(value)} boxes, at most {max_boxes} per image")
+    boxes = np.zeros((len(value), 4), np.float64)
+    for i, box in enumerate(value):
+        if not isinstance(box, list) or len(box) != 4:
+            raise InputError(422, "invalid_boxes", f"box {i} must be [x, y, w, h] (4 numbers), got {_short(box)}")
+        for j, v in enumerate(box):
+            if isinstance(v, bool) or not isinstance(v, (int, float)):
+                raise InputError(422, "invalid_boxes", f"box {i} value {j} is {_kind(v)}, not a number")
+            if not math.isfinite(v) or abs(v) > MAX_COORDINATE:
+                raise InputError(422, "invalid_boxes", f"box {i} value {j} = {v} is not a finite number within "
+                                 f"±{MAX_COORDINATE:g}")
+            boxes[i, j] = v
+        x, y, w, h = boxes[i]
+        if w <= 0 or h <= 0:
+            raise InputError(422, "invalid_boxes", f"box {i} has width {w} and height {h}; both must be > 0")
+        if x >= width or y >= height or x + w <= 0 or y + h <= 0:
+            raise InputError(422, "box_outside_image", f"box {i} {box} lies entirely outside the {width}×{height} image")
+    return boxes
+
+
+def parse_boxes_text(text: str | None, width: int, height: int, max_boxes: int) -> np.ndarray | None:
+    """Boxes given as a JSON string (multipart field or query parameter)."""
+    if text is None or text.strip() == "":
+        return None
+    return parse_boxes(parse_json(text.encode(errors="replace"), "boxes"), width, height, max_boxes)
+
+
+def parse_json(body: bytes, what: str = "request body"):
+    try:
+        return json.loads(body)
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as err:
+        raise InputError(400, "malformed_json", f"{what} is not valid JSON: {_short(str(err), 120)}") from None
+
+
+def decode_base64_image(text, max_bytes: int) -> bytes:
+    """Base64 (optionally a data: URL) → bytes; 413 when the decoded size would exceed max_bytes."""
+    if not isinstance(text, str):
+        raise InputError(422, "invalid_image_field", f"'image' must be a base64 string, got {_kind(text)}")
+    if text.startswith("data:"):
+        head, sep, text = text.partition(",")
+        if not sep or not head.endswith(";base64"):
+            raise InputError(400, "malformed_base64", "a data: URL image must be ';base64,'-encoded")
+    if len(text) // 4 * 3 > max_bytes + 3:
+        raise InputError(413, "image_too_large", f"image is about {len(text) // 4 * 3} bytes, limit {max_bytes}")
+    try:
+        data = base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError) as err:
+        raise InputError(400, "malformed_base64", f"'image' is not valid base64: {err}") from None
+    if len(data) > max_bytes:
+        raise InputError(413, "image_too_large", f"image is {len(data)} bytes, limit {max_bytes}")
+    return data
+
+
+def parse_image_id(value) -> int | None:
+    if value is None or value == "":
+        return None
+    if isinstance(value, str) and value.strip().lstrip("-").isdigit():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 2**63:
+        raise InputError(422, "invalid_image_id", f"image_id must be a non-negative integer, got {_short(value)}")
+    return value
+
+
+# ---------------------------------------------------------------------- header parsers
+def _truncated(fmt: str, detail: str) -> InputError:
+    return InputError(400, "truncated_image", f"the {fmt} image is truncated or corrupt ({detail})")
+
+
+def _png(data: bytes) -> ImageHeader:
+    if len(data) < 33 or data[12:16] != b"IHDR":
+        raise _truncated("PNG", "no IHDR chunk")
+    width, height = struct.unpack(">II", data[16:24])
+    pos, seen_idat = 8, False
+    while pos + 8 <= len(data):
+        (length,) = struct.unpack(">I", data[pos:pos + 4])
+        kind = data[pos + 4:pos + 8]
+        pos += 12 + length
+        if pos > len(data):
+            break
+        seen_idat |= kind == b"IDAT"
+        if kind == b"IEND":
+            if not seen_idat:
+                raise _truncated("PNG", "no image data")
+            return ImageHeader("png", width, height)
+    raise _truncated("PNG", "ends before the IEND chunk")
+
+
+def _jpeg(data: bytes) -> ImageHeader:
+    pos, size, n = 2, (0, 0), len(data)
+    while True:
+        while pos < n and data[pos] == 0xFF and pos + 1 < n and data[pos + 1] == 0xFF:
+            pos += 1  # fill bytes
+        if pos + 2 > n:
+            raise _truncated("JPEG", "ends before the EOI marker")
+        if data[pos] != 0xFF:
+            raise _truncated("JPEG", f"expected a marker at byte {pos}")
+        marker = data[pos + 1]
+        if marker == 0xD9:
+            if size == (0, 0):
+                raise _truncated("JPEG", "no frame header")
+            return ImageHeader("jpeg", size[0], size[1])
+        if 0xD0 <= marker <= 0xD7 or marker == 0x01:
+            pos += 2
+            continue
+        if pos + 4 > n:
+            raise _truncated("JPEG", "segment header cut off")
+        (length,) = struct.unpack(">H", data[pos + 2:pos + 4])
+        if length < 2 or pos + 2 + length > n:
+            raise _truncated("JPEG", f"segment 0x{marker:02X} runs past the end")
+        if marker in _JPEG_SOF:
+            if length < 7:
+                raise _truncated("JPEG", "short frame header")
+            height, width = struct.unpack(">HH", data[pos + 5:pos + 9])
+            size = (max(size[0], width), max(size[1], height))
+            if height == 0:
+                raise InputError(400, "invalid_image", "JPEG frame height 0 (DNL) is not supported")
+        pos += 2 + length
+        if marker == 0xDA:  # start of scan: skip the entropy-coded data to the next marker
+            if size == (0, 0):
+                raise _truncated("JPEG", "scan before the frame header")
+            match = _JPEG_NEXT_MARKER.search(data, pos)
+            if match is None:
+                raise _truncated("JPEG", "ends inside the scan data")
+            pos = match.start()
+
+
+def _webp(data: bytes) -> ImageHeader:
+    (riff_size,) = struct.unpack("<I", data[4:8])
+    if riff_size + 8 > len(data) or len(data) < 30:
+        raise _truncated("WebP", f"RIFF size {riff_size + 8} bytes, got {len(data)}")
+    chunk = data[12:16]
+    if chunk == b"VP8 ":
+        if data[23:26] != b"\x9d\x01\x2a":
+            raise _truncated("WebP", "bad VP8 start code")
+        width, height = struct.unpack("<HH", data[26:30])
+        return ImageHeader("webp", width & 0x3FFF, height & 0x3FFF)
+    if chunk == b"VP8L":
+        if data[20] != 0x2F:
+            raise _truncated("WebP", "bad VP8L signature")
+        (bits,) = struct.unpack("<I", data[21:25])
+        return ImageHeader("webp", (bits & 0x3FFF) + 1, ((bits >> 14) & 0x3FFF) + 1)
+    if chunk == b"VP8X":
+        width = int.from_bytes(data[24:27], "little") + 1
+        height = int.from_bytes(data[27:30], "little") + 1
+        return ImageHeader("webp", width, height)
+    raise _truncated("WebP", f"unknown chunk {chunk!r}")
+
+
+def _bmp(data: bytes) -> ImageHeader:
+    if len(data) < 26:
+        raise _truncated("BMP", "header cut off")
+    offset, dib = struct.unpack("<II", data[10:18])
+    if dib == 12:
+        width, height = struct.unpack("<HH", data[18:22])
+        bpp, compression = struct.unpack("<H", data[24:26])[0], 0
+    elif dib >= 40 and len(data) >= 34:
+        width, height, _, bpp, compression = struct.unpack("<iiHHI", data[18:34])
+    else:
+        raise _truncated("BMP", f"unsupported DIB header size {dib}")
+    height = abs(height)  # negative = top-down rows
+    if compression in (0, 3) and width > 0 and bpp > 0:
+        needed = offset + ((bpp * width + 31) // 32) * 4 * height
+        if len(data) < needed:
+            raise _truncated("BMP", f"pixel data needs {needed} bytes, got {len(data)}")
+    return ImageHeader("bmp", width, height)
+
+
+def _kind(value) -> str:
+    return "null" if value is None else type(value).__name__
+
+
+def _short(value, limit: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "…"

@@ -1,0 +1,208 @@
+"""Helpers for the serving tests: small real ONNX models, live uvicorn servers (thread or subprocess), HTTP utils.
+
+Two kinds of model:
+  * `tiny_pose_onnx`: a one-Conv graph (3→14 channels, 4×4 stride 4) carrying the full PoseLoop metadata
+    contract, built with onnx.helper in milliseconds; different seeds give different keypoints. Used where
+    the network does not matter (registry, API shape, malformed input). `broken="nan"` makes a model whose
+    heatmaps are NaN (a diverged training run), which the backend's warm-up must reject.
+  * `export_posenet`: a real MobileNetV2 PoseNet (light head, random init rescaled to O(1) outputs, so
+    different seeds decode to different keypoints) through models.export.export_onnx (parity-checked).
+    Used by the hot-swap test. Exports are cached per seed for the whole session.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import cv2
+import httpx
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from models.codec import HeatmapCodec
+from models.geometry import Size
+from models.schemas import LSP14
+
+REPO = Path(__file__).resolve().parent.parent
+INPUT = Size(48, 64)  # (w, h): non-square, small = fast on a shared 2-core CPU
+_EXPORT_CACHE: dict[int, Path] = {}
+
+
+def contract_metadata(version: str, input_size: Size = INPUT, decode: str = "quarter") -> dict[str, str]:
+    codec = HeatmapCodec.for_input(input_size, 4, 2.0, decode)
+    return {
+        **LSP14.to_metadata(), **codec.to_metadata(),
+        "poseloop.mean": "[123.675, 116.28, 103.53]", "poseloop.std": "[58.395, 57.12, 57.375]",
+        "poseloop.padding": "1.25", "poseloop.decode": decode, "poseloop.version": version,
+        "poseloop.trained_on": "synthetic", "poseloop.backbone": "tiny-conv", "poseloop.head": "none",
+        "poseloop.input_name": "input", "poseloop.output_name": "heatmaps",
+    }
+
+
+def tiny_pose_onnx(path: Path, seed: int = 0, input_size: Size = INPUT, broken: str | None = None) -> Path:
+    """A valid PoseLoop ONNX (one Conv); broken="nan" → NaN heatmaps, "shape" → graph disagrees with metadata."""
+    rng = np.random.default_rng(seed)
+    k = LSP14.num_keypoints
+    weight = rng.normal(0, 0.2, (k, 3, 4, 4)).astype(np.float32)
+    bias = rng.normal(0, 0.1, k).astype(np.float32)
+    if broken == "nan":
+        bias[:] = np.nan
+    h, w = input_size.h, input_size.w
+    graph_h = h * 2 if broken == "shape" else h
+    node = helper.make_node("Conv", ["input", "W", "B"], ["heatmaps"], kernel_shape=[4, 4], strides=[4, 4])
+    graph = helper.make_graph(
+        [node], "tiny_pose",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 3, graph_h, w])],
+        [helper.make_tensor_value_info("heatmaps", TensorProto.FLOAT, ["batch", k, graph_h // 4, w // 4])],
+        [numpy_helper.from_array(weight, "W"), numpy_helper.from_array(bias, "B")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    for key, value in contract_metadata(f"tiny-{seed}", input_size).items():
+        entry = model.metadata_props.add()
+        entry.key, entry.value = key, value
+    path = Path(path)
+    onnx.save(model, str(path))
+    return path
+
+
+def realistic_posenet(seed: int):
+    """MobileNetV2 + light head, random init with O(1), varied outputs (cf. tests/test_pipeline.py)."""
+    import torch
+    from torch import nn
+
+    from models.network import ModelConfig, build_model
+
+    torch.manual_seed(seed)
+    model = build_model(ModelConfig(backbone="mobilenet_v2", pretrained=False, num_keypoints=14, head="light",
+                                    head_channels=32))
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)):
+                nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
+            elif isinstance(m, nn.BatchNorm2d):
+                m.running_mean.normal_(0, 0.1)
+                m.running_var.uniform_(0.5, 1.5)
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.normal_(0, 0.1)
+        model.eval()
+        final = [m for m in model.head.modules() if isinstance(m, nn.Conv2d)][-1]
+        std = model(torch.randn(4, 3, INPUT.h, INPUT.w)).std()
+        final.weight.mul_(0.3 / std)
+        final.bias.mul_(0.3 / std)
+    return model
+
+
+def export_posenet(out_dir: Path, seed: int) -> Path:
+    """Exported (parity-checked) realistic PoseNet for `seed`, cached for the test session."""
+    if seed not in _EXPORT_CACHE:
+        import torch
+
+        from models.export import export_onnx
+
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            codec = HeatmapCodec.for_input(INPUT, 4, 2.0, "quarter")
+            report = export_onnx(realistic_posenet(seed), codec, LSP14, Path(out_dir) / f"posenet_{seed}.onnx",
+                                 version=f"seed-{seed}", trained_on="synthetic", exporter="torchscript")
+        finally:
+            torch.set_num_threads(threads)
+        _EXPORT_CACHE[seed] = report.path
+    return _EXPORT_CACHE[seed]
+
+
+def sample_image(seed: int = 0, size: tuple[int, int] = (160, 120)) -> np.ndarray:
+    """Smooth deterministic RGB image, size = (w, h)."""
+    rng = np.random.default_rng(seed)
+    low = rng.uniform(0, 255, (5, 6, 3)).astype(np.float32)
+    img = cv2.resize(low, size, interpolation=cv2.INTER_CUBIC) + rng.normal(0, 8, (size[1], size[0], 3))
+    return np.clip(img, 0, 255).astype(np.uint8)
+
+
+def encode(image_rgb: np.ndarray, ext: str = ".png") -> bytes:
+    ok, buf = cv2.imencode(ext, cv2.cvtColor(image_rgb, cv2.COLOR_RGB2BGR))
+    assert ok
+    return buf.tobytes()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_http(url: str, timeout: float = 30.0, proc: subprocess.Popen | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode}")
+        with contextlib.suppress(httpx.HTTPError):
+            if httpx.get(url, timeout=1.0).status_code == 200:
+                return
+        time.sleep(0.05)
+    raise TimeoutError(f"{url} did not answer within {timeout} s")
+
+
+@contextlib.contextmanager
+def thread_server(app, port: int | None = None) -> Iterator[str]:
+    """Run `app` under a real uvicorn server in a thread on 127.0.0.1; yields the base URL."""
+    import uvicorn
+
+    port = port or free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_http(base + "/healthz")
+        yield base
+    finally:
+        server.should_exit = True
+        thread.join(15)
+
+
+@contextlib.contextmanager
+def process_server(env: dict[str, str], port: int | None = None) -> Iterator[tuple[str, subprocess.Popen]]:
+    """`poseloop.serve.run_server(Settings())` in a subprocess configured by POSELOOP_* env; yields (url, proc)."""
+    port = port or free_port()
+    full_env = {**os.environ, "POSELOOP_HOST": "127.0.0.1", "POSELOOP_PORT": str(port), "OMP_NUM_THREADS": "1",
+                **env}
+    code = "from poseloop.serve import run_server; from serving.settings import Settings; run_server(Settings())"
+    proc = subprocess.Popen([sys.executable, "-c", code], cwd=REPO, env=full_env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_http(base + "/healthz", proc=proc)
+        yield base, proc
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise RuntimeError("no VmRSS")
+
+
+def auth(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+def tokens_env(tokens: dict[str, list[str]]) -> str:
+    return json.dumps(tokens)
