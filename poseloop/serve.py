@@ -5,8 +5,15 @@ start; use them as `Authorization: Bearer <token>`. They live as long as the pro
 """
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
+import socket
+import subprocess
 import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
 
 from serving.settings import Settings
 
@@ -27,3 +34,47 @@ def run_server(settings: Settings) -> None:
           f"backend: {settings.backend})", file=sys.stderr)
     uvicorn.run(app, host=settings.host, port=settings.port, log_level="info", access_log=False,
                 timeout_graceful_shutdown=10)
+
+
+@contextlib.contextmanager
+def serve_in_subprocess(env: dict[str, str], port: int | None = None, ready_timeout_s: float = 60.0,
+                        log_path: Path | None = None) -> Iterator[tuple[str, subprocess.Popen]]:
+    """`run_server(Settings())` in a child process configured by POSELOOP_* variables in `env` (merged over
+    this environment), on 127.0.0.1:`port` (None = a free one). Yields (base URL, process) once /healthz
+    answers; terminates it afterwards. For benchmarks and tests: the load generator runs in another process."""
+    import httpx
+
+    port = port or _free_port()
+    child_env = {**os.environ, "POSELOOP_HOST": "127.0.0.1", "POSELOOP_PORT": str(port), **env}
+    code = "from poseloop.serve import run_server; from serving.settings import Settings; run_server(Settings())"
+    out = open(log_path, "w") if log_path else subprocess.DEVNULL  # noqa: SIM115 - closed below
+    proc = subprocess.Popen([sys.executable, "-c", code], cwd=Path(__file__).resolve().parent.parent, env=child_env,
+                            stdout=out, stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + ready_timeout_s
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"server exited with {proc.returncode} (log: {log_path or 'not kept'})")
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(base + "/healthz", timeout=1.0).status_code == 200:
+                    break
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{base}/healthz did not answer within {ready_timeout_s} s")
+            time.sleep(0.05)
+        yield base, proc
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        if log_path:
+            out.close()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

@@ -56,7 +56,7 @@ def export_checkpoint(checkpoint: Path, out: Path, version: str | None = None):
     }
     return export_onnx(model, codec, schema, Path(out), version=version or f"{config.name}@{state['step']}",
                        trained_on=state.get("trained_on", ""), extra_metadata=extra,
-                       parity_images=_val_crops(config, model))
+                       parity_images=_val_crops(config, model), padding=config.data.padding)
 
 
 def evaluate_checkpoint(checkpoint: Path, split: str = "val", flip_test: bool | None = None,
@@ -111,26 +111,28 @@ def predict_image(image: Path, boxes: list[list[float]], model: Path | None = No
     return result
 
 
-def supervised_demo(model: Path | None = None) -> None:
-    """Bootstrap a model if needed (quick supervised run on LSP), then pose the sample images in shared/wild."""
-    from training.datasets import default_data_root
+def ensure_first_model(registry_dir: Path, model: Path | None = None) -> Path | None:
+    """The ONNX to install into an empty registry (None when a version is already active).
 
+    Order: `model`, $POSELOOP_MODEL / the bundled model, else a bootstrap model trained now (quick supervised run
+    on the LSP training split; a few minutes on 2 CPU cores).
+    """
+    from serving.registry import ModelRegistry
+
+    if (Path(registry_dir) / "index.json").exists() and ModelRegistry(registry_dir).active() is not None:
+        return None
     model = model or default_model_path()
-    if model is None:
-        from training.config import load_config
-        from training.engine import Trainer
+    if model is not None:
+        return Path(model)
+    from training.config import load_config
+    from training.engine import Trainer
 
-        config_path = Path(__file__).resolve().parent.parent / "configs" / "quick.yaml"
-        cfg = load_config(config_path, ["name=bootstrap", "optim.iterations=200", "optim.batch_size=16"])
-        print(f"no model yet: training a bootstrap model ({cfg.optim.iterations} steps, a few minutes on CPU)")
-        result = Trainer(cfg).fit()
-        model = result.run_dir / "model.onnx"
-        export_checkpoint(result.run_dir / "best.pt", model)
-    wild = default_data_root() / "wild"
-    out_dir = Path("runs") / "demo"
-    out_dir.mkdir(parents=True, exist_ok=True)
-    for name in ("messi5.jpg", "basketball1.png"):
-        if (wild / name).exists():
-            result = predict_image(wild / name, [], model, out_dir / f"{Path(name).stem}_pose.png")
-            print(json.dumps({"image": name, **result})[:400], "...")
-    print(f"renders in {out_dir}/ (the HTTP service arrives with the serving issue)")
+    config_path = Path(__file__).resolve().parent.parent / "configs" / "quick.yaml"
+    cfg = load_config(config_path, ["name=bootstrap", "optim.iterations=200", "optim.batch_size=16",
+                                    "schedule.val_every=100", "schedule.checkpoint_every=50"])
+    print(f"empty registry and no bundled model: training a bootstrap model ({cfg.optim.iterations} steps, "
+          "a few minutes on CPU)", flush=True)
+    result = Trainer(cfg).fit()
+    onnx_path = result.run_dir / "model.onnx"
+    export_checkpoint(result.run_dir / "best.pt", onnx_path, version="bootstrap")
+    return onnx_path

@@ -33,7 +33,7 @@ from serving.registry import ModelRegistry, RegistryError, VersionNotFound
 from serving.render import render_poses
 from serving.routes import health, models, ops, pose
 from serving.settings import Settings
-from serving.validation import InputError, PoseInput, decode_pose_input
+from serving.validation import InputError, PixelBudget, PoseInput, check_image, decode_pose_input
 
 log = logging.getLogger("poseloop.serving")
 READY_CACHE_S = 1.0
@@ -61,6 +61,7 @@ class Service:
         self.settings, self.manager, self.auth, self.metrics = settings, manager, auth, metrics
         self.batcher = MicroBatcher(manager, settings.max_batch, settings.max_wait_ms, settings.max_queue,
                                     on_batch=metrics.observe_batch, on_error=metrics.observe_backend_error)
+        self.pixel_budget = PixelBudget(settings.pixel_budget)
         self._ready_at = 0.0
         self._stop = threading.Event()
         self._poller: threading.Thread | None = None
@@ -79,18 +80,34 @@ class Service:
         self.batcher.close()
 
     async def predict(self, pose_input: PoseInput) -> PoseOutcome:
+        """Decode, validate, batch and infer one request (image memory is held against the pixel budget)."""
         start = time.perf_counter()
+        settings = self.settings
 
-        def prepare():
-            image, boxes = decode_pose_input(pose_input, self.settings.max_pixels, self.settings.max_boxes)
-            decoded = time.perf_counter()
-            return image, self.batcher.submit(image, boxes), decoded
+        def prepare():  # in a worker thread: header checks, decoding and cropping are CPU work
+            with self.batcher.expecting():
+                header = check_image(pose_input.data, settings.max_pixels)
+                pixels = header.width * header.height
+                try:
+                    self.pixel_budget.acquire(pixels, settings.request_timeout_s)
+                except TimeoutError as err:
+                    raise Overloaded(f"too many large images in flight: {err}") from None
+                try:
+                    image, boxes = decode_pose_input(pose_input, settings.max_pixels, settings.max_boxes, header)
+                    decoded = time.perf_counter()
+                    future = self.batcher.submit(image, boxes)
+                except BaseException:
+                    self.pixel_budget.release(pixels)
+                    raise
+                # released when the batch is done with the image, whatever happens to this request
+                future.add_done_callback(lambda _f: self.pixel_budget.release(pixels))
+                return image, future, decoded
 
         image, future, decoded = await run_in_threadpool(prepare)
         try:
-            result: PoseResult = await asyncio.wait_for(asyncio.wrap_future(future), self.settings.request_timeout_s)
+            result: PoseResult = await asyncio.wait_for(asyncio.wrap_future(future), settings.request_timeout_s)
         except asyncio.TimeoutError:
-            raise BatchError(f"no result within {self.settings.request_timeout_s} s (server overloaded)") from None
+            raise Overloaded(f"no result within {settings.request_timeout_s} s; retry later") from None
         total = (time.perf_counter() - start) * 1e3
         timing = {"total": total, "decode": (decoded - start) * 1e3, "queue": result.queue_ms,
                   "inference": result.infer_ms, "batch_crops": result.batch_crops}
@@ -169,7 +186,10 @@ def build_backend(settings: Settings) -> VersionedBackend:
     if settings.backend == "triton":
         from serving.backends.triton import TritonBackend  # imported only when asked for
 
-        return TritonBackend(settings.triton_url)
+        return TritonBackend(settings.triton_url, settings.triton_repository, settings.triton_model,
+                             settings.triton_repository_secret, keep_versions=settings.keep_versions,
+                             max_batch_size=settings.max_batch, intra_op_threads=settings.ort_threads,
+                             grpc_url=settings.triton_grpc_url)
     from serving.backends.embedded import EmbeddedBackend
 
     return EmbeddedBackend(intra_op_threads=settings.ort_threads, inter_op_threads=settings.ort_inter_threads)

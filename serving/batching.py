@@ -1,7 +1,8 @@
 """Cross-request micro-batching of person crops: one backend call serves several requests.
 
 Requests are queued whole. A worker thread takes the first waiting request, waits up to `max_wait_ms` for
-more while the batch has room for the next *whole* request (at most `max_batch` crops; a single request with
+more — but only while other requests are on their way (announced with `expecting()` before their image is
+decoded), so a lone request never waits — while the batch has room for the next *whole* request (at most `max_batch` crops; a single request with
 more crops forms its own batch, run in `max_batch` chunks), then takes ONE lease on the active model version,
 runs the crops through it and decodes each request with that same version. Every request learns the version
 that computed it, so the label in the response is truthful even while a promotion flips the active version
@@ -13,17 +14,18 @@ A failing batch fails only its own requests (BatchError with the cause); the wor
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from serving.manager import ActiveModel, ModelManager
+from serving.manager import ActiveModel, ModelManager, NoActiveModel
 from serving.metadata import ModelMetadata
 from serving.pipeline import PersonPose, PreparedCrops
 
@@ -81,6 +83,7 @@ class MicroBatcher:
         self._queue: deque[_Job] = deque()
         self._cond = threading.Condition()
         self._closed = False
+        self._incoming = 0  # requests announced by expecting() and not yet submitted
         self._thread = threading.Thread(target=self._run, name="poseloop-batcher", daemon=True)
 
     def start(self) -> None:
@@ -101,6 +104,18 @@ class MicroBatcher:
     @property
     def alive(self) -> bool:
         return self._thread.is_alive() and not self._closed
+
+    @contextlib.contextmanager
+    def expecting(self) -> Iterator[None]:
+        """Announce a request that will `submit` soon (wrap its decoding and submit): batches wait for it."""
+        with self._cond:
+            self._incoming += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._incoming -= 1
+                self._cond.notify_all()
 
     def submit(self, image: np.ndarray, boxes: np.ndarray | None = None) -> Future:
         """Queue one image (H×W×3 RGB uint8) with its boxes (None = whole image) → Future[PoseResult].
@@ -131,8 +146,10 @@ class MicroBatcher:
                 self._run_batch(jobs)
             except Exception as err:  # noqa: BLE001 - the worker must survive anything a batch does
                 log.exception("batch of %d requests failed", len(jobs))
+                if not isinstance(err, (BatchError, NoActiveModel)):
+                    err = BatchError(f"{type(err).__name__}: {err}")
                 for job in jobs:
-                    _fail(job, err if isinstance(err, BatchError) else BatchError(f"{type(err).__name__}: {err}"))
+                    _fail(job, err)
 
     def _next_batch(self) -> list[_Job] | None:
         """Whole requests totalling ≤ max_batch crops (or one bigger request); None once closed."""
@@ -153,7 +170,7 @@ class MicroBatcher:
                     crops += job.crops
                     continue
                 remaining = deadline - time.perf_counter()
-                if remaining <= 0:
+                if remaining <= 0 or self._incoming == 0:  # nobody else on the way: run now
                     break
                 self._cond.wait(remaining)
         return [job for job in jobs if job.future.set_running_or_notify_cancel()]  # drop timed-out requests

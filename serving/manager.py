@@ -26,6 +26,7 @@ from serving.pipeline import PosePipeline
 from serving.registry import ModelRegistry, RegistryError
 
 log = logging.getLogger(__name__)
+SYNC_RETRY_S = 60.0
 
 
 class NoActiveModel(RuntimeError):
@@ -78,15 +79,22 @@ class ModelManager:
         self._janitor = ThreadPoolExecutor(1, thread_name_prefix="poseloop-unload")  # unloads off request threads
         self.last_error: str | None = None
         self.last_swap: SwapReport | None = None
+        self._sync_failure: tuple[str, float] | None = None  # (version, when): don't retry a broken load each poll
 
     def start(self) -> None:
         """Load the registry's active version, if any (failure → not ready, logged in `last_error`)."""
         self.sync()
 
-    def sync(self) -> bool:
-        """Follow the registry: if another process promoted a version, load it and flip. True if it flipped."""
+    def sync(self, retry_after_s: float = SYNC_RETRY_S) -> bool:
+        """Follow the registry: if another process promoted a version, load it and flip. True if it flipped.
+
+        A version that failed to load is retried only after `retry_after_s` (the registry is polled often).
+        """
         info = self.registry.active()
         if info is None or (self._active is not None and self._active.version == info.version):
+            return False
+        failure = self._sync_failure
+        if failure and failure[0] == info.version and time.monotonic() - failure[1] < retry_after_s:
             return False
         with self._promoting:
             info = self.registry.active()
@@ -96,6 +104,7 @@ class ModelManager:
                 model = self._load(info.version, info.onnx_path)
             except BackendLoadError as err:
                 self.last_error = str(err)
+                self._sync_failure = (info.version, time.monotonic())
                 log.error("active version %s failed to load: %s", info.version, err)
                 return False
             self._flip(model)

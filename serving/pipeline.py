@@ -28,11 +28,27 @@ class PersonPose:
     names: tuple[str, ...]
 
 
-class PosePipeline:
-    """image (H×W×3 RGB uint8) + person boxes → list[PersonPose], one backend call per image (two with flip test).
+@dataclass(frozen=True)
+class PreparedCrops:
+    """One image's network inputs plus what decoding needs to map results back to image pixels."""
 
-    flip_test: also run the horizontally mirrored crops and average the flipped-back heatmaps.
+    crops: np.ndarray  # (M, 3, H, W) float32 normalised; M = N, or 2N with flip test (crops[N:] mirror crops[:N])
+    affines: np.ndarray  # (N, 2, 3) image → crop
+    boxes: np.ndarray  # (N, 4) [x, y, w, h], image pixels
+    flipped: bool
+
+    @property
+    def persons(self) -> int:
+        return len(self.boxes)
+
+
+class PosePipeline:
+    """image (H×W×3 RGB uint8) + person boxes → list[PersonPose], one backend call per image.
+
+    flip_test: also run the horizontally mirrored crops (in the same call) and average the flipped-back heatmaps.
     refinement: "none" / "quarter" / "dark"; None = the decode mode stored in the model's metadata.
+    `predict` = `prepare` → `backend.infer(prepared.crops)` → `decode`; the steps are public so a micro-batcher
+    can run several images' crops in one call.
     """
 
     def __init__(self, backend: InferenceBackend, flip_test: bool = False, refinement: str | None = None) -> None:
@@ -48,34 +64,45 @@ class PosePipeline:
 
     def predict(self, image: np.ndarray, boxes: Sequence[Sequence[float]] | np.ndarray | None = None) -> list[PersonPose]:
         """Poses for each box (None = one box covering the whole image); [] for an empty box list."""
-        image = _check_image(image)
-        h, w = image.shape[:2]
-        boxes_arr = _check_boxes([[0.0, 0.0, float(w), float(h)]] if boxes is None else boxes)
-        if len(boxes_arr) == 0:
+        prepared = self.prepare(image, boxes)
+        if prepared.persons == 0:
             return []
-        size = self.codec.input_size
-        affines = np.stack([person_crop_affine(b, size, self._padding) for b in boxes_arr])
-        batch = np.stack([normalize_crop(warp_image(image, a, size), self._mean, self._std) for a in affines])
-        heatmaps = self._heatmaps(batch)
-        crop_keypoints, scores = self.codec.decode(heatmaps)
-        keypoints = self.codec.to_image(crop_keypoints, affines)
-        return [
-            PersonPose(box=tuple(float(v) for v in box), score=float(s.mean()), keypoints=k, keypoint_scores=s,
-                       names=self.names)
-            for box, k, s in zip(boxes_arr, keypoints, scores)
-        ]
+        return self.decode(self.backend.infer(prepared.crops), prepared)
 
     __call__ = predict
 
-    def _heatmaps(self, batch: np.ndarray) -> np.ndarray:
-        """(N, 3, H, W) → (N, K, h, w); with flip test, averaged with the flipped-back mirrored pass."""
-        heatmaps = np.asarray(self.backend.infer(batch), np.float32)
+    def prepare(self, image: np.ndarray, boxes: Sequence[Sequence[float]] | np.ndarray | None = None) -> PreparedCrops:
+        """Crop and normalise every box (None = the whole image); with flip test, append the mirrored crops."""
+        image = _check_image(image)
+        h, w = image.shape[:2]
+        boxes_arr = _check_boxes([[0.0, 0.0, float(w), float(h)]] if boxes is None else boxes)
+        size = self.codec.input_size
+        affines = np.array([person_crop_affine(b, size, self._padding) for b in boxes_arr]).reshape(-1, 2, 3)
+        crops = np.empty((len(affines), 3, size.h, size.w), np.float32)
+        for i, affine in enumerate(affines):
+            crops[i] = normalize_crop(warp_image(image, affine, size), self._mean, self._std)
         if self.flip_test:
             # Normalisation is per channel, so mirroring the normalised crop == normalising the mirrored crop.
-            mirrored = np.ascontiguousarray(batch[..., ::-1])
-            flipped = self.codec.flip_back(np.asarray(self.backend.infer(mirrored), np.float32), self.flip_index)
-            heatmaps = 0.5 * (heatmaps + flipped)
-        return heatmaps
+            crops = np.concatenate([crops, crops[..., ::-1]])
+        return PreparedCrops(np.ascontiguousarray(crops), affines, boxes_arr, self.flip_test)
+
+    def decode(self, heatmaps: np.ndarray, prepared: PreparedCrops) -> list[PersonPose]:
+        """Backend output for `prepared.crops`, (M, K, h, w) → one PersonPose per box, in image pixels."""
+        heatmaps = np.asarray(heatmaps, np.float32)
+        if len(heatmaps) != len(prepared.crops):
+            raise ValueError(f"{len(heatmaps)} heatmaps for {len(prepared.crops)} crops")
+        n = prepared.persons
+        if n == 0:
+            return []
+        if prepared.flipped:
+            heatmaps = 0.5 * (heatmaps[:n] + self.codec.flip_back(heatmaps[n:], self.flip_index))
+        crop_keypoints, scores = self.codec.decode(heatmaps)
+        keypoints = self.codec.to_image(crop_keypoints, prepared.affines)
+        return [
+            PersonPose(box=tuple(float(v) for v in box), score=float(s.mean()), keypoints=k, keypoint_scores=s,
+                       names=self.names)
+            for box, k, s in zip(prepared.boxes, keypoints, scores)
+        ]
 
 
 def load_image_rgb(source: str | Path | bytes | bytearray | memoryview) -> np.ndarray:

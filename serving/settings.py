@@ -38,12 +38,17 @@ class Settings(BaseSettings):
 
     backend: Literal["embedded", "triton"] = "embedded"
     triton_url: str = "127.0.0.1:8000"
+    triton_grpc_url: str | None = Field(None, description="repository control over gRPC (recommended)")
+    triton_repository: Path | None = Field(None, description="the server's --model-repository, if local")
+    triton_model: str = "poseloop"
+    triton_repository_secret: str | None = None
     ort_threads: int = Field(2, ge=1, description="ONNX Runtime intra-op threads per session")
     ort_inter_threads: int = Field(1, ge=1)
 
     max_image_bytes: int = Field(20 * 1024 * 1024, ge=1)
     max_pixels: int = Field(40_000_000, ge=1, description="decoded width × height, checked before decoding")
     max_boxes: int = Field(64, ge=1)
+    pixel_budget: int = Field(120_000_000, ge=1, description="decoded pixels all requests may hold at once")
 
     max_batch: int = Field(16, ge=1, description="crops per backend call (one request is never split)")
     max_wait_ms: float = Field(5.0, ge=0, description="how long a batch waits for more requests")

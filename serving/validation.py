@@ -16,6 +16,7 @@ import json
 import math
 import re
 import struct
+import threading
 from dataclasses import dataclass
 
 import cv2
@@ -49,10 +50,11 @@ class ImageHeader:
     format: str  # "jpeg" | "png" | "webp" | "bmp"
     width: int
     height: int
+    truncated: str | None = None  # what is missing, when the size is known but the file is incomplete
 
 
 def sniff_image(data: bytes) -> ImageHeader:
-    """Type and size from the header, checking the file is complete; InputError (400/415) otherwise."""
+    """Type and size from the header, and whether the file is complete; InputError (400/415) if no size."""
     if not data:
         raise InputError(400, "empty_image", "the image is empty (0 bytes)")
     if data.startswith(b"\x89PNG\r\n\x1a\n"):
@@ -67,14 +69,24 @@ def sniff_image(data: bytes) -> ImageHeader:
                      f"not a JPEG, PNG, WebP or BMP image (starts with {data[:8].hex()})")
 
 
-def decode_image(data: bytes, max_pixels: int) -> np.ndarray:
-    """Encoded bytes → H×W×3 RGB uint8; 413 if width × height > max_pixels (decided before decoding)."""
+def check_image(data: bytes, max_pixels: int) -> ImageHeader:
+    """The header of an image that may be decoded: known type, positive size ≤ max_pixels (413), complete."""
     header = sniff_image(data)
     if header.width <= 0 or header.height <= 0:
         raise InputError(400, "invalid_image", f"{header.format} header declares a {header.width}×{header.height} image")
     if header.width * header.height > max_pixels:
         raise InputError(413, "image_too_large", f"{header.format} image is {header.width}×{header.height} = "
                          f"{header.width * header.height} pixels, limit {max_pixels}")
+    if header.truncated:
+        raise _truncated(header.format.upper(), header.truncated)
+    return header
+
+
+def decode_image(data: bytes, max_pixels: int, header: ImageHeader | None = None) -> np.ndarray:
+    """Encoded bytes → H×W×3 RGB uint8; 413 if width × height > max_pixels (decided before decoding).
+
+    `header`: the result of check_image(data, max_pixels) when the caller already has it."""
+    header = header or check_image(data, max_pixels)
     bgr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
     if bgr is None or bgr.ndim != 3 or bgr.shape[2] != 3 or bgr.size == 0:
         raise InputError(400, "undecodable_image", f"the {header.format} image could not be decoded (corrupt data)")
@@ -84,13 +96,36 @@ def decode_image(data: bytes, max_pixels: int) -> np.ndarray:
     return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
 
 
-def decode_pose_input(pose_input: PoseInput, max_pixels: int, max_boxes: int) -> tuple[np.ndarray, np.ndarray | None]:
+def decode_pose_input(pose_input: PoseInput, max_pixels: int, max_boxes: int,
+                      header: ImageHeader | None = None) -> tuple[np.ndarray, np.ndarray | None]:
     """(RGB image, boxes or None) from a PoseInput; InputError for anything wrong."""
-    image = decode_image(pose_input.data, max_pixels)
+    image = decode_image(pose_input.data, max_pixels, header)
     h, w = image.shape[:2]
     if pose_input.boxes_text:
         return image, parse_boxes_text(pose_input.boxes, w, h, max_boxes)
     return image, parse_boxes(pose_input.boxes, w, h, max_boxes)
+
+
+class PixelBudget:
+    """Caps the decoded pixels that requests hold at once, so many concurrent large images cannot exhaust
+    memory (a 40 MP image is ~240 MB while OpenCV decodes and converts it). One image larger than the whole
+    budget is still admitted when nothing else is held."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit, self.used = limit, 0
+        self._cond = threading.Condition()
+
+    def acquire(self, pixels: int, timeout: float) -> None:
+        """Wait until `pixels` fit; TimeoutError after `timeout` seconds."""
+        with self._cond:
+            if not self._cond.wait_for(lambda: self.used == 0 or self.used + pixels <= self.limit, timeout):
+                raise TimeoutError(f"{self.used} decoded pixels in flight (budget {self.limit})")
+            self.used += pixels
+
+    def release(self, pixels: int) -> None:
+        with self._cond:
+            self.used -= pixels
+            self._cond.notify_all()
 
 
 def parse_boxes(value, width: int, height: int, max_boxes: int) -> np.ndarray | None:
@@ -184,71 +219,87 @@ def _png(data: bytes) -> ImageHeader:
             break
         seen_idat |= kind == b"IDAT"
         if kind == b"IEND":
-            if not seen_idat:
-                raise _truncated("PNG", "no image data")
-            return ImageHeader("png", width, height)
-    raise _truncated("PNG", "ends before the IEND chunk")
+            return ImageHeader("png", width, height, None if seen_idat else "no image data")
+    return ImageHeader("png", width, height, "ends before the IEND chunk")
 
 
 def _jpeg(data: bytes) -> ImageHeader:
-    pos, size, n = 2, (0, 0), len(data)
+    """Walk the segments (and scans) to EOI; the frame size is the largest SOF's."""
+    try:
+        return _jpeg_walk(data, [0, 0])
+    except _Truncated as err:
+        if err.size[0] and err.size[1]:
+            return ImageHeader("jpeg", err.size[0], err.size[1], str(err))
+        raise _truncated("JPEG", str(err)) from None
+
+
+class _Truncated(Exception):
+    def __init__(self, detail: str, size: list[int]) -> None:
+        super().__init__(detail)
+        self.size = size
+
+
+def _jpeg_walk(data: bytes, size: list[int]) -> ImageHeader:
+    pos, n = 2, len(data)
     while True:
         while pos < n and data[pos] == 0xFF and pos + 1 < n and data[pos + 1] == 0xFF:
             pos += 1  # fill bytes
         if pos + 2 > n:
-            raise _truncated("JPEG", "ends before the EOI marker")
+            raise _Truncated("ends before the EOI marker", size)
         if data[pos] != 0xFF:
-            raise _truncated("JPEG", f"expected a marker at byte {pos}")
+            raise _Truncated(f"expected a marker at byte {pos}", size)
         marker = data[pos + 1]
         if marker == 0xD9:
-            if size == (0, 0):
-                raise _truncated("JPEG", "no frame header")
+            if not (size[0] and size[1]):
+                raise _Truncated("no frame header", size)
             return ImageHeader("jpeg", size[0], size[1])
         if 0xD0 <= marker <= 0xD7 or marker == 0x01:
             pos += 2
             continue
         if pos + 4 > n:
-            raise _truncated("JPEG", "segment header cut off")
+            raise _Truncated("segment header cut off", size)
         (length,) = struct.unpack(">H", data[pos + 2:pos + 4])
         if length < 2 or pos + 2 + length > n:
-            raise _truncated("JPEG", f"segment 0x{marker:02X} runs past the end")
+            raise _Truncated(f"segment 0x{marker:02X} runs past the end", size)
         if marker in _JPEG_SOF:
             if length < 7:
-                raise _truncated("JPEG", "short frame header")
+                raise _Truncated("short frame header", size)
             height, width = struct.unpack(">HH", data[pos + 5:pos + 9])
-            size = (max(size[0], width), max(size[1], height))
+            size[0], size[1] = max(size[0], width), max(size[1], height)
             if height == 0:
                 raise InputError(400, "invalid_image", "JPEG frame height 0 (DNL) is not supported")
         pos += 2 + length
         if marker == 0xDA:  # start of scan: skip the entropy-coded data to the next marker
-            if size == (0, 0):
-                raise _truncated("JPEG", "scan before the frame header")
+            if not (size[0] and size[1]):
+                raise _Truncated("scan before the frame header", size)
             match = _JPEG_NEXT_MARKER.search(data, pos)
             if match is None:
-                raise _truncated("JPEG", "ends inside the scan data")
+                raise _Truncated("ends inside the scan data", size)
             pos = match.start()
 
 
 def _webp(data: bytes) -> ImageHeader:
+    if len(data) < 30:
+        raise _truncated("WebP", f"{len(data)} bytes is shorter than any WebP header")
     (riff_size,) = struct.unpack("<I", data[4:8])
-    if riff_size + 8 > len(data) or len(data) < 30:
-        raise _truncated("WebP", f"RIFF size {riff_size + 8} bytes, got {len(data)}")
     chunk = data[12:16]
     if chunk == b"VP8 ":
         if data[23:26] != b"\x9d\x01\x2a":
             raise _truncated("WebP", "bad VP8 start code")
         width, height = struct.unpack("<HH", data[26:30])
-        return ImageHeader("webp", width & 0x3FFF, height & 0x3FFF)
-    if chunk == b"VP8L":
+        width, height = width & 0x3FFF, height & 0x3FFF
+    elif chunk == b"VP8L":
         if data[20] != 0x2F:
             raise _truncated("WebP", "bad VP8L signature")
         (bits,) = struct.unpack("<I", data[21:25])
-        return ImageHeader("webp", (bits & 0x3FFF) + 1, ((bits >> 14) & 0x3FFF) + 1)
-    if chunk == b"VP8X":
+        width, height = (bits & 0x3FFF) + 1, ((bits >> 14) & 0x3FFF) + 1
+    elif chunk == b"VP8X":
         width = int.from_bytes(data[24:27], "little") + 1
         height = int.from_bytes(data[27:30], "little") + 1
-        return ImageHeader("webp", width, height)
-    raise _truncated("WebP", f"unknown chunk {chunk!r}")
+    else:
+        raise _truncated("WebP", f"unknown chunk {chunk!r}")
+    short = riff_size + 8 > len(data)
+    return ImageHeader("webp", width, height, f"RIFF size {riff_size + 8} bytes, got {len(data)}" if short else None)
 
 
 def _bmp(data: bytes) -> ImageHeader:
@@ -263,11 +314,12 @@ def _bmp(data: bytes) -> ImageHeader:
     else:
         raise _truncated("BMP", f"unsupported DIB header size {dib}")
     height = abs(height)  # negative = top-down rows
+    problem = None
     if compression in (0, 3) and width > 0 and bpp > 0:
         needed = offset + ((bpp * width + 31) // 32) * 4 * height
         if len(data) < needed:
-            raise _truncated("BMP", f"pixel data needs {needed} bytes, got {len(data)}")
-    return ImageHeader("bmp", width, height)
+            problem = f"pixel data needs {needed} bytes, got {len(data)}"
+    return ImageHeader("bmp", width, height, problem)
 
 
 def _kind(value) -> str:

@@ -13,10 +13,8 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import socket
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -31,6 +29,7 @@ from onnx import TensorProto, helper, numpy_helper
 from models.codec import HeatmapCodec
 from models.geometry import Size
 from models.schemas import LSP14
+from poseloop.serve import serve_in_subprocess
 
 REPO = Path(__file__).resolve().parent.parent
 INPUT = Size(48, 64)  # (w, h): non-square, small = fast on a shared 2-core CPU
@@ -173,24 +172,9 @@ def thread_server(app, port: int | None = None) -> Iterator[str]:
 
 @contextlib.contextmanager
 def process_server(env: dict[str, str], port: int | None = None) -> Iterator[tuple[str, subprocess.Popen]]:
-    """`poseloop.serve.run_server(Settings())` in a subprocess configured by POSELOOP_* env; yields (url, proc)."""
-    port = port or free_port()
-    full_env = {**os.environ, "POSELOOP_HOST": "127.0.0.1", "POSELOOP_PORT": str(port), "OMP_NUM_THREADS": "1",
-                **env}
-    code = "from poseloop.serve import run_server; from serving.settings import Settings; run_server(Settings())"
-    proc = subprocess.Popen([sys.executable, "-c", code], cwd=REPO, env=full_env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        wait_http(base + "/healthz", proc=proc)
-        yield base, proc
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+    """The real `poseloop serve` entry (run_server) in a child process, configured by POSELOOP_* env."""
+    with serve_in_subprocess({"OMP_NUM_THREADS": "1", **env}, port) as running:
+        yield running
 
 
 def rss_kib(pid: int) -> int:

@@ -112,7 +112,7 @@ def torch_reference(model, image, boxes, flip: bool) -> tuple[np.ndarray, np.nda
 def test_matches_pytorch_in_one_batched_call(backend, model, image, flip) -> None:
     counting = CountingBackend(backend)
     poses = PosePipeline(counting, flip_test=flip).predict(image, BOXES)
-    assert counting.calls == ([3, 3] if flip else [3])  # all boxes in one call (+ one mirrored call)
+    assert counting.calls == ([6] if flip else [3])  # all boxes (and their mirrors) in one call
     expected_kp, expected_scores = torch_reference(model, image, BOXES, flip)
     assert len(poses) == 3
     for pose, kp, scores, box in zip(poses, expected_kp, expected_scores, BOXES):
@@ -132,11 +132,12 @@ def test_flip_test_changes_result_and_stays_in_crop(backend, image) -> None:
 
 
 class GaussianBackend:
-    """Fake model: returns codec-encoded heatmaps of known crop keypoints; for a mirrored batch (checked to be
-    the exact mirror of the previous one) it returns what an ideal flip-equivariant network would."""
+    """Fake model: codec-encoded heatmaps of known crop keypoints for every crop, except that where the batch's
+    second half is the exact mirror of its first half (flip test), that half gets what an ideal
+    flip-equivariant network would output."""
 
     def __init__(self, metadata: ModelMetadata, crop_keypoints: np.ndarray) -> None:
-        self._metadata, self.crop_keypoints, self.last = metadata, crop_keypoints, None
+        self._metadata, self.crop_keypoints = metadata, crop_keypoints
         self.codec = metadata.codec()
 
     @property
@@ -144,11 +145,12 @@ class GaussianBackend:
         return self._metadata
 
     def infer(self, batch: np.ndarray) -> np.ndarray:
-        kp = self.crop_keypoints
-        if self.last is not None and np.array_equal(batch, self.last[..., ::-1]):
-            kp, _ = flip_keypoints(kp, np.ones(len(kp)), INPUT.w, LSP14.flip_index)
-        self.last = batch.copy()
-        return np.stack([self.codec.encode(kp, np.ones(len(kp)))[0] for _ in batch])
+        kp, ones = self.crop_keypoints, np.ones(len(self.crop_keypoints))
+        mirrored_kp, _ = flip_keypoints(kp, ones, INPUT.w, LSP14.flip_index)
+        n = len(batch) // 2
+        has_mirrors = len(batch) % 2 == 0 and np.array_equal(batch[n:], batch[:n, ..., ::-1])
+        return np.stack([self.codec.encode(mirrored_kp if has_mirrors and i >= n else kp, ones)[0]
+                         for i in range(len(batch))])
 
     def close(self) -> None:
         pass
@@ -177,6 +179,23 @@ def test_flip_test_recovers_an_asymmetric_pose(backend) -> None:
     (pose,) = PosePipeline(fake, flip_test=True, refinement="dark").predict(image, box)
     # flip_back shifts one heatmap pixel where the exact shift is 1 - 1/stride: ≤ 0.5 input px bias in x
     assert np.abs(pose.keypoints - crop_kp).max() <= 1.0
+
+
+def test_prepare_infer_decode_steps(backend, image) -> None:
+    """The public steps a micro-batcher uses: crops of two images in one call, decoded per image."""
+    pipeline = PosePipeline(backend, flip_test=True)
+    first, second = pipeline.prepare(image, BOXES[:2]), pipeline.prepare(image[::-1].copy())
+    assert first.crops.shape == (4, 3, 128, 96) and first.persons == 2 and first.flipped
+    assert np.array_equal(first.crops[2:], first.crops[:2, ..., ::-1])
+    heatmaps = backend.infer(np.concatenate([first.crops, second.crops]))
+    poses = pipeline.decode(heatmaps[:4], first) + pipeline.decode(heatmaps[4:], second)
+    expected = pipeline.predict(image, BOXES[:2]) + pipeline.predict(image[::-1].copy())
+    for got, want in zip(poses, expected, strict=True):
+        assert np.abs(got.keypoints - want.keypoints).max() <= 1e-3
+    with pytest.raises(ValueError, match="heatmaps"):
+        pipeline.decode(heatmaps[:3], first)
+    empty = pipeline.prepare(image, [])
+    assert empty.crops.shape == (0, 3, 128, 96) and pipeline.decode(np.zeros((0, 14, 32, 24)), empty) == []
 
 
 def test_empty_and_invalid_inputs(backend, image) -> None:
@@ -252,13 +271,21 @@ def test_render_poses(image) -> None:
 
 
 def test_serving_never_imports_torch() -> None:
+    """Import every module under serving/ in a fresh interpreter; torch must not get loaded. Modules that need a
+    runtime only present elsewhere (triton_python_backend_utils inside tritonserver) are skipped."""
     code = (
-        "import sys\n"
-        "import serving, serving.metadata, serving.pipeline, serving.render, serving.backends\n"
-        "import serving.backends.onnxruntime\n"
+        "import importlib, pkgutil, sys\n"
+        "import serving, serving.metadata, serving.pipeline, serving.render, serving.backends.onnxruntime\n"
+        "for info in pkgutil.walk_packages(serving.__path__, 'serving.'):\n"
+        "    try:\n"
+        "        importlib.import_module(info.name)\n"
+        "    except ModuleNotFoundError as err:\n"
+        "        if err.name == 'torch' or err.name.startswith('serving'):\n"
+        "            raise\n"
+        "        print('skipped', info.name, 'needs', err.name)\n"
         "bad = sorted(m for m in sys.modules if m == 'torch' or m.startswith('torch.'))\n"
-        "print(bad)\n"
+        "print('torch modules:', bad)\n"
         "sys.exit(1 if bad else 0)\n"
     )
-    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr

@@ -2,7 +2,8 @@
 
 Config generation, the restricted repository API, ONNX Runtime parity through the Python backend, hot swap
 under client load (load-in-place, never unload first), a broken candidate, and clean shutdown.
-The whole module skips, with the reason, when no tritonserver can run on this machine.
+The server tests skip, with the reason, when no tritonserver can run on this machine; the config tests
+(no server needed) always run.
 """
 from __future__ import annotations
 
@@ -31,10 +32,6 @@ from serving.triton.repository import (
 from serving.triton.server import REPOSITORY_SECRET_HEADER, TritonServer, TritonUnavailable, find_tritonserver
 
 pytestmark = pytest.mark.slow
-
-if find_tritonserver() is None:
-    pytest.skip("no tritonserver binary (install nvidia-pytriton, or set $POSELOOP_TRITONSERVER)",
-                allow_module_level=True)
 
 MODEL = "pose"
 H, W = 128, 96  # non-square on purpose
@@ -125,8 +122,13 @@ def expected(onnx_files, inputs) -> dict[str, np.ndarray]:
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
+    """Every server test skips, with the reason, when no tritonserver can run here (config tests still run)."""
+    if find_tritonserver() is None:
+        pytest.skip("no tritonserver binary (install nvidia-pytriton, or set $POSELOOP_TRITONSERVER)")
     root = tmp_path_factory.mktemp("triton")
-    triton = TritonServer(root / "repo", log_path=root / "tritonserver.log")
+    # One HTTP worker thread: a repository call that blocked it (an HTTP `load`) would stall every inference
+    # connection, so the hot-swap test below proves control really goes around HTTP (gRPC).
+    triton = TritonServer(root / "repo", log_path=root / "tritonserver.log", extra_args=("--http-thread-count=1",))
     try:
         triton.start()
     except TritonUnavailable as err:
@@ -139,7 +141,7 @@ def server(tmp_path_factory):
 @pytest.fixture(scope="module")
 def backend(server):
     client = TritonBackend(server.url, server.repo, MODEL, server.repository_secret, keep_versions=2,
-                           max_batch_size=8)
+                           max_batch_size=8, grpc_url=server.grpc_url)
     yield client
     client.close()
 
@@ -159,6 +161,7 @@ class Traffic:
         self.failures: list[str] = []
         self.wrong: list[tuple[str, float]] = []
         self.done: list[tuple[float, str]] = []  # (completion time, version)
+        self.max_latency_s = 0.0
 
     def route(self, versions: list[str]) -> None:
         with self._lock:
@@ -174,11 +177,13 @@ class Traffic:
                 version = rng.choice(self._versions)
             n = rng.choice([1, 2, 3])
             start = rng.randrange(len(self.inputs) - n + 1)
+            sent = time.monotonic()
             try:
                 out = self.backend.infer(version, self.inputs[start:start + n])
             except Exception as err:  # noqa: BLE001 - every failure is counted
                 self.failures.append(f"v{version}: {err!r}")
             else:
+                self.max_latency_s = max(self.max_latency_s, time.monotonic() - sent)
                 diff = float(np.abs(out - self.expected[version][start:start + n]).max())
                 if diff > TOLERANCE:
                     self.wrong.append((version, diff))
@@ -213,8 +218,7 @@ def post(url: str, headers: dict[str, str] | None = None) -> tuple[int, str]:
 def test_both_configs_come_from_one_description(onnx_files) -> None:
     meta = ModelMetadata.from_onnx(onnx_files["1"])
     cpu = parse_pbtxt(python_backend_config(MODEL, meta, versions=["2", "1"], sys_path=["/x/site-packages"]))
-    gpu_text = onnxruntime_config(MODEL, meta, versions=["1", "2"], tensorrt=True)
-    gpu = parse_pbtxt(gpu_text)
+    gpu = parse_pbtxt(onnxruntime_config(MODEL, meta, versions=["1", "2"], tensorrt=True, tensorrt_cache_dir="/trt"))
     shared = ("name", "input", "output", "max_batch_size", "dynamic_batching", "version_policy", "parameters")
     assert {k: cpu[k] for k in shared if k != "parameters"} == {k: gpu[k] for k in shared if k != "parameters"}
     assert cpu["input"] == [{"name": "input", "data_type": "TYPE_FP32", "dims": ["3", "128", "96"]}]
@@ -228,6 +232,7 @@ def test_both_configs_come_from_one_description(onnx_files) -> None:
     assert cpu["parameters"]["intra_op_thread_count"] == gpu["parameters"]["intra_op_thread_count"]
     accelerator = gpu["optimization"]["execution_accelerators"]["gpu_execution_accelerator"][0]
     assert accelerator["name"] == "tensorrt" and accelerator["parameters"]["precision_mode"] == "FP16"
+    assert accelerator["parameters"]["trt_engine_cache_path"] == "/trt"
     assert ModelIO.from_onnx(onnx_files["1"]) == ModelIO.from_metadata(meta)  # graph and contract agree
     with pytest.raises(ValueError, match="unknown_field|invalid"):
         render_pbtxt({"name": MODEL, "unknown_field": 1})
@@ -279,6 +284,9 @@ def test_load_and_infer_match_onnxruntime(backend, onnx_files, inputs, expected,
     assert np.abs(backend.infer("1", big) - np.concatenate([expected["1"]] * 2)).max() <= TOLERANCE
     with pytest.raises(TritonInferError, match="version 2"):
         backend.infer("2", inputs[:1])
+    with pytest.raises(TritonInferError) as refused:  # wrong crop size: refused by Triton, per request
+        backend.infer("1", np.zeros((1, 3, 64, 64), np.float32))
+    assert refused.value.status == "400"
     assert backend.load("1", onnx_files["1"]).version == "seed1"  # idempotent
     with pytest.raises(BackendLoadError, match="immutable"):
         backend.load("1", onnx_files["2"])
@@ -303,7 +311,8 @@ def test_hot_swap_under_load(backend, onnx_files, inputs, expected, server) -> N
         t5 = time.monotonic()
         time.sleep(0.3)
     print(f"load-in-place v2: {t1 - t0:.2f} s, v3: {t3 - t2:.2f} s, unload v1: {t5 - t4:.2f} s; "
-          f"{len(traffic.done)} requests, {Counter(v for _, v in traffic.done)}")
+          f"{len(traffic.done)} requests, {Counter(v for _, v in traffic.done)}, "
+          f"max latency {traffic.max_latency_s:.2f} s")
     assert traffic.failures == []
     assert traffic.wrong == []
     assert traffic.served(t0, t1)["1"] > 0  # v1 kept answering while v2 loaded
@@ -327,9 +336,12 @@ def test_broken_candidate_is_refused_and_old_versions_keep_serving(backend, onnx
         with pytest.raises(BackendLoadError, match="Triton failed to load.*PoseLoopNoSuchOp"):
             backend.load("4", onnx_files["broken"])  # passes our checks; onnxruntime refuses it (HTTP 400)
         failed = time.monotonic()
+        with pytest.raises(BackendLoadError, match="non-finite"):
+            backend.load("4", offset_model(onnx_files["1"], tmp_path / "nan.onnx", float("nan")))  # loads, NaN out
     print(f"refused broken candidate in {failed - started:.2f} s; {len(traffic.done)} requests served")
     assert traffic.failures == [] and traffic.wrong == []
     assert sum(traffic.served(started, failed).values()) > 0
+    assert traffic.served(failed, time.monotonic())  # and while the NaN version was loaded, then dropped
     assert backend.loaded_versions() == before
     assert read_config(server.repo, MODEL) == config_before and "4" not in version_dirs(server.repo, MODEL)
 
@@ -346,8 +358,8 @@ def test_external_repository_mode(server, onnx_files, inputs, expected) -> None:
         assert np.abs(external.infer("2", inputs[:2]) - expected["2"][:2]).max() <= TOLERANCE
     finally:
         external.close()
-    with pytest.raises(RuntimeError, match="403|restricted"):
-        TritonBackend(server.url, None, MODEL).loaded_versions()  # no secret, no repository API
+    with TritonBackend(server.url, None, MODEL) as anonymous, pytest.raises(RuntimeError, match="restricted"):
+        anonymous.loaded_versions()  # no secret, no repository API
 
 
 def test_stop_leaves_no_processes_or_shm(server, backend, onnx_files) -> None:
@@ -358,7 +370,9 @@ def test_stop_leaves_no_processes_or_shm(server, backend, onnx_files) -> None:
     assert server.shm_segments()
     started = time.monotonic()
     server.stop()
-    print(f"stop took {time.monotonic() - started:.2f} s")
+    stop_s = time.monotonic() - started
+    print(f"stop took {stop_s:.2f} s")
+    assert stop_s < server.exit_timeout_s  # no client left a connection open (Triton would wait it out)
     assert server.group_processes() == [] and server.shm_segments() == []
     assert [pid for pid in members if _alive(pid)] == []
 

@@ -1,15 +1,25 @@
 """Triton backend: several versions of one model served by tritonserver, swapped without downtime.
 
-Swap = load-in-place (see docs/serving notes §0/§1.4): write the new version directory, then POST
-`v2/repository/models/<m>/load` with a `config` override whose `version_policy: specific` lists the versions
-already READY plus the new one. Triton keeps the old versions serving while the new one loads and never
-unloads them when the load fails. `unload` likewise re-loads with a config pinning the remaining versions;
-the model itself is unloaded only when its last version goes. A model version is never unloaded first.
+Swap = load-in-place: write the new version directory, then POST `v2/repository/models/<m>/load` with a
+`config` override whose `version_policy: specific` lists the versions already READY plus the new one. Triton
+keeps the old versions serving while the new one loads and never unloads them when the load fails (core
+model_lifecycle; core PR #102). `unload` likewise re-loads with a config pinning the remaining versions; the
+model itself is unloaded only when its last version goes. A model version is never unloaded first.
+Cost: a changed config makes Triton reload every pinned version too (new stub processes started in the
+background, swapped in on success), so a swap takes longer, and needs more memory, the more versions are
+pinned. Keep only the active and the previous version loaded.
 
 repo: the directory the server reads (`--model-repository`). With repo=None the repository is managed
 elsewhere (e.g. a shared volume written by a deploy job): load() assumes `<model>/<version>/` already exists on
 the server side and issues repository API calls only, reusing the server's current config with a new
 version_policy (the first load uses the server-side config.pbtxt as is).
+
+Control channel: pass `grpc_url` (TritonServer.grpc_url) so repository calls (load/unload/index/config/
+ready) go over gRPC while inference stays on HTTP. Triton 2.51 runs an HTTP `load` synchronously on one of
+its HTTP worker threads, so over HTTP every inference connection served by that thread stalls for the whole
+load (measured: all requests stall with --http-thread-count=1; some, at random, with the default). gRPC
+control calls run on the gRPC frontend's own threads. Without grpc_url the HTTP API is used (0 failures, but
+that stall); tritonclient's gRPC half needs grpcio (`tritonclient[grpc]`, or nvidia-pytriton's dependency).
 
 Threading: every method may be called from any thread. tritonclient's HTTP client is not thread-safe, so
 each thread gets its own client (kept until close()); load/unload are serialised by one lock.
@@ -20,13 +30,16 @@ import hashlib
 import json
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
+from serving.backends import BackendLoadError
+from serving.backends.embedded import warm_up
 from serving.metadata import ModelMetadata
 from serving.triton.repository import (
     DEFAULT_INPUT_NAME, DEFAULT_OUTPUT_NAME, MODEL_FILENAME, ModelIO, check_version, config_json,
@@ -35,11 +48,8 @@ from serving.triton.repository import (
 )
 from serving.triton.server import REPOSITORY_SECRET_HEADER
 
-try:
-    from serving.backends import BackendLoadError
-except ImportError:  # until serving/backends/__init__.py defines it; same definition
-    class BackendLoadError(RuntimeError):  # type: ignore[no-redef]
-        """A model version could not be loaded; versions already loaded keep serving (message names the cause)."""
+
+GRPC_HEADER_PREFIX = "triton-grpc-protocol-"
 
 
 class TritonInferError(RuntimeError):
@@ -55,16 +65,19 @@ class TritonBackend:
 
     url: "http://127.0.0.1:8000" or "127.0.0.1:8000". repository_secret: value of the
     `poseloop-repository-secret` header the server's model-repository API requires (TritonServer sets it).
-    keep_versions: version directories kept on disk beyond the loaded ones (newest first), for rollback.
+    keep_versions: besides the loaded versions, the newest `keep_versions` version directories stay on disk
+    (rollback targets); older ones are pruned after each load/unload (repo-managed only).
     max_batch_size .. sys_path: the Python-backend config written for repo-managed models
     (serving.triton.repository.python_backend_config); infer() splits batches larger than max_batch_size.
     ready_timeout_s: how long a load may take (also the HTTP timeout of every call).
+    grpc_url: "127.0.0.1:8001" to send repository control over gRPC (recommended; see module docstring).
     """
 
     def __init__(self, url: str, repo: Path | None = None, model_name: str = "poseloop",
                  repository_secret: str | None = None, keep_versions: int = 3, *, max_batch_size: int = 16,
                  instance_count: int = 1, intra_op_threads: int = 1, max_queue_delay_us: int = 2000,
-                 sys_path: list[str] | None = None, ready_timeout_s: float = 120.0) -> None:
+                 sys_path: list[str] | None = None, ready_timeout_s: float = 120.0,
+                 grpc_url: str | None = None) -> None:
         if keep_versions < 1:
             raise ValueError(f"keep_versions {keep_versions} < 1")
         self.host = url.split("://", 1)[-1].rstrip("/")
@@ -83,14 +96,18 @@ class TritonBackend:
         self._clients_lock = threading.Lock()
         self._repository_lock = threading.Lock()
         self._closed = False
+        self._control: _Control = (_GrpcControl(grpc_url, self._headers, ready_timeout_s) if grpc_url
+                                   else _HttpControl(self._client, self._headers))
 
     # ------------------------------------------------------------ VersionedBackend
 
     def load(self, version: str, onnx_path: Path) -> ModelMetadata:
         """Make `version` READY next to the versions already loaded; returns its metadata (from the file).
 
-        Raises BackendLoadError when the file is not a servable PoseLoop model, its I/O differs from the
-        loaded versions', or Triton fails to load it; the loaded versions keep serving in every case.
+        Before returning, one batch-1 warm-up inference on zeros must give the contract's shape and finite
+        values (serving.backends.embedded.warm_up, as the embedded backend does). Raises BackendLoadError
+        when the file is not a servable PoseLoop model, its I/O differs from the loaded versions', Triton
+        fails to load it, or the warm-up fails; the loaded versions keep serving in every case.
         Loading a version that is already loaded with the same file is a no-op; with another file, an error
         (versions are immutable)."""
         check_version(version)
@@ -105,33 +122,34 @@ class TritonBackend:
             if current:
                 self._check_same_io(version, io)
             pinned = sort_versions([*current, version])
+            existed = self.repo is not None and version in version_dirs(self.repo, self.model_name)
             if self.repo is not None:
                 self._load_into_repo(version, onnx_path, io, pinned)
             else:
                 self._load_external(version, pinned)
-            self._wait_ready(version)
             self._names[version] = (io.inputs[0].name, io.outputs[0].name)
+            try:
+                self._wait_ready(version)
+                warm_up(meta, lambda batch: self.infer(version, batch), version)
+            except BackendLoadError:  # loaded but unusable: back to exactly what served before
+                self._names.pop(version, None)
+                self._serve_only(current)
+                if self.repo is not None and not existed:
+                    remove_version(self.repo, self.model_name, version)
+                raise
             self._prune(pinned)
         return meta
 
     def unload(self, version: str) -> None:
-        """Stop serving `version`; the other versions keep serving (re-load pinning them, never an unload)."""
+        """Stop serving `version`; the other versions keep serving (re-load pinning them, never an unload).
+        Raises BackendLoadError when Triton refuses the re-pin (nothing changed then)."""
         check_version(version)
         with self._repository_lock:
             current = self.loaded_versions()
             if version not in current:
                 return
             remaining = [v for v in current if v != version]
-            try:
-                if remaining:
-                    config = self._config_pinning(remaining)
-                    if self.repo is not None:
-                        write_config(self.repo, self.model_name, render_pbtxt(config))
-                    self._client().load_model(self.model_name, headers=self._headers, config=json.dumps(config))
-                else:
-                    self._client().unload_model(self.model_name, headers=self._headers)
-            except InferenceServerException as err:
-                raise BackendLoadError(f"unloading {self.model_name} version {version}: {err.message()}") from err
+            self._serve_only(remaining)
             self._names.pop(version, None)
             self._prune(remaining)
 
@@ -159,9 +177,9 @@ class TritonBackend:
     def loaded_versions(self) -> list[str]:
         """Versions of the model that are READY on the server, numerically sorted (repository index API)."""
         try:
-            index = self._client().get_model_repository_index(headers=self._headers)
+            index = self._control.index()
         except InferenceServerException as err:
-            raise RuntimeError(f"repository index of {self.host}: {err.message()}") from err
+            raise RuntimeError(f"repository index of {self.model_name}: {err.message()}") from err
         ready = {str(e["version"]) for e in index
                  if e.get("name") == self.model_name and e.get("state") == "READY" and e.get("version")}
         return sorted(ready, key=int)
@@ -173,6 +191,7 @@ class TritonBackend:
             clients, self._clients = self._clients, []
         for client in clients:
             client.close()
+        self._control.close()
 
     def __enter__(self) -> TritonBackend:
         return self
@@ -201,7 +220,7 @@ class TritonBackend:
         config = python_backend_config_dict(self.model_name, io, versions=pinned, **self._config_kwargs)
         write_config(self.repo, self.model_name, render_pbtxt(config))
         try:
-            self._client().load_model(self.model_name, headers=self._headers, config=config_json(config))
+            self._control.load(self.model_name, config_json(config))
         except InferenceServerException as err:
             if previous_config is not None:  # what is on disk describes what serves
                 write_config(self.repo, self.model_name, previous_config)
@@ -213,25 +232,37 @@ class TritonBackend:
     def _load_external(self, version: str, pinned: list[str]) -> None:
         try:
             if len(pinned) == 1:  # nothing loaded: the server-side config.pbtxt decides, then pin if needed
-                self._client().load_model(self.model_name, headers=self._headers)
+                self._control.load(self.model_name, None)
                 if self.loaded_versions() == pinned:
                     return
-            self._client().load_model(self.model_name, headers=self._headers,
-                                      config=json.dumps(self._config_pinning(pinned)))
+            self._control.load(self.model_name, json.dumps(self._config_pinning(pinned)))
         except InferenceServerException as err:
             raise BackendLoadError(f"Triton failed to load {self.model_name} version {version}: "
                                    f"{err.message()}") from err
+
+    def _serve_only(self, versions: list[str]) -> None:
+        """Serve exactly `versions`: re-load pinning them (the model is unloaded only when none remain)."""
+        try:
+            if versions:
+                config = self._config_pinning(versions)
+                if self.repo is not None:
+                    write_config(self.repo, self.model_name, render_pbtxt(config))
+                self._control.load(self.model_name, json.dumps(config))
+            else:
+                self._control.unload(self.model_name)
+        except InferenceServerException as err:
+            raise BackendLoadError(f"re-pinning {self.model_name} to versions {versions}: {err.message()}") from err
 
     def _config_pinning(self, versions: list[str]) -> dict[str, Any]:
         """The model's config (repo-managed: config.pbtxt on disk; else the server's current one) with
         `version_policy: specific {versions}`."""
         text = read_config(self.repo, self.model_name) if self.repo is not None else None
-        config = parse_pbtxt(text) if text is not None else dict(self._client().get_model_config(self.model_name))
+        config = parse_pbtxt(text) if text is not None else self._control.config(self.model_name)
         config["version_policy"] = {"specific": {"versions": [int(v) for v in sort_versions(versions)]}}
         return config
 
     def _check_same_io(self, version: str, io: ModelIO) -> None:
-        config = self._client().get_model_config(self.model_name)
+        config = self._control.config(self.model_name)
         served = [(t["name"], t["data_type"], tuple(int(d) for d in t["dims"]))
                   for kind in ("input", "output") for t in config.get(kind, [])]
         wanted = [(t.name, t.data_type, t.dims) for t in (*io.inputs, *io.outputs)]
@@ -249,7 +280,7 @@ class TritonBackend:
 
     def _wait_ready(self, version: str) -> None:
         deadline = time.monotonic() + self.ready_timeout_s
-        while not self._client().is_model_ready(self.model_name, version):
+        while not self._control.ready(self.model_name, version):
             if time.monotonic() > deadline:
                 raise BackendLoadError(f"{self.model_name} version {version} not ready after "
                                        f"{self.ready_timeout_s:.0f} s")
@@ -264,6 +295,75 @@ class TritonBackend:
         for version in on_disk:
             if version not in keep:
                 remove_version(self.repo, self.model_name, version)
+
+
+class _Control(Protocol):
+    """Repository control and model state: what load/unload/loaded_versions need from the server."""
+
+    def index(self) -> list[dict[str, Any]]: ...
+    def load(self, model: str, config: str | None) -> None: ...
+    def unload(self, model: str) -> None: ...
+    def config(self, model: str) -> dict[str, Any]: ...
+    def ready(self, model: str, version: str) -> bool: ...
+    def close(self) -> None: ...
+
+
+class _HttpControl:
+    """Over the KServe HTTP API, with the calling thread's HTTP client."""
+
+    def __init__(self, client: Callable[[], httpclient.InferenceServerClient], headers: dict | None) -> None:
+        self._client, self._headers = client, headers
+
+    def index(self) -> list[dict[str, Any]]:
+        return self._client().get_model_repository_index(headers=self._headers)
+
+    def load(self, model: str, config: str | None) -> None:
+        self._client().load_model(model, headers=self._headers, config=config)
+
+    def unload(self, model: str) -> None:
+        self._client().unload_model(model, headers=self._headers)
+
+    def config(self, model: str) -> dict[str, Any]:
+        return dict(self._client().get_model_config(model))
+
+    def ready(self, model: str, version: str) -> bool:
+        return self._client().is_model_ready(model, version)
+
+    def close(self) -> None:
+        """The HTTP clients are closed by the backend."""
+
+
+class _GrpcControl:
+    """Over gRPC (one thread-safe channel); JSON answers use protobuf-JSON (int64 as strings)."""
+
+    def __init__(self, url: str, headers: dict | None, timeout_s: float) -> None:
+        import tritonclient.grpc as grpcclient  # needs grpcio
+
+        self._client = grpcclient.InferenceServerClient(url.split("://", 1)[-1])
+        # Triton 2.51 expects a restricted gRPC protocol's header under this prefix (verified).
+        self._headers = {GRPC_HEADER_PREFIX + k: v for k, v in headers.items()} if headers else None
+        self._timeout = timeout_s
+
+    def index(self) -> list[dict[str, Any]]:
+        answer = self._client.get_model_repository_index(headers=self._headers, as_json=True,
+                                                         client_timeout=self._timeout)
+        return answer.get("models", [])
+
+    def load(self, model: str, config: str | None) -> None:
+        self._client.load_model(model, headers=self._headers, config=config, client_timeout=self._timeout)
+
+    def unload(self, model: str) -> None:
+        self._client.unload_model(model, headers=self._headers, client_timeout=self._timeout)
+
+    def config(self, model: str) -> dict[str, Any]:
+        return self._client.get_model_config(model, headers=self._headers, as_json=True,
+                                             client_timeout=self._timeout)["config"]
+
+    def ready(self, model: str, version: str) -> bool:
+        return self._client.is_model_ready(model, version, headers=self._headers, client_timeout=self._timeout)
+
+    def close(self) -> None:
+        self._client.close()
 
 
 def _read_candidate(version: str, onnx_path: Path) -> tuple[ModelMetadata, ModelIO]:

@@ -125,11 +125,13 @@ def model_config(model_name: str, io: ModelIO, *, runtime: Runtime, versions: It
                  max_batch_size: int = 16, instance_count: int = 1, kind: str = "KIND_CPU",
                  intra_op_threads: int = 1, max_queue_delay_us: int = 2000,
                  parameters: Mapping[str, str] | None = None, tensorrt: bool = False,
-                 tensorrt_precision: str = "FP16") -> dict[str, Any]:
+                 tensorrt_precision: str = "FP16", tensorrt_cache_dir: str | None = None) -> dict[str, Any]:
     """The ModelConfig both configs come from, as a protobuf-JSON dict (validated by `render_pbtxt`).
 
     versions: the version directories to serve (`version_policy: specific`); at least one.
     kind: instance_group kind ("KIND_CPU" / "KIND_GPU"), `instance_count` instances (never Triton's default).
+    tensorrt: add ORT's TensorRT execution accelerator (GPU, native ORT backend only); engines are cached in
+    `tensorrt_cache_dir` (a path inside the server's container) so restarts and reloads skip the rebuild.
     """
     if max_batch_size < 1:
         raise ValueError(f"max_batch_size {max_batch_size} < 1 (PoseLoop models always batch on axis 0)")
@@ -157,11 +159,11 @@ def model_config(model_name: str, io: ModelIO, *, runtime: Runtime, versions: It
     if tensorrt:
         if runtime != "onnxruntime" or kind != "KIND_GPU":
             raise ValueError("the TensorRT accelerator needs runtime='onnxruntime' and kind='KIND_GPU'")
+        trt = {"precision_mode": tensorrt_precision, "max_workspace_size_bytes": str(1 << 30)}
+        if tensorrt_cache_dir:
+            trt.update(trt_engine_cache_enable="1", trt_engine_cache_path=tensorrt_cache_dir)
         config["optimization"] = {"execution_accelerators": {"gpu_execution_accelerator": [{
-            "name": "tensorrt",
-            "parameters": {"precision_mode": tensorrt_precision, "max_workspace_size_bytes": str(1 << 30),
-                           "trt_engine_cache_enable": "1"},
-        }]}}
+            "name": "tensorrt", "parameters": trt}]}}
     return config
 
 
@@ -192,12 +194,14 @@ def python_backend_config_dict(model_name: str, io: ModelIO, *, versions: Iterab
 
 def onnxruntime_config(model_name: str, metadata: ModelMetadata, *, max_batch_size: int = 16,
                        instance_count: int = 1, kind: str = "KIND_GPU", tensorrt: bool = False,
-                       versions: Iterable[str], intra_op_threads: int = 1, max_queue_delay_us: int = 2000) -> str:
+                       versions: Iterable[str], intra_op_threads: int = 1, max_queue_delay_us: int = 2000,
+                       tensorrt_cache_dir: str | None = None) -> str:
     """config.pbtxt for GPU production on Triton's native onnxruntime backend (not in the pytriton wheel)."""
     return render_pbtxt(model_config(
         model_name, ModelIO.from_metadata(metadata), runtime="onnxruntime", versions=versions,
         max_batch_size=max_batch_size, instance_count=instance_count, kind=kind, tensorrt=tensorrt,
-        intra_op_threads=intra_op_threads, max_queue_delay_us=max_queue_delay_us))
+        intra_op_threads=intra_op_threads, max_queue_delay_us=max_queue_delay_us,
+        tensorrt_cache_dir=tensorrt_cache_dir))
 
 
 @cache
@@ -206,7 +210,7 @@ def model_config_pb2() -> ModuleType:
     __init__ needs grpcio (the [grpc] extra); without grpcio the file is loaded directly (protobuf only)."""
     try:
         return importlib.import_module("tritonclient.grpc.model_config_pb2")
-    except ImportError:
+    except (ImportError, RuntimeError):  # tritonclient.grpc raises RuntimeError when grpcio is missing
         pass
     spec = importlib.util.find_spec("tritonclient")
     path = Path(spec.origin).parent / "grpc" / "model_config_pb2.py" if spec and spec.origin else None

@@ -2,8 +2,10 @@
 
 The server runs in EXPLICIT model-control mode with auto-complete disabled, listens on 127.0.0.1 by default,
 and restricts the model-repository API (plus shared-memory, trace, logging) to requests carrying the header
-`poseloop-repository-secret: <secret>` (2.51 syntax: `--http-restricted-api=<apis>:<header>=<value>`).
-Inference, health, metadata and statistics stay open.
+`poseloop-repository-secret: <secret>`, on HTTP and gRPC alike (2.51 syntax, verified:
+`--http-restricted-api=<api>[,<api>...]:<header>=<value>`; the `<apis>,<key>=<value>` form its --help text
+shows makes the binary exit with its usage). Inference, health, metadata and statistics stay open. gRPC is
+on by default because TritonBackend sends repository control over it (see serving.backends.triton).
 
 Environment it needs, and sets for the child only:
 - LD_LIBRARY_PATH: this interpreter's libpython dir (`sysconfig LIBDIR`) first, then the wheel's vendored libs.
@@ -106,7 +108,7 @@ class TritonServer:
     def __init__(self, repo: Path, http_port: int | None = None, grpc_port: int | None = None,
                  metrics_port: int | None = None, repository_secret: str | None = None,
                  log_path: Path | None = None, *, host: str = "127.0.0.1", binary: Path | None = None,
-                 allow_grpc: bool = False, allow_metrics: bool = True, exit_timeout_s: int = 5,
+                 allow_grpc: bool = True, allow_metrics: bool = True, exit_timeout_s: int = 5,
                  startup_timeout_s: float = 60.0, python_shm_bytes: int = 4 << 20,
                  extra_args: tuple[str, ...] = ()) -> None:
         self.repo = Path(repo)
@@ -132,6 +134,11 @@ class TritonServer:
         return f"http://{self.host}:{self.http_port}"
 
     @property
+    def grpc_url(self) -> str | None:
+        """host:port of the gRPC endpoint (TritonBackend's repository-control channel); None if disabled."""
+        return f"{self.host}:{self.grpc_port}" if self.allow_grpc else None
+
+    @property
     def metrics_url(self) -> str:
         return f"http://{self.host}:{self.metrics_port}/metrics"
 
@@ -154,7 +161,8 @@ class TritonServer:
     def command(self) -> list[str]:
         """The full command line (after start(): with the real ports and backend dir)."""
         dist = self._require_distribution()
-        backends = self._workdir / "backends" if self._workdir else dist.backends
+        private = self._workdir / "backends" if self._workdir else None
+        backends = private if private is not None and private.exists() else dist.backends
         restriction = f"{','.join(RESTRICTED_APIS)}:{REPOSITORY_SECRET_HEADER}={self.repository_secret}"
         return [
             str(dist.binary),
@@ -242,11 +250,13 @@ class TritonServer:
         return dist
 
     def _assemble_backends(self, dist: TritonDistribution) -> None:
-        """<workdir>/backends/python with the backend library, its utils and this Python's stub (copies)."""
-        target = self._workdir / "backends"
-        shutil.copytree(dist.backends, target, ignore=shutil.ignore_patterns("__pycache__"))
-        if dist.stub is not None:
-            shutil.copy2(dist.stub, target / "python" / "triton_python_backend_stub")
+        """pytriton wheel: <workdir>/backends/python = the backend library, its utils and this Python's stub
+        (copies, ~3 MB). Other layouts (NGC image) already have the stub in place and are used as they are."""
+        if dist.stub is None:
+            return
+        target = self._workdir / "backends" / "python"
+        shutil.copytree(dist.backends / "python", target, ignore=shutil.ignore_patterns("__pycache__"))
+        shutil.copy2(dist.stub, target / "triton_python_backend_stub")
 
     def _environment(self, dist: TritonDistribution) -> dict[str, str]:
         env = os.environ.copy()
