@@ -38,6 +38,8 @@ class DataConfig(Frozen):
     coco_ann_file: str | None = None        # for dataset=coco / mpii
     coco_image_dir: str | None = None
     val_ann_file: str | None = None
+    unlabeled: str | None = None            # "lspet" (LSPET crops with their boxes) or a folder of images
+    unlabeled_limit: int | None = None      # first N unlabeled persons (quick runs)
 
     @property
     def input_size(self) -> Size:
@@ -99,7 +101,9 @@ class TrainConfig(Frozen):
         return Path(self.output_dir) / self.name
 
     def config_hash(self) -> str:
-        blob = json.dumps(self.model_dump(mode="json"), sort_keys=True).encode()
+        """Identity of a run's recipe. Only non-default values count, so adding a defaulted field keeps hashes
+        (and benchmark caches) valid; changing a default therefore needs a cache-version bump by the caller."""
+        blob = json.dumps(self.model_dump(mode="json", exclude_defaults=True), sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:12]
 
 

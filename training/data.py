@@ -1,7 +1,7 @@
 """Which records a run trains and validates on, from the data section of its config."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from training.config import DataConfig
@@ -15,6 +15,24 @@ class Splits:
     val: list[PersonRecord]
     schema: str
     description: str  # human-readable data summary stored with checkpoints and exports
+    unlabeled: list[PersonRecord] = field(default_factory=list)
+
+
+def load_unlabeled(cfg: DataConfig, schema: str) -> list[PersonRecord]:
+    """The unlabeled pool: LSPET crops (person boxes from boxes.json) or any folder of images."""
+    if cfg.unlabeled is None:
+        return []
+    if cfg.unlabeled == "lspet":
+        from training.datasets.lsp import load_lspet_unlabeled
+
+        records = load_lspet_unlabeled(data_root(cfg))
+    else:
+        from training.datasets.unlabeled import load_image_folder
+
+        folder = Path(cfg.unlabeled)
+        boxes = folder / "boxes.json"
+        records = load_image_folder(folder, boxes if boxes.exists() else None, schema=schema)
+    return records[: cfg.unlabeled_limit]
 
 
 def data_root(cfg: DataConfig) -> Path:
@@ -25,6 +43,16 @@ def data_root(cfg: DataConfig) -> Path:
 
 
 def build_splits(cfg: DataConfig) -> Splits:
+    """Labeled train/val records (+ the unlabeled pool when `data.unlabeled` is set)."""
+    splits = _labeled_splits(cfg)
+    unlabeled = load_unlabeled(cfg, splits.schema)
+    if not unlabeled:
+        return splits
+    return replace(splits, unlabeled=unlabeled,
+                   description=f"{splits.description}; unlabeled {cfg.unlabeled} ({len(unlabeled)} persons)")
+
+
+def _labeled_splits(cfg: DataConfig) -> Splits:
     """LSP: train = first `label_budget` of im0001–0800, val = im0801–1000 (the project convention)."""
     if cfg.dataset == "lsp":
         from training.datasets.lsp import lsp_split

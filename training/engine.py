@@ -141,7 +141,7 @@ class Trainer:
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
         self.run_dir = config.run_dir
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        self.unlabeled = unlabeled
+        self.unlabeled = unlabeled if unlabeled is not None else self.splits.unlabeled
         self.step = 0
         self.best_metric = -math.inf
         self.best_step = -1
@@ -183,7 +183,8 @@ class Trainer:
         if not self.last_path.exists():
             return False
         state = torch.load(self.last_path, map_location="cpu", weights_only=False)
-        if state["config"] != self.config.model_dump(mode="json"):
+        saved = TrainConfig.model_validate(state["config"]).model_dump(mode="json")  # fills fields added since
+        if saved != self.config.model_dump(mode="json"):
             raise RuntimeError(f"{self.last_path} was written by a different config; use a new run name or delete it")
         self.method.load_state_dict(state["method"])
         self.optimizer.load_state_dict(state["optimizer"])
@@ -192,6 +193,16 @@ class Trainer:
         self.positions = {k: tuple(v) for k, v in state["positions"].items()}
         torch.set_rng_state(state["torch_rng"])
         return True
+
+    def _mark_unpromotable(self, reason: str) -> None:
+        """A collapsed run keeps its files for inspection, but its model must never be promoted."""
+        (self.run_dir / "UNPROMOTABLE").write_text(reason + "\n")
+        best = self.run_dir / "best.pt"
+        if best.exists():
+            state = torch.load(best, map_location="cpu", weights_only=True)
+            state["promotable"] = False
+            state["unpromotable_reason"] = reason
+            atomic_save(state, best)
 
     def save_best(self, metrics: dict[str, float]) -> None:
         atomic_save({
@@ -202,6 +213,7 @@ class Trainer:
             "step": self.step,
             "trained_on": self.splits.description,
             "git_commit": git_commit(),
+            "promotable": True,
         }, self.run_dir / "best.pt")
 
     # ------------------------------------------------------------------ validation and logs
@@ -267,6 +279,11 @@ class Trainer:
             self.scaler.update()
             self.method.after_optimizer_step(self.step)
             self.step += 1
+            reason = self.method.collapse_reason()
+            if reason:
+                stopped = f"collapse: {reason}"
+                self._mark_unpromotable(stopped)
+                break
             self.positions.update({name: loader.position for name, loader in loaders.items()})
             for k, v in out.logs.items():
                 window[k] = window.get(k, 0.0) + v
@@ -294,6 +311,7 @@ class Trainer:
         key = metric_name(self.config.data.dataset)
         row = {"step": self.step, **{f"val/{k}": v for k, v in metrics.items()}}
         self.log(row)
+        self.method.on_validation(metrics[key], self.step)
         if metrics[key] > self.best_metric:
             self.best_metric, self.best_step = metrics[key], self.step
             self.save_best(metrics)

@@ -53,5 +53,12 @@ class Method(nn.Module):
     def after_optimizer_step(self, step: int) -> None:
         """Hook for teacher updates (EMA, reviewer snapshots); nothing by default."""
 
+    def on_validation(self, metric: float, step: int) -> None:
+        """Hook called with the validation metric (e.g. a reviewer keeping best-on-validation snapshots)."""
+
+    def collapse_reason(self) -> str | None:
+        """Why training must stop because predictions collapsed (None while healthy)."""
+        return None
+
     def trainable_parameters(self) -> list[nn.Parameter]:
         return [p for p in self.parameters() if p.requires_grad]
