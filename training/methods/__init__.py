@@ -32,7 +32,7 @@ def build_method(name: str, student, **params) -> Method:
     return _REGISTRY[name](student, **params)
 
 
-from training.methods import supervised  # noqa: E402,F401  (registers presets)
+from training.methods import akm, continual, dsph, posecons, posedual, supervised, trs  # noqa: E402,F401  (presets)
 
 __all__ = ["LabeledBatch", "Method", "StepOutput", "UnlabeledBatch", "available_methods", "build_method",
            "register_method"]

@@ -220,10 +220,10 @@ class ReviewerTeacher(_FrozenTeacher):
     def ready(self) -> bool:
         return bool(self.filled.any())
 
-    def snapshots(self) -> list[tuple[int, float]]:
-        """(step, metric) of the kept snapshots, oldest first (metric NaN for every_k)."""
+    def snapshots(self) -> list[tuple[int, float | None]]:
+        """(step, metric) of the kept snapshots, oldest first (metric None for every_k)."""
         rows = zip(self.filled.tolist(), self.slot_step.tolist(), self.slot_metric.tolist())
-        return sorted((step, metric) for f, step, metric in rows if f)
+        return sorted((step, None if math.isnan(metric) else metric) for f, step, metric in rows if f)
 
     @torch.no_grad()
     def _store(self, slot: int, source: nn.Module, step: int, metric: float) -> None:

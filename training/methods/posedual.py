@@ -1,0 +1,15 @@
+"""`posedual`: two networks, each teaching the other's hard view."""
+from training.methods import register_method
+from training.methods.consistency import ConsistencyMethod, ConsistencySpec
+
+
+@register_method("posedual")
+class PoseDual(ConsistencyMethod):
+    """PoseDual (Xie et al., ICCV 2021): two students of the same architecture cross-teach — net A's hard view is
+    built with net B's predicted joints (Joint Cutout) and supervised by B's easy-view heatmaps, and vice versa —
+    which decorrelates their errors. Both nets share the backbone init (only one ImageNet weight set exists here);
+    the peer's head gets a different random init (our substitute for the paper's two ImageNet inits). The first
+    network is the one evaluated and exported; the ensemble is reported separately by the benchmark.
+    """
+
+    defaults = ConsistencySpec(teacher="peer", paths=("joint_cutout",), affine=True)
