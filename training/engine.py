@@ -50,6 +50,15 @@ def git_commit() -> str:
         return "unknown"
 
 
+def load_init(model: torch.nn.Module, checkpoint: str | Path) -> None:
+    """Warm start from a best.pt; only auxiliary heads the checkpoint lacks may stay at their fresh init."""
+    state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    missing, unexpected = model.load_state_dict(state["model"], strict=False)
+    bad = [k for k in missing if not k.startswith("aux_heads.")] + list(unexpected)
+    if bad:
+        raise RuntimeError(f"{checkpoint} does not fit this model: {bad[:5]}")
+
+
 def codec_for(config: TrainConfig) -> HeatmapCodec:
     return HeatmapCodec.for_input(config.data.input_size, config.codec.stride, config.codec.sigma,
                                   config.codec.refinement)
@@ -130,8 +139,7 @@ class Trainer:
         self.codec = codec_for(config)
         student = build_model(config.model)
         if init_checkpoint:
-            state = torch.load(init_checkpoint, map_location="cpu", weights_only=True)
-            student.load_state_dict(state["model"])
+            load_init(student, init_checkpoint)
         self.method: Method = build_method(config.method.name, student, **config.method.params).to(self.device)
         self.memory_format = torch.channels_last if config.optim.channels_last else torch.contiguous_format
         self.method.to(memory_format=self.memory_format)

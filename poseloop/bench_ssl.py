@@ -1,0 +1,97 @@
+"""`poseloop bench ssl`: the LSP-SSL benchmark — every preset on the same budget, gap closure vs supervised.
+
+Protocol (configs/ssl/lsp_ssl_base.yaml): labeled = first N of LSP im0001–0800, unlabeled = LSPET crops,
+validation = LSP im0801–1000 (PCK@0.2, limbs), batches 1:1. All rows warm-start from one supervised_N checkpoint
+(trained first, also a row) and then get the same number of further iterations — `supervised` included, so the
+comparison is fair. supervised_800 is the upper reference. Rows are cached by config hash: the command resumes.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from poseloop.benchdoc import git_commit, machine_description, markdown_table, replace_section
+from poseloop.benchruns import BenchRow, load_results, run_rows
+from training.config import TrainConfig, load_config
+
+CONFIGS = Path(__file__).resolve().parent.parent / "configs" / "ssl"
+METHODS = ("supervised", "posecons", "posedual", "dsph", "trs", "akm", "continual")
+PROFILES = {
+    # warm-up supervised steps, then SSL steps per method (2-core CPU: ≈1 s per 32+32 step for single-net methods)
+    "full": {"overrides": [], "warmup": 1000, "steps": 1500},
+    "quick": {"overrides": ["data.input_h=64", "data.input_w=48", "data.label_budget=8", "data.unlabeled_limit=16",
+                            "optim.batch_size=4", "schedule.val_every=1000", "schedule.log_every=1",
+                            "eval.flip_test=false", "model.pretrained=false", "method.params.guard_min_steps=1000"],
+              "warmup": 2, "steps": 2},
+}
+
+
+def _config(name: str, profile: str, extra: list[str], results_dir: Path) -> TrainConfig:
+    p = PROFILES[profile]
+    overrides = [f"output_dir={results_dir / 'runs'}", *p["overrides"], *extra]
+    if name == "supervised":
+        overrides = [o for o in overrides if not o.startswith("method.params")]
+    return load_config(CONFIGS / f"{name}.yaml", overrides)
+
+
+def ssl_rows(profile: str, results_dir: Path, labels: int | None = None) -> tuple[list[BenchRow], BenchRow]:
+    """(rows, warm-up row). Row configs carry the SSL step count; the warm-up row trains supervised_N."""
+    p = PROFILES[profile]
+    budget = [f"data.label_budget={labels}"] if labels else []
+    warm = _config("supervised", profile, [*budget, f"name=ssl_{profile}_supervised_init",
+                                           f"optim.iterations={p['warmup']}"], results_dir)
+    rows = [BenchRow("supervised_N (init)", warm, {"method": "supervised_N init", "role": "init"})]
+    upper = _config("supervised", profile, ["data.label_budget=null" if profile == "full" else "data.label_budget=64",
+                                            f"name=ssl_{profile}_supervised_all",
+                                            f"optim.iterations={p['warmup'] + p['steps']}"], results_dir)
+    rows.append(BenchRow("supervised_all", upper, {"method": "supervised (all labels)", "role": "upper"}))
+    for method in METHODS:
+        cfg = _config(method, profile, [*budget, f"name=ssl_{profile}_{method}", f"optim.iterations={p['steps']}"],
+                      results_dir)
+        rows.append(BenchRow(method, cfg, {"method": method, "role": "method"}))
+    return rows, rows[0]
+
+
+def evaluate_best(checkpoint: Path, config: TrainConfig) -> dict:
+    import torch
+
+    state_file = checkpoint.parent / "UNPROMOTABLE"
+
+    state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    return {"pck_limbs": state["metrics"]["pck_limbs"], "pck_all": state["metrics"]["pck_all"],
+            "collapse": state_file.read_text().strip() if state_file.exists() else None}
+
+
+def run_ssl_bench(profile: str, out: Path | None, results_dir: Path, only: list[str] | None = None) -> dict:
+    rows, warm = ssl_rows(profile, results_dir)
+    results_path = results_dir / f"ssl_{profile}.json"
+    init_ckpt = warm.config.run_dir / "best.pt"
+    selected = [r for r in rows if not only or r.label in only or r is warm]
+    run_rows(selected, results_path, evaluate_best,
+             trainer_kwargs=lambda row: {} if row.info["role"] != "method" else {"init_checkpoint": str(init_ckpt)})
+    results = load_results(results_path)
+    if out is not None:
+        write_section(results, out, profile, results_dir)
+    return results
+
+
+def gap_closure(value: float, sup_n: float, sup_all: float) -> float:
+    return (value - sup_n) / (sup_all - sup_n) if sup_all != sup_n else float("nan")
+
+
+def write_section(results: dict, out: Path, profile: str, results_dir: Path) -> None:
+    by_method = {r["method"]: r for r in results.values()}
+    sup_n = by_method.get("supervised", {}).get("metrics", {}).get("pck_limbs")
+    sup_all = by_method.get("supervised (all labels)", {}).get("metrics", {}).get("pck_limbs")
+    table = []
+    for r in results.values():
+        m = r["metrics"]
+        gap = gap_closure(m["pck_limbs"], sup_n, sup_all) if sup_n is not None and sup_all is not None else None
+        table.append([r["method"], m["pck_limbs"], m["pck_all"], "" if gap is None else f"{gap:.2f}",
+                      r["wall_time_min"], r["iterations"], m["collapse"] or "no"])
+    body = (f"Command: `poseloop bench ssl --profile {profile}` · commit `{git_commit()}` · {machine_description()}\n\n"
+            "LSP validation PCK@0.2 (limbs = 12 joints; all = 14), best checkpoint on validation. Gap closure = "
+            "(method − supervised_N)/(supervised_all − supervised_N); every method row warm-starts from the "
+            "supervised_N init row and trains the same number of further iterations (1:1 labeled:unlabeled).\n\n"
+            + markdown_table(["method", "PCK limbs", "PCK all", "gap closure", "wall min", "iters", "collapse"],
+                             table) + f"\n\nRaw results: `{results_dir / f'ssl_{profile}.json'}`.")
+    replace_section(out, f"LSP-SSL benchmark ({profile})", body)
