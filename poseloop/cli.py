@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Optional
@@ -99,6 +100,8 @@ def serve(
     host: Optional[str] = typer.Option(None, help="Bind address (default 127.0.0.1)."),
     port: Optional[int] = typer.Option(None, help="Port (default 8080)."),
     backend: Optional[str] = typer.Option(None, help="embedded (in-process ONNX Runtime) or triton."),
+    triton_url: Optional[str] = typer.Option(None, help="External Triton (host:port); without it --backend triton "
+                                                        "starts and manages a local tritonserver."),
     dev: bool = typer.Option(False, "--dev", help="Development mode: generate and print one API token per role."),
     env_file: Optional[Path] = typer.Option(None, exists=True, dir_okay=False,
                                             help="File of POSELOOP_* settings (environment variables win)."),
@@ -110,8 +113,11 @@ def serve(
     from poseloop.serve import run_server
     from serving.settings import load_settings
 
-    overrides = {"registry_dir": registry, "bootstrap_model": model, "host": host, "port": port, "backend": backend}
+    overrides = {"registry_dir": registry, "bootstrap_model": model, "host": host, "port": port, "backend": backend,
+                 "triton_url": triton_url}
     overrides = {k: v for k, v in overrides.items() if v is not None}
+    if backend == "triton" and triton_url is None and "POSELOOP_TRITON_URL" not in os.environ:
+        overrides["triton_managed"] = True
     if dev:
         overrides["dev"] = True
     run_server(load_settings(env_file, **overrides))

@@ -18,8 +18,48 @@ from pathlib import Path
 from serving.settings import Settings
 
 
+@contextlib.contextmanager
+def managed_triton(settings: Settings) -> Iterator[Settings]:
+    """For backend=triton with `triton_managed`: start a real tritonserver (from the nvidia-pytriton wheel) with
+    its repository under the registry dir and a fresh repository-API secret; stop it (and its stubs) on exit."""
+    if settings.backend != "triton" or not settings.triton_managed:
+        yield settings
+        return
+    import secrets
+
+    from serving.triton.server import TritonServer
+
+    repo = Path(settings.registry_dir) / "triton_repository"
+    server = TritonServer(repo, repository_secret=secrets.token_urlsafe(24),
+                          log_path=Path(settings.registry_dir) / "tritonserver.log")
+    server.start()
+    print(f"tritonserver (managed) at {server.url}, repository {repo}", file=sys.stderr)
+    try:
+        yield settings.model_copy(update={"triton_url": server.url, "triton_grpc_url": server.grpc_url,
+                                          "triton_repository": repo,
+                                          "triton_repository_secret": server.repository_secret})
+    finally:
+        server.stop()
+
+
+def _exit_on_sigterm(signum, frame) -> None:
+    raise SystemExit(128 + signum)
+
+
 def run_server(settings: Settings) -> None:
-    """Serve on settings.host:settings.port until interrupted (one process; the ORT backend is in-process)."""
+    """Serve on settings.host:settings.port until interrupted (starting a managed tritonserver if configured).
+
+    uvicorn re-raises SIGTERM after its graceful shutdown; turning it into SystemExit lets the managed
+    tritonserver (and anything else held here) be stopped instead of orphaned.
+    """
+    import signal
+
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    with managed_triton(settings) as effective:
+        _run_uvicorn(effective)
+
+
+def _run_uvicorn(settings: Settings) -> None:
     import uvicorn
 
     from serving.app import create_app

@@ -37,6 +37,8 @@ class Settings(BaseSettings):
     registry_poll_s: float = Field(2.0, ge=0, description="follow promotions made by other replicas; 0 = off")
 
     backend: Literal["embedded", "triton"] = "embedded"
+    triton_managed: bool = Field(False, description="start and own a local tritonserver (poseloop serve does this "
+                                                    "for --backend triton without --triton-url)")
     triton_url: str = "127.0.0.1:8000"
     triton_grpc_url: str | None = Field(None, description="repository control over gRPC (recommended)")
     triton_repository: Path | None = Field(None, description="the server's --model-repository, if local")
