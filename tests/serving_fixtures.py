@@ -74,45 +74,20 @@ def tiny_pose_onnx(path: Path, seed: int = 0, input_size: Size = INPUT, broken: 
     return path
 
 
-def realistic_posenet(seed: int):
-    """MobileNetV2 + light head, random init with O(1), varied outputs (cf. tests/test_pipeline.py)."""
-    import torch
-    from torch import nn
-
-    from models.network import ModelConfig, build_model
-
-    torch.manual_seed(seed)
-    model = build_model(ModelConfig(backbone="mobilenet_v2", pretrained=False, num_keypoints=14, head="light",
-                                    head_channels=32))
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)):
-                nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
-            elif isinstance(m, nn.BatchNorm2d):
-                m.running_mean.normal_(0, 0.1)
-                m.running_var.uniform_(0.5, 1.5)
-                m.weight.uniform_(0.5, 1.5)
-                m.bias.normal_(0, 0.1)
-        model.eval()
-        final = [m for m in model.head.modules() if isinstance(m, nn.Conv2d)][-1]
-        std = model(torch.randn(4, 3, INPUT.h, INPUT.w)).std()
-        final.weight.mul_(0.3 / std)
-        final.bias.mul_(0.3 / std)
-    return model
-
-
 def export_posenet(out_dir: Path, seed: int) -> Path:
     """Exported (parity-checked) realistic PoseNet for `seed`, cached for the test session."""
     if seed not in _EXPORT_CACHE:
         import torch
 
         from models.export import export_onnx
+        from tests.model_fixtures import realistic_posenet
 
         threads = torch.get_num_threads()
         torch.set_num_threads(1)
         try:
             codec = HeatmapCodec.for_input(INPUT, 4, 2.0, "quarter")
-            report = export_onnx(realistic_posenet(seed), codec, LSP14, Path(out_dir) / f"posenet_{seed}.onnx",
+            model = realistic_posenet(seed, INPUT, head="light", head_channels=32)
+            report = export_onnx(model, codec, LSP14, Path(out_dir) / f"posenet_{seed}.onnx",
                                  version=f"seed-{seed}", trained_on="synthetic", exporter="torchscript")
         finally:
             torch.set_num_threads(threads)

@@ -24,31 +24,10 @@ from models.schemas import COCO17, LSP14
 from serving.metadata import REQUIRED_KEYS, MetadataError, ModelMetadata
 from training.datasets import load_lsp
 
+from tests.model_fixtures import realistic_posenet as realistic_model  # noqa: E402
+
 INPUT = Size(96, 128)  # w, h: non-square on purpose
 CODEC = HeatmapCodec.for_input(INPUT, 4, sigma=2.0, refinement="quarter")
-
-
-def realistic_model(seed: int = 0) -> nn.Module:
-    """mobilenet_v2 PoseNet whose eval outputs look like heatmaps (O(1), varied), unlike the ~1e-15 of the
-    SimpleBaseline init, so keypoint parity is meaningful: unit-scale conv weights, non-trivial BN stats,
-    final layer rescaled to an output std of 0.3."""
-    torch.manual_seed(seed)
-    model = build_model(ModelConfig(backbone="mobilenet_v2", pretrained=False, num_keypoints=14))
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)):
-                nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
-            elif isinstance(m, nn.BatchNorm2d):
-                m.running_mean.normal_(0, 0.1)
-                m.running_var.uniform_(0.5, 1.5)
-                m.weight.uniform_(0.5, 1.5)
-                m.bias.normal_(0, 0.1)
-        model.eval()
-        std = model(torch.randn(4, 3, INPUT.h, INPUT.w)).std()
-        final = model.head.final_layer
-        final.weight.mul_(0.3 / std)
-        final.bias.mul_(0.3 / std)
-    return model
 
 
 @pytest.fixture(scope="module")

@@ -28,31 +28,12 @@ from serving.render import render_poses
 from training.inference import predict_heatmaps
 
 REPO = Path(__file__).resolve().parent.parent
+from tests.model_fixtures import realistic_posenet as realistic_model  # noqa: E402
+
 INPUT = Size(96, 128)  # w, h: non-square on purpose
 CODEC = HeatmapCodec.for_input(INPUT, 4, sigma=2.0, refinement="quarter")
 IMAGE_H, IMAGE_W = 240, 320
 BOXES = [[40.0, 30.0, 90.0, 160.0], [150.0, 40.0, 60.0, 150.0], [-20.0, 150.0, 100.0, 120.0]]  # last leaves the image
-
-
-def realistic_model(seed: int = 0) -> nn.Module:
-    """mobilenet_v2 PoseNet with O(1), varied eval outputs (the SimpleBaseline init gives ~1e-15 heatmaps,
-    whose argmax is noise); same recipe as tests/test_export.py."""
-    torch.manual_seed(seed)
-    model = build_model(ModelConfig(backbone="mobilenet_v2", pretrained=False, num_keypoints=14))
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)):
-                nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
-            elif isinstance(m, nn.BatchNorm2d):
-                m.running_mean.normal_(0, 0.1)
-                m.running_var.uniform_(0.5, 1.5)
-                m.weight.uniform_(0.5, 1.5)
-                m.bias.normal_(0, 0.1)
-        model.eval()
-        std = model(torch.randn(4, 3, INPUT.h, INPUT.w)).std()
-        model.head.final_layer.weight.mul_(0.3 / std)
-        model.head.final_layer.bias.mul_(0.3 / std)
-    return model
 
 
 @pytest.fixture(scope="module")
