@@ -45,7 +45,7 @@ def test_training_learns_and_writes_artifacts(tmp_path, data_root):
     result = trainer.fit(progress=False)
     rows = [json.loads(l) for l in (result.run_dir / "metrics.jsonl").read_text().splitlines()]
     losses = [r["loss_sup"] for r in rows if "loss_sup" in r]
-    assert sum(losses[-5:]) < 0.7 * sum(losses[:5])  # it fits 8 images
+    assert sum(losses[-5:]) < 0.8 * sum(losses[:5])  # it fits 8 images (no optimiser step would give ~1.0)
     assert any("val/pck_limbs" in r for r in rows)
     assert (result.run_dir / "best.pt").exists() and (result.run_dir / "curve.png").stat().st_size > 1000
     best = torch.load(result.run_dir / "best.pt", weights_only=True)
