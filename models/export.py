@@ -21,7 +21,6 @@ import hashlib
 import io
 import json
 import logging
-import os
 import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -35,6 +34,7 @@ import torch
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
+from models.fileio import atomic_write_bytes
 from models.codec import HeatmapCodec
 from models.geometry import Size, normalize_crop, person_crop_affine, warp_image
 from models.schemas import KeypointSchema
@@ -108,7 +108,7 @@ def export_onnx(model: PoseNet, codec: HeatmapCodec, schema: KeypointSchema, out
     max_abs, max_kp, compared = check_parity(cpu_model, data, codec, inputs)
 
     out_path = Path(out_path)
-    _atomic_write(out_path, data)
+    atomic_write_bytes(out_path, data)
     sha256 = hashlib.sha256(data).hexdigest()
     opset_used = next(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx"))
     record_path = out_path.with_suffix(".json")
@@ -118,7 +118,7 @@ def export_onnx(model: PoseNet, codec: HeatmapCodec, schema: KeypointSchema, out
                    "batches": [1, PARITY_BATCH], "real_images": parity_images is not None},
         "metadata": metadata,
     }
-    _atomic_write(record_path, (json.dumps(record, indent=2) + "\n").encode())
+    atomic_write_bytes(record_path, (json.dumps(record, indent=2) + "\n").encode())
     report = ExportReport(out_path, sha256, len(data), max_abs, max_kp, opset_used, used, compared, record_path)
     log.info("exported %s", {k: str(v) for k, v in asdict(report).items()})
     return report
@@ -324,14 +324,3 @@ def _check_io(proto: onnx.ModelProto, codec: HeatmapCodec, num_keypoints: int) -
         raise RuntimeError(f"exported outputs {[(o.name, dims(o)) for o in outputs]}, expected {expected_out}")
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)

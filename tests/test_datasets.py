@@ -22,15 +22,7 @@ from training.datasets import (
     read_image_size,
 )
 
-DATA = default_data_root()
-
-
-def data_path(*parts: str) -> Path:
-    """Path under the shared dataset root; skips the test when it is missing."""
-    path = DATA.joinpath(*parts)
-    if not path.exists():
-        pytest.skip(f"{path} not found: ../shared/datasets (or $POSELOOP_DATA) is needed for this test")
-    return path
+from tests.data_paths import DATA, data_path  # noqa: E402
 
 
 # ---------------------------------------------------------------- records and boxes

@@ -4,13 +4,12 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 from models.schemas import LSP14, LSP_TORSO, MPII16
-from training.datasets import default_data_root, load_coco_keypoints, load_mpii
+from training.datasets import load_coco_keypoints, load_mpii
 from training.evaluation import (
     coco_keypoint_ap,
     lsp_pck,
@@ -22,14 +21,7 @@ from training.evaluation import (
     torso_size,
 )
 
-DATA = default_data_root()
-
-
-def data_path(*parts: str) -> Path:
-    path = DATA.joinpath(*parts)
-    if not path.exists():
-        pytest.skip(f"{path} not found: ../shared/datasets (or $POSELOOP_DATA) is needed for this test")
-    return path
+from tests.data_paths import data_path  # noqa: E402
 
 
 def offsets(gt: np.ndarray, d: np.ndarray) -> np.ndarray:

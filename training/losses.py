@@ -4,15 +4,15 @@ from __future__ import annotations
 import torch
 
 
-def heatmap_mse(pred: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
-    """SimpleBaseline's joints MSE: per joint 0.5·mean over pixels of squared error, × weight, mean over joints/batch.
+def joint_mse(pred: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
+    """Per-joint SimpleBaseline MSE, (N, K): 0.5·mean over pixels of squared error, × weight (N, K) if given."""
+    per_joint = 0.5 * (pred.float() - target.float()).pow(2).flatten(2).mean(-1)
+    return per_joint * weight.float() if weight is not None else per_joint
 
-    pred, target: (N, K, h, w); weight: (N, K) or None (all ones). Returns a scalar.
-    """
-    per_joint = 0.5 * (pred.float() - target.float()).pow(2).flatten(2).mean(-1)  # (N, K)
-    if weight is not None:
-        per_joint = per_joint * weight.float()
-    return per_joint.mean()
+
+def heatmap_mse(pred: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
+    """SimpleBaseline's joints MSE averaged over joints and batch; pred, target (N, K, h, w). Returns a scalar."""
+    return joint_mse(pred, target, weight).mean()
 
 
 def multilevel_mse(preds: list[torch.Tensor], target: torch.Tensor, weight: torch.Tensor | None = None,

@@ -35,6 +35,7 @@ from types import ModuleType
 from typing import Any, Literal
 
 from serving.metadata import ModelMetadata
+from models.fileio import atomic_write_bytes
 
 MODEL_FILENAME = "model.onnx"
 PYTHON_MODEL_FILENAME = "model.py"
@@ -313,7 +314,7 @@ def write_model_version(repo: Path, model_name: str, version: str, onnx_path: Pa
 
 def write_config(repo: Path, model_name: str, text: str) -> Path:
     path = Path(repo) / model_name / CONFIG_FILENAME
-    _atomic_write(path, text.encode())
+    atomic_write_bytes(path, text.encode())
     return path
 
 
@@ -341,19 +342,6 @@ def _atomic_copy(src: Path, dst: Path) -> None:
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, dst)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
 

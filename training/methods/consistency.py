@@ -21,7 +21,7 @@ from typing import ClassVar, Literal
 import torch
 from torch import nn
 
-from training.losses import heatmap_mse, multilevel_mse
+from training.losses import heatmap_mse, joint_mse, multilevel_mse
 from training.methods.base import LabeledBatch, Method, StepOutput, UnlabeledBatch
 from training.ssl import augment, pseudo
 from training.ssl.monitor import CollapseGuard, collapse_stats
@@ -83,7 +83,6 @@ class ConsistencyMethod(Method):
                          if spec.reviewer != "none" else None)
         self.guard = CollapseGuard(min_steps=spec.guard_min_steps) if spec.collapse_guard else None
         self.generator = torch.Generator().manual_seed(spec.seed)
-        self._collapse: str | None = None
 
     # ------------------------------------------------------------------ helpers
     def students(self) -> list[nn.Module]:
@@ -138,8 +137,8 @@ class ConsistencyMethod(Method):
                     low_peak_fraction=stats.low_peak_fraction, ramp=ramp)
         if stats.agreement is not None:
             logs["agreement"] = stats.agreement
-        if self.guard is not None and self._collapse is None:
-            self._collapse = self.guard.update(stats)
+        if self.guard is not None:
+            self.guard.update(stats)  # sticky: once fired it keeps its reason
         return StepOutput(loss, logs)
 
     def _easy_to_hard(self, x: torch.Tensor):
@@ -181,8 +180,8 @@ class ConsistencyMethod(Method):
         """AKM's dual-branch Mixup: Lm = α‖f(Xm) − Hi‖² + (1 − α)‖f(Xm) − Hj‖², Xm = αXi + (1 − α)Xj."""
         mixed, lam, perm = augment.mixup(x, alpha=self.spec.mixup_alpha, min_keep=0.0, generator=self.generator)
         pred = self.student(mixed)
-        per_i = _per_sample_mse(pred, target.heatmaps, target.weights)
-        per_j = _per_sample_mse(pred, target.heatmaps[perm], target.weights[perm])
+        per_i = joint_mse(pred, target.heatmaps, target.weights).mean(-1)
+        per_j = joint_mse(pred, target.heatmaps[perm], target.weights[perm]).mean(-1)
         return (lam * per_i + (1 - lam) * per_j).mean()
 
     def _naive_symmetric(self, x: torch.Tensor):
@@ -206,7 +205,7 @@ class ConsistencyMethod(Method):
             self.reviewer.update(self.student, step, metric=metric)
 
     def collapse_reason(self) -> str | None:
-        return self._collapse
+        return self.guard.reason if self.guard is not None else None
 
 
 # ---------------------------------------------------------------------- small pure helpers
@@ -253,7 +252,3 @@ def _drop_uncertain(raw: list[torch.Tensor], targets: list[pseudo.PseudoLabels],
     keep = (u <= threshold).float()
     return [pseudo.PseudoLabels(t.heatmaps, t.weights * keep) for t in targets]
 
-
-def _per_sample_mse(pred: torch.Tensor, target: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    per_joint = 0.5 * (pred.float() - target.float()).pow(2).flatten(2).mean(-1) * weight
-    return per_joint.mean(-1)
