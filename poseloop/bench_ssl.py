@@ -16,8 +16,10 @@ from training.config import TrainConfig, load_config
 CONFIGS = Path(__file__).resolve().parent.parent / "configs" / "ssl"
 METHODS = ("supervised", "posecons", "posedual", "dsph", "trs", "akm", "continual")
 PROFILES = {
-    # warm-up supervised steps, then SSL steps per method (2-core CPU: ≈1 s per 32+32 step for single-net methods)
-    "full": {"overrides": [], "warmup": 1000, "steps": 1500},
+    # warm-up supervised steps, then SSL steps per method. Measured s/step on one CPU thread, batch 32+32:
+    # supervised 1.1, posecons 2.3, trs 2.3, akm 3.3, continual 3.6, posedual 4.1, dsph 7.2 → ≈ 7.5 CPU-hours,
+    # i.e. ≈ 3.8 h as two bench processes (`--only`) on the 2-core box.
+    "full": {"overrides": [], "warmup": 1000, "steps": 1000},
     "quick": {"overrides": ["data.input_h=64", "data.input_w=48", "data.label_budget=8", "data.unlabeled_limit=16",
                             "optim.batch_size=4", "schedule.val_every=1000", "schedule.log_every=1",
                             "eval.flip_test=false", "model.pretrained=false", "method.params.guard_min_steps=1000"],
@@ -57,7 +59,9 @@ def evaluate_best(checkpoint: Path, config: TrainConfig) -> dict:
     state_file = checkpoint.parent / "UNPROMOTABLE"
 
     state = torch.load(checkpoint, map_location="cpu", weights_only=True)
-    return {"pck_limbs": state["metrics"]["pck_limbs"], "pck_all": state["metrics"]["pck_all"],
+    metrics = state["metrics"]
+    return {"pck_limbs": metrics["pck_limbs"], "pck_all": metrics["pck_all"],
+            "ensemble_pck_limbs": metrics.get("ensemble/pck_limbs"), "ensemble_pck_all": metrics.get("ensemble/pck_all"),
             "collapse": state_file.read_text().strip() if state_file.exists() else None}
 
 
@@ -65,7 +69,9 @@ def run_ssl_bench(profile: str, out: Path | None, results_dir: Path, only: list[
     rows, warm = ssl_rows(profile, results_dir)
     results_path = results_dir / f"ssl_{profile}.json"
     init_ckpt = warm.config.run_dir / "best.pt"
-    selected = [r for r in rows if not only or r.label in only or r is warm]
+    selected = [r for r in rows if not only or r.label in only]
+    if any(r.info["role"] == "method" for r in selected) and warm not in selected:
+        selected.insert(0, warm)  # every method row starts from it
     run_rows(selected, results_path, evaluate_best,
              trainer_kwargs=lambda row: {} if row.info["role"] != "method" else {"init_checkpoint": str(init_ckpt)})
     results = load_results(results_path)
@@ -88,6 +94,10 @@ def write_section(results: dict, out: Path, profile: str, results_dir: Path) -> 
         gap = gap_closure(m["pck_limbs"], sup_n, sup_all) if sup_n is not None and sup_all is not None else None
         table.append([r["method"], m["pck_limbs"], m["pck_all"], "" if gap is None else f"{gap:.2f}",
                       r["wall_time_min"], r["iterations"], m["collapse"] or "no"])
+        if m.get("ensemble_pck_limbs") is not None:  # dual methods: both nets averaged, never mixed with the above
+            gap = gap_closure(m["ensemble_pck_limbs"], sup_n, sup_all) if sup_n is not None and sup_all is not None else None
+            table.append([f"{r['method']} (two-net ensemble)", m["ensemble_pck_limbs"], m["ensemble_pck_all"],
+                          "" if gap is None else f"{gap:.2f}", "(same run)", r["iterations"], m["collapse"] or "no"])
     body = (f"Command: `poseloop bench ssl --profile {profile}` · commit `{git_commit()}` · {machine_description()}\n\n"
             "LSP validation PCK@0.2 (limbs = 12 joints; all = 14), best checkpoint on validation. Gap closure = "
             "(method − supervised_N)/(supervised_all − supervised_N); every method row warm-starts from the "

@@ -11,8 +11,17 @@ def test_quick_profile_runs_every_preset(tmp_path, data_root):
     for row in results.values():
         assert row["done"] and 0.0 <= row["metrics"]["pck_limbs"] <= 100.0
         assert row["metrics"]["collapse"] is None
+    by_method = {r["method"]: r["metrics"] for r in results.values()}
+    for dual in ("posedual", "dsph"):  # both nets averaged, reported on their own row
+        assert 0.0 <= by_method[dual]["ensemble_pck_limbs"] <= 100.0
+    assert by_method["posecons"]["ensemble_pck_limbs"] is None
     text = (tmp_path / "bench.md").read_text()
-    assert "LSP-SSL benchmark (quick)" in text and "posedual" in text
+    assert "LSP-SSL benchmark (quick)" in text and "posedual (two-net ensemble)" in text
     # resumable: a second call finds every row cached and trains nothing
     again = run_ssl_bench("quick", out=None, results_dir=tmp_path)
     assert json.dumps(again, sort_keys=True) == json.dumps(results, sort_keys=True)
+
+
+def test_only_upper_row_skips_the_init_row(tmp_path, data_root):
+    results = run_ssl_bench("quick", out=None, results_dir=tmp_path, only=["supervised_all"])
+    assert [r["method"] for r in results.values()] == ["supervised (all labels)"]

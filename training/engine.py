@@ -26,6 +26,7 @@ from training.data import Splits, build_splits
 from training.datasets.records import PersonRecord
 from training.datasets.topdown import TopDownDataset
 from training.evaluator import evaluate_model, metric_name
+from training.inference import HeatmapEnsemble
 from training.methods import LabeledBatch, Method, UnlabeledBatch, build_method
 from training.plots import plot_curves
 
@@ -226,8 +227,17 @@ class Trainer:
 
     # ------------------------------------------------------------------ validation and logs
     def validate(self) -> dict[str, float]:
+        """Student metrics; for dual methods also `ensemble/*` (both nets' heatmaps averaged), reported apart."""
+        metrics = self._evaluate(self.method.student)
+        students = self.method.students()
+        if len(students) > 1:
+            ensemble = self._evaluate(HeatmapEnsemble(students))
+            metrics.update({f"ensemble/{k}": v for k, v in ensemble.items() if not k.startswith("pck/")})
+        return metrics
+
+    def _evaluate(self, model: torch.nn.Module) -> dict[str, float]:
         e = self.config.eval
-        return evaluate_model(self.method.student, self.splits.val, self.config.data.dataset, self.codec,
+        return evaluate_model(model, self.splits.val, self.config.data.dataset, self.codec,
                               self.mean, self.std, self.config.data.padding, e.flip_test, e.batch_size,
                               self.device, coco_gt=self.config.data.val_ann_file)
 

@@ -19,6 +19,18 @@ class Predictions:
     scores: np.ndarray     # (N, K) heatmap peak values
 
 
+class HeatmapEnsemble(torch.nn.Module):
+    """Averages the heatmaps of several networks (the two-net result of dual methods)."""
+
+    def __init__(self, members: list[torch.nn.Module]):
+        super().__init__()
+        self.members = torch.nn.ModuleList(members)
+        self.train(members[0].training)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return torch.stack([m(images) for m in self.members]).mean(0)
+
+
 @torch.inference_mode()
 def predict_heatmaps(model: torch.nn.Module, images: torch.Tensor, flip_index: np.ndarray | None,
                      codec: HeatmapCodec) -> np.ndarray:

@@ -60,5 +60,9 @@ class Method(nn.Module):
         """Why training must stop because predictions collapsed (None while healthy)."""
         return None
 
+    def students(self) -> list[nn.Module]:
+        """Every trained network; dual methods return two, whose averaged heatmaps are the ensemble."""
+        return [self.student]
+
     def trainable_parameters(self) -> list[nn.Parameter]:
         return [p for p in self.parameters() if p.requires_grad]

@@ -33,6 +33,7 @@ class ConsistencySpec:
     """Declarative recipe; every field can be overridden from the config's `method.params`."""
 
     teacher: Literal["self", "peer", "ema"] = "self"  # "peer" = two students teaching each other (dual)
+    peer_init: Literal["fresh_head", "copy"] = "fresh_head"  # "copy" when warm-starting: a fresh head is untrained
     ema_momentum: float = 0.999
     reviewer: Literal["none", "best", "every_k"] = "none"
     reviewer_source: Literal["student", "ema"] = "ema"
@@ -75,7 +76,7 @@ class ConsistencyMethod(Method):
         self.spec = spec = replace(self.defaults, **params)
         for path in spec.paths:
             augment.check_path(path)
-        self.peer = _second_init(student, spec.seed + 1) if spec.teacher == "peer" else None
+        self.peer = _second_init(student, spec.seed + 1, spec.peer_init) if spec.teacher == "peer" else None
         wants_ema = spec.teacher == "ema" or (spec.reviewer != "none" and spec.reviewer_source == "ema")
         self.ema = EMATeacher(student, momentum=spec.ema_momentum) if wants_ema else None
         self.reviewer = (ReviewerTeacher(student, policy=spec.reviewer, k=spec.reviewer_every, keep=spec.reviewer_keep,
@@ -209,9 +210,15 @@ class ConsistencyMethod(Method):
 
 
 # ---------------------------------------------------------------------- small pure helpers
-def _second_init(student: nn.Module, seed: int) -> nn.Module:
-    """The dual network: same architecture and backbone init, a differently initialised head (decorrelates)."""
+def _second_init(student: nn.Module, seed: int, how: str) -> nn.Module:
+    """The dual network: same architecture and backbone init, a differently initialised head (decorrelates).
+
+    From a trained (warm-started) student the peer starts as a copy instead, so it can teach from step one; the
+    two nets then decorrelate through their independent hard views and augmentation draws.
+    """
     peer = copy.deepcopy(student)
+    if how == "copy":
+        return peer
     with torch.random.fork_rng():
         torch.manual_seed(seed)
         for module in peer.head.modules():
