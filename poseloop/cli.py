@@ -207,17 +207,67 @@ def up(
                                          help="ONNX model for an empty registry (default: bundled, else bootstrap)."),
     port: int = typer.Option(8080),
 ):
-    """Run PoseLoop on embedded defaults: the HTTP API with in-process ONNX Runtime, dev tokens printed.
+    """Run the whole stack: API + inference backend + training worker (+ Celery ingest worker and beat when
+    POSELOOP_BROKER_URL is set). Embedded defaults otherwise. Prints URLs and dev tokens; Ctrl-C stops all.
 
     On first start with an empty registry it installs a model: --model, $POSELOOP_MODEL, the bundled one, or a
     bootstrap model trained here in a few minutes on the LSP training split.
     """
-    from poseloop.serve import run_server
+    from poseloop.up import run_up
     from poseloop.workflows import ensure_first_model
     from serving.settings import load_settings
 
-    settings = load_settings(dev=True, port=port)
-    run_server(settings.model_copy(update={"bootstrap_model": ensure_first_model(settings.registry_dir, model)}))
+    first = ensure_first_model(load_settings(dev=True).registry_dir, model)
+    raise typer.Exit(run_up(port, str(first) if first else None))
+
+
+@app.command()
+def worker():
+    """The training worker: Celery `train` worker when POSELOOP_BROKER_URL is set, else the embedded worker."""
+    import logging
+
+    from serving.settings import load_settings
+
+    settings = load_settings()
+    if settings.broker_url:
+        from poseloop.up import CELERY
+
+        os.execv(sys.executable, [*CELERY, "worker", "-Q", "train", "-P", "solo", "-c", "1",
+                                  "--prefetch-multiplier", "1", "-n", "train@%h", "--loglevel", "INFO"])
+    import signal
+
+    from training.worker.embedded import run_embedded_worker
+
+    def _stop(signum, _frame):  # interrupts a running job too: it is released and resumes from its checkpoint
+        raise SystemExit(128 + signum)
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, _stop)
+    run_embedded_worker(settings)
+
+
+@app.command()
+def ingest(
+    source: Path = typer.Argument(..., exists=True, help="A video file or a folder of images."),
+    every: int = typer.Option(1, min=1, help="Keep every Nth frame (video) or image (folder)."),
+    url: str = typer.Option("http://127.0.0.1:8080", help="The PoseLoop API."),
+    token: str = typer.Option(..., envvar="POSELOOP_TOKEN", help="API token with the `upload` role."),
+    batch: int = typer.Option(32, min=1, help="Images per request."),
+    boxes: Optional[Path] = typer.Option(None, exists=True, dir_okay=False,
+                                         help="Person boxes (LSPET boxes.json or {name: boxes}); default: "
+                                              "SOURCE/boxes.json for a folder, if present."),
+    limit: Optional[int] = typer.Option(None, min=1, help="Upload at most this many images."),
+):
+    """Upload unlabeled images (video frames or a folder) to POST /v1/unlabeled for the next retrain."""
+    from poseloop.ingest import IngestError, ingest as run_ingest
+
+    try:
+        summary = run_ingest(source, every, url, token, batch, boxes, limit)
+    except IngestError as err:
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(json.dumps(summary.to_dict(), indent=2))
 
 
 def main() -> None:  # pragma: no cover - console entry

@@ -31,8 +31,10 @@ from serving.manager import ModelManager, NoActiveModel, PromotionError
 from serving.metrics import Metrics, MetricsMiddleware
 from serving.registry import ModelRegistry, RegistryError, VersionNotFound
 from serving.render import render_poses
-from serving.routes import health, models, ops, pose
+from serving.routes import health, models, ops, pose, unlabeled
 from serving.settings import Settings
+from serving.queue import JobQueue
+from serving.uploads import UploadStore
 from serving.validation import InputError, PixelBudget, PoseInput, check_image, decode_pose_input
 
 log = logging.getLogger("poseloop.serving")
@@ -55,13 +57,16 @@ class PoseOutcome:
 
 
 class Service:
-    """What the routes delegate to: settings, auth, metrics, the model manager and the micro-batcher."""
+    """What the routes delegate to: settings, auth, metrics, the model manager, the micro-batcher and the
+    unlabeled upload store."""
 
     def __init__(self, settings: Settings, manager: ModelManager, auth: TokenAuth, metrics: Metrics) -> None:
         self.settings, self.manager, self.auth, self.metrics = settings, manager, auth, metrics
         self.batcher = MicroBatcher(manager, settings.max_batch, settings.max_wait_ms, settings.max_queue,
                                     on_batch=metrics.observe_batch, on_error=metrics.observe_backend_error)
         self.pixel_budget = PixelBudget(settings.pixel_budget)
+        self.uploads = UploadStore(settings.data_dir / "uploads", settings.max_pixels, settings.max_boxes)
+        self.queue = JobQueue(settings)
         self._ready_at = 0.0
         self._stop = threading.Event()
         self._poller: threading.Thread | None = None
@@ -236,7 +241,7 @@ def create_app(settings: Settings, manager: ModelManager | None = None) -> FastA
     app = FastAPI(title="PoseLoop", version="1", lifespan=lifespan,
                   description="2D human pose estimation: keypoints JSON, COCO results, overlays; versioned models.")
     app.state.dev_tokens = dev_tokens
-    for router in (pose.router, models.router, ops.router, health.router):
+    for router in (pose.router, models.router, ops.router, health.router, unlabeled.router):
         app.include_router(router)
     _install_error_handlers(app)
     app.add_middleware(MetricsMiddleware, metrics=metrics)

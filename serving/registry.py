@@ -161,27 +161,57 @@ class ModelRegistry:
     def set_active(self, version: str, actor: str, reason: str | None = None, action: str = "promote") -> VersionInfo:
         """Make `version` the active one (the old active becomes retired and previous_active); no-op if active."""
         with self._locked():
-            index = self._read_index()
-            entry = self._entry(index, version)
-            if index["active"] == version:
-                return self.get(version)
-            if entry["state"] == "rejected":
-                raise RegistryError(f"version {version} was rejected ({entry['reason']}); register a fixed model")
-            if not entry["on_disk"] or not (self.versions_dir / version / MODEL_FILE).exists():
-                raise RegistryError(f"version {version} has no files on disk (pruned)")
-            old, now = index["active"], _now()
-            if old is not None:
-                index["versions"][old].update(state="retired", reason=f"replaced by {version}", updated=now)
-                index["previous_active"] = old
-            from_state = entry["state"]
-            entry.update(state="active", reason=reason, updated=now)
-            index["active"] = version
-            self._write_index(index)
-            self._audit(actor, action, version, from_state, "active", reason, previous_active=old)
-            if old is not None:
-                self._audit(actor, "retire", old, "active", "retired", f"replaced by {version}")
-            self._prune_locked(index, actor)
+            self._activate_locked(self._read_index(), version, actor, reason, action)
         return self.get(version)
+
+    def promote_if(self, version: str, expected_active: str | None, actor: str, reason: str) -> str | None:
+        """Automatic promotion (the retrain gate): activate `version` only if promotion is not pinned and the
+        active version is still `expected_active` (the one the candidate was measured against). Returns None
+        when promoted, else why not — checked under the lock, so a concurrent rollback or pin always wins."""
+        with self._locked():
+            index = self._read_index()
+            pin = index.get("pinned")
+            if pin:
+                return f"automatic promotion is pinned by {pin['actor']} ({pin.get('reason') or 'no reason'})"
+            if index["active"] != expected_active:
+                return (f"the active version changed while the job ran ({expected_active} → {index['active']}); "
+                        "not promoted automatically")
+            self._activate_locked(index, version, actor, reason, "promote")
+        return None
+
+    def set_pinned(self, pinned: bool, actor: str, reason: str | None = None) -> dict[str, Any] | None:
+        """Freeze (or unfreeze) automatic promotion; manual promote/rollback still work. Audited."""
+        with self._locked():
+            index = self._read_index()
+            index["pinned"] = {"actor": actor, "reason": reason, "since": _now()} if pinned else None
+            self._write_index(index)
+            self._audit(actor, "pin" if pinned else "unpin", index["active"] or "-", None, None, reason)
+            return index["pinned"]
+
+    def pinned(self) -> dict[str, Any] | None:
+        return self._read_index().get("pinned")
+
+    def _activate_locked(self, index: dict[str, Any], version: str, actor: str, reason: str | None,
+                         action: str) -> None:
+        entry = self._entry(index, version)
+        if index["active"] == version:
+            return
+        if entry["state"] == "rejected":
+            raise RegistryError(f"version {version} was rejected ({entry['reason']}); register a fixed model")
+        if not entry["on_disk"] or not (self.versions_dir / version / MODEL_FILE).exists():
+            raise RegistryError(f"version {version} has no files on disk (pruned)")
+        old, now = index["active"], _now()
+        if old is not None:
+            index["versions"][old].update(state="retired", reason=f"replaced by {version}", updated=now)
+            index["previous_active"] = old
+        from_state = entry["state"]
+        entry.update(state="active", reason=reason, updated=now)
+        index["active"] = version
+        self._write_index(index)
+        self._audit(actor, action, version, from_state, "active", reason, previous_active=old)
+        if old is not None:
+            self._audit(actor, "retire", old, "active", "retired", f"replaced by {version}")
+        self._prune_locked(index, actor)
 
     def mark_rejected(self, version: str, reason: str, actor: str) -> VersionInfo:
         """candidate/retired → rejected with `reason`. The active version cannot be rejected (roll back first)."""

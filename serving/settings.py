@@ -15,6 +15,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 ROLES = ("infer", "upload", "ops")
 MIN_TOKEN_LENGTH = 16
+REPO_CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 
 
 class TokenSpec(BaseModel):
@@ -52,6 +53,10 @@ class Settings(BaseSettings):
     max_boxes: int = Field(64, ge=1)
     pixel_budget: int = Field(120_000_000, ge=1, description="decoded pixels all requests may hold at once")
 
+    data_dir: Path = Field(Path("runs/data"), description="unlabeled uploads live in data_dir/uploads")
+    max_upload_bytes: int = Field(512 * 1024 * 1024, ge=1, description="one POST /v1/unlabeled body")
+    max_upload_files: int = Field(10_000, ge=1, description="files (or archive entries) per upload request")
+
     max_batch: int = Field(16, ge=1, description="crops per backend call (one request is never split)")
     max_wait_ms: float = Field(5.0, ge=0, description="how long a batch waits for more requests")
     max_queue: int = Field(512, ge=1, description="queued requests beyond which /v1/pose answers 503")
@@ -61,6 +66,24 @@ class Settings(BaseSettings):
     port: int = Field(8080, ge=0, le=65535)
     tokens: dict[str, TokenSpec] = Field(default_factory=dict)
     dev: bool = False
+
+    # continual loop: queue, scheduler, retrain job, promotion gate
+    broker_url: str | None = Field(None, description="redis://… = Celery/Redis queue; unset = embedded queue")
+    retrain_config: Path = Field(REPO_CONFIGS / "ssl" / "continual.yaml",
+                                 description="the recipe (its `method` section) the retrain job runs")
+    retrain_iterations: int = Field(300, ge=1, description="default retrain budget (steps)")
+    retrain_min_new_images: int = Field(200, ge=1, description="scheduler: retrain once this many new uploads")
+    retrain_max_age_h: float = Field(168.0, gt=0, description="scheduler: retrain a model older than this "
+                                                              "(if any new image arrived)")
+    retrain_check_s: float = Field(300.0, gt=0, description="how often the scheduler checks (beat interval)")
+    promotion_margin: float = Field(0.5, description="candidate must beat the active metric by this (points)")
+    job_lease_s: float = Field(120.0, gt=0, description="a job whose worker is silent this long is taken over")
+    worker_poll_s: float = Field(1.0, gt=0, description="embedded worker: how often it looks for jobs")
+    retrain_chunk_steps: int = Field(200, ge=1, description="Celery: training steps per task (then checkpoint "
+                                                            "and re-queue), so each task stays short")
+    visibility_timeout_s: float = Field(1800.0, gt=0, description="Redis redelivers an unacked task after this; "
+                                                                  "must exceed one chunk")
+    orphan_after_s: float = Field(600.0, gt=0, description="scheduler re-sends a job queued this long unclaimed")
 
     @field_validator("tokens", mode="before")
     @classmethod

@@ -131,6 +131,14 @@ def parse_override(text: str) -> dict:
     return node
 
 
+def config_with(raw: dict, changes: dict, overrides: list[str] | tuple[str, ...] = ()) -> TrainConfig:
+    """A config from a dumped one (e.g. a checkpoint's), nested `changes`, then `a.b=c` overrides."""
+    raw = _merge(raw, changes)
+    for text in overrides:
+        raw = _merge(raw, parse_override(text))
+    return TrainConfig.model_validate(raw)
+
+
 def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> TrainConfig:
     """Read a YAML config (optional `base:` file to inherit from, relative to it) and apply overrides."""
     path = Path(path)

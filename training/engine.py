@@ -12,7 +12,7 @@ import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 import torch
@@ -156,6 +156,7 @@ class Trainer:
         self.best_step = -1
         self.positions: dict[str, tuple[int, int]] = {"labeled": (0, 0), "unlabeled": (0, 0)}
         self.history: list[dict] = []
+        self._on_log: Callable[[dict], None] | None = None
 
     # ------------------------------------------------------------------ setup
     def _optimizer(self) -> torch.optim.Optimizer:
@@ -245,6 +246,8 @@ class Trainer:
         self.history.append(row)
         with open(self.run_dir / "metrics.jsonl", "a") as f:
             f.write(json.dumps(row) + "\n")
+        if self._on_log is not None:
+            self._on_log(row)
 
     def _load_history(self) -> None:
         path = self.run_dir / "metrics.jsonl"
@@ -254,9 +257,15 @@ class Trainer:
             path.write_text("".join(json.dumps(r) + "\n" for r in self.history))
 
     # ------------------------------------------------------------------ the loop
-    def fit(self, resume: bool = True, progress: bool = True, stop_after: int | None = None) -> TrainResult:
-        """Run to `optim.iterations` (or only `stop_after` more steps, leaving a resumable checkpoint)."""
+    def fit(self, resume: bool = True, progress: bool = True, stop_after: int | None = None,
+            on_log: Callable[[dict], None] | None = None) -> TrainResult:
+        """Run to `optim.iterations` (or only `stop_after` more steps, leaving a resumable checkpoint).
+
+        on_log: called with every logged row (training and validation); it may raise to abort the run (e.g. a
+        cancelled job) — the last periodic checkpoint stays, so the run can be resumed.
+        """
         cfg = self.config
+        self._on_log = on_log
         if resume and self.try_resume():
             self._load_history()
         else:

@@ -1,11 +1,13 @@
-"""Operations (role `ops`): promote (hot swap), rollback, audit events. Later ops routes join this router."""
+"""Operations (role `ops`): retrain jobs, promote (hot swap), rollback, pin/unpin automatic promotion, audit."""
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Depends, Header, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from serving.auth import Principal
+from serving.jobs import JobNotFound
 from serving.routes.deps import get_service, require
 
 router = APIRouter(prefix="/v1/ops", tags=["ops"])
@@ -44,3 +46,81 @@ async def rollback(request: Request, body: RollbackRequest | None = None,
 def events(request: Request, limit: int = Query(100, ge=1, le=10_000),
            _caller: Principal = Depends(require("ops"))) -> dict:
     return {"events": get_service(request).manager.registry.events(limit)}
+
+
+class RetrainRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    iterations: int | None = Field(None, ge=1, le=1_000_000, description="training steps (default: the setting)")
+    margin: float | None = Field(None, ge=-100, le=100, description="promotion margin override (metric points)")
+    overrides: list[str] = Field(default_factory=list, max_length=32,
+                                 description="training config overrides, e.g. optim.lr=0.0005")
+    reason: str | None = Field(None, max_length=500)
+
+    @field_validator("overrides")
+    @classmethod
+    def _dotted(cls, values: list[str]) -> list[str]:
+        bad = [v for v in values if "=" not in v or not v.split("=", 1)[0].replace("_", "").replace(".", "").isalnum()]
+        if bad:
+            raise ValueError(f"overrides must look like section.key=value, got {bad[:3]}")
+        return values
+
+
+class PinRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    reason: str | None = Field(None, max_length=500)
+
+
+def _job_or_404(service, job_id: str):
+    try:
+        return service.queue.jobs.get(job_id)
+    except JobNotFound:
+        raise StarletteHTTPException(404, f"no job {job_id!r}") from None
+
+
+@router.post("/retrain", status_code=202, summary="Start a retrain job (one per model; Idempotency-Key supported)")
+def retrain(request: Request, response: Response, body: RetrainRequest | None = None,
+            idempotency_key: str | None = Header(None, max_length=200),
+            caller: Principal = Depends(require("ops"))) -> dict:
+    service = get_service(request)
+    body = body or RetrainRequest()
+    params = {k: v for k, v in body.model_dump().items() if v not in (None, [])}
+    job, created = service.queue.submit_retrain(params, caller.actor, idempotency_key)
+    if not created:
+        response.status_code = 200
+    return {"created": created, "queue": service.queue.mode, "job": job.to_dict()}
+
+
+@router.get("/jobs", summary="Recent jobs, newest first")
+def jobs(request: Request, limit: int = Query(50, ge=1, le=1000), state: str | None = Query(None, max_length=16),
+         _caller: Principal = Depends(require("ops"))) -> dict:
+    return {"jobs": [j.to_dict() for j in get_service(request).queue.jobs.list(limit, state)]}
+
+
+@router.get("/jobs/{job_id}", summary="One job: state, progress, metrics, gate decision and the tail of its log")
+def job(job_id: str, request: Request, tail: int = Query(50, ge=0, le=200),
+        _caller: Principal = Depends(require("ops"))) -> dict:
+    service = get_service(request)
+    found = _job_or_404(service, job_id)
+    return found.to_dict(logs=service.queue.jobs.logs(job_id, tail))
+
+
+@router.post("/jobs/{job_id}/cancel", summary="Cancel: a queued job at once, a running one at its next heartbeat")
+def cancel(job_id: str, request: Request, caller: Principal = Depends(require("ops"))) -> dict:
+    service = get_service(request)
+    _job_or_404(service, job_id)
+    return service.queue.jobs.request_cancel(job_id, caller.actor).to_dict()
+
+
+@router.post("/pin", summary="Freeze automatic promotion (manual promote/rollback still work)")
+def pin(request: Request, body: PinRequest | None = None, caller: Principal = Depends(require("ops"))) -> dict:
+    registry = get_service(request).manager.registry
+    return {"pinned": registry.set_pinned(True, caller.actor, (body or PinRequest()).reason)}
+
+
+@router.post("/unpin", summary="Allow automatic promotion by the retrain gate again")
+def unpin(request: Request, body: PinRequest | None = None, caller: Principal = Depends(require("ops"))) -> dict:
+    registry = get_service(request).manager.registry
+    registry.set_pinned(False, caller.actor, (body or PinRequest()).reason)
+    return {"pinned": None}

@@ -1,0 +1,126 @@
+"""`poseloop up`: the whole stack as one supervised process group with prefixed, readable logs.
+
+Embedded (nothing configured): API (in-process ONNX Runtime) + embedded worker (which also schedules).
+With POSELOOP_BROKER_URL: API + Celery `train` worker (solo, one job at a time) + Celery `ingest` worker +
+exactly one `celery beat`. A child that dies is restarted (with backoff); Ctrl-C / SIGTERM stops every child
+(SIGTERM, then SIGKILL after a grace period).
+"""
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+
+from serving.settings import ROLES
+
+GRACE_S = 15.0
+CELERY = [sys.executable, "-m", "celery", "-A", "training.worker.tasks"]
+
+
+@dataclass
+class Child:
+    name: str
+    argv: list[str]
+    proc: subprocess.Popen | None = None
+    restarts: list[float] = field(default_factory=list)
+
+
+def dev_tokens() -> dict[str, str]:
+    return {role: f"dev-{role}-{secrets.token_urlsafe(18)}" for role in ROLES}
+
+
+def stack(broker: bool, port: int) -> list[Child]:
+    api = Child("api", [sys.executable, "-m", "poseloop.cli", "serve", "--port", str(port)])
+    if not broker:
+        return [api, Child("worker", [sys.executable, "-m", "poseloop.cli", "worker"])]
+    return [api,
+            Child("train", [*CELERY, "worker", "-Q", "train", "-P", "solo", "-c", "1", "-n", "train@%h",
+                            "--prefetch-multiplier", "1", "--loglevel", "INFO"]),
+            Child("ingest", [*CELERY, "worker", "-Q", "ingest", "-c", "1", "-n", "ingest@%h", "--loglevel", "INFO"]),
+            Child("beat", [*CELERY, "beat", "--loglevel", "INFO", "--schedule",
+                           os.path.join(os.environ.get("POSELOOP_DATA_DIR", "runs/data"), "celerybeat-schedule")])]
+
+
+class Supervisor:
+    def __init__(self, children: list[Child], env: dict[str, str]) -> None:
+        self.children, self.env = children, env
+        self.stopping = threading.Event()
+        self._print = threading.Lock()
+
+    def say(self, name: str, line: str) -> None:
+        with self._print:
+            sys.stdout.write(f"[{name:>6}] {line.rstrip()}\n")
+            sys.stdout.flush()
+
+    def _start(self, child: Child) -> None:
+        child.proc = subprocess.Popen(child.argv, env=self.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                      text=True, bufsize=1, start_new_session=True)
+        threading.Thread(target=self._pump, args=(child, child.proc), daemon=True).start()
+
+    def _pump(self, child: Child, proc: subprocess.Popen) -> None:
+        for line in proc.stdout:
+            self.say(child.name, line)
+
+    def run(self) -> int:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, lambda *_: self.stopping.set())
+        for child in self.children:
+            self._start(child)
+        while not self.stopping.wait(0.5):
+            for child in self.children:
+                code = child.proc.poll()
+                if code is None:
+                    continue
+                child.restarts = [t for t in child.restarts if time.time() - t < 60] + [time.time()]
+                if len(child.restarts) > 5:
+                    self.say("up", f"{child.name} keeps dying (exit {code}); stopping the stack")
+                    self.stopping.set()
+                    break
+                self.say("up", f"{child.name} exited with {code}; restarting")
+                time.sleep(min(2 ** len(child.restarts), 10))
+                self._start(child)
+        self.stop()
+        return 0
+
+    def stop(self) -> None:
+        self.say("up", "stopping…")
+        for child in self.children:
+            if child.proc and child.proc.poll() is None:
+                os.killpg(child.proc.pid, signal.SIGTERM)
+        deadline = time.time() + GRACE_S
+        for child in self.children:
+            if child.proc is None:
+                continue
+            try:
+                child.proc.wait(max(0.1, deadline - time.time()))
+            except subprocess.TimeoutExpired:
+                os.killpg(child.proc.pid, signal.SIGKILL)
+                child.proc.wait()
+        self.say("up", "stopped")
+
+
+def run_up(port: int, bootstrap_model: str | None) -> int:
+    env = dict(os.environ)
+    tokens = None
+    if "POSELOOP_TOKENS" not in env:
+        tokens = dev_tokens()
+        env["POSELOOP_TOKENS"] = json.dumps({tok: {"roles": [role], "name": f"dev-{role}"}
+                                             for role, tok in tokens.items()})
+        env["POSELOOP_DEV"] = "1"
+    if bootstrap_model:
+        env["POSELOOP_BOOTSTRAP_MODEL"] = bootstrap_model
+    broker = bool(env.get("POSELOOP_BROKER_URL"))
+    children = stack(broker, port)
+    print(f"PoseLoop: http://127.0.0.1:{port}  (docs /docs, metrics /metrics) — queue: "
+          f"{'Celery/Redis ' + env['POSELOOP_BROKER_URL'] if broker else 'embedded (SQLite job table)'} — "
+          f"processes: {', '.join(c.name for c in children)}", flush=True)
+    if tokens:
+        for role, tok in tokens.items():
+            print(f"  dev token ({role}): {tok}", flush=True)
+    return Supervisor(children, env).run()

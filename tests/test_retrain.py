@@ -1,0 +1,105 @@
+"""The retrain job on real data (embedded worker path): plan → baseline → continual training → export with
+parity → register → gate; chunked resumption, cancel, and the gate's refusals (margin, pin, rollback meanwhile)."""
+import pytest
+
+from serving.queue import JobQueue
+from serving.uploads import UploadStore
+from tests.loop_fixtures import RETRAIN_OVERRIDES, install_active, loop_settings, train_small_model, upload_lspet
+from training.worker.runner import context, work_once
+
+
+@pytest.fixture(scope="module")
+def small_model(tmp_path_factory, data_root):
+    return train_small_model(tmp_path_factory.mktemp("model"))
+
+
+@pytest.fixture
+def loop(tmp_path, small_model, data_root):
+    settings = loop_settings(tmp_path)
+    registry = install_active(settings.registry_dir, *small_model)
+    upload_lspet(UploadStore(settings.data_dir / "uploads"), data_root, 12)
+    return settings, registry, JobQueue(settings), context(settings, "test-worker")
+
+
+def _submit(queue, iterations=6, **params):
+    job, created = queue.submit_retrain({"iterations": iterations, "overrides": RETRAIN_OVERRIDES, **params}, "ops")
+    assert created
+    return job
+
+
+def test_retrain_promotes_a_candidate_that_passes_the_gate(loop):
+    settings, registry, queue, ctx = loop
+    parent = registry.active().version
+    job = _submit(queue, margin=-100.0)  # any non-collapsed candidate passes
+    outcome, done = work_once(ctx)
+    assert outcome == "finished" and done.state == "succeeded", done.error
+    r = done.result
+    assert r["plan"]["parent"] == parent and r["plan"]["unlabeled_seq"] == 12
+    assert r["training"]["unlabeled_persons"] == 12 and r["training"]["steps"] == 6
+    assert 0 <= r["active_metric"]["value"] <= 100 and r["active_metric"]["metric"] == "pck_limbs"
+    assert r["candidate"]["parity_max_px"] < 0.5
+    assert r["gate"]["decision"] == "promoted"
+    active = registry.active()
+    assert active.version == r["candidate"]["version"] != parent
+    assert active.parent == parent and active.meta["data_summary"]["job_id"] == job.id
+    assert active.checkpoint_path.exists()  # the next retrain can start from it
+    assert done.progress["step"] == 6 and "mean_peak" in done.progress
+    assert any("gate: promoted" in line for line in queue.jobs.logs(job.id))
+
+
+def test_gate_rejects_a_candidate_below_the_margin(loop):
+    _, registry, queue, ctx = loop
+    parent = registry.active().version
+    _submit(queue, iterations=2, margin=100.0)
+    _, done = work_once(ctx)
+    gate = done.result["gate"]
+    assert done.state == "succeeded" and gate["decision"] == "rejected" and "margin 100.0" in gate["reason"]
+    assert registry.get(gate["candidate"]).state == "rejected" and registry.active().version == parent
+
+
+def test_chunks_resume_from_the_checkpoint_and_pin_blocks_promotion(loop):
+    _, registry, queue, ctx = loop
+    parent = registry.active().version
+    job = _submit(queue, iterations=6, margin=-100.0)
+    assert work_once(ctx, chunk_steps=4)[0] == "paused"
+    mid = queue.jobs.get(job.id)
+    assert mid.state == "running" and mid.progress["step"] == 4 and "candidate" not in mid.result
+    registry.set_pinned(True, "ops", "freeze for the demo")
+    outcome, done = work_once(ctx, chunk_steps=4)  # another worker could take it: the lease was released
+    assert outcome == "finished" and done.attempts == 2 and done.result["training"]["steps"] == 6
+    assert done.result["gate"]["decision"] == "kept" and "pinned" in done.result["gate"]["reason"]
+    assert registry.active().version == parent
+    assert registry.get(done.result["gate"]["candidate"]).state == "candidate"
+    assert "pin" in [e["action"] for e in registry.events()]
+
+
+def test_rollback_while_a_job_runs_is_never_overridden_by_the_gate(loop, small_model):
+    _, registry, queue, ctx = loop
+    first = registry.active().version
+    second = registry.register(small_model[0], checkpoint_path=small_model[1], actor="test").version
+    registry.set_active(second, "ops")
+    job = _submit(queue, iterations=4, margin=-100.0)
+    assert work_once(ctx, chunk_steps=2)[0] == "paused"  # planned against `second`
+    registry.set_active(first, "ops", action="rollback")
+    _, done = work_once(ctx, chunk_steps=10)
+    gate = done.result["gate"]
+    assert gate["decision"] == "kept" and "changed" in gate["reason"] and registry.active().version == first
+    assert done.result["plan"]["parent"] == second and job.id == done.id
+
+
+def test_cancel_stops_a_running_job(loop):
+    _, registry, queue, ctx = loop
+    job = _submit(queue, iterations=6)
+    assert work_once(ctx, chunk_steps=2)[0] == "paused"
+    queue.jobs.request_cancel(job.id, "ops")
+    outcome, done = work_once(ctx)
+    assert outcome == "finished" and done.state == "cancelled"
+    assert len(registry.list()) == 1  # nothing was registered
+
+
+def test_empty_pool_fails_visibly(tmp_path, small_model):
+    settings = loop_settings(tmp_path)
+    install_active(settings.registry_dir, *small_model)
+    job, _ = JobQueue(settings).submit_retrain({"iterations": 2}, "ops")
+    _, done = work_once(context(settings, "w"))
+    assert done.state == "failed" and "pool is empty" in done.error

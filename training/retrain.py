@@ -1,0 +1,269 @@
+"""The retrain job: active model + uploads → `continual` recipe → evaluate → export → register → gate.
+
+Every stage records its outcome in the job row before the next starts, and each is idempotent, so a job that is
+redelivered after its worker died picks up where it stopped: the plan (parent version, upload snapshot) is fixed
+at the first attempt, training resumes from its last checkpoint, a registered candidate is found again by job id,
+and the gate runs once. The gate promotes only when the candidate beats the active model (measured in this job,
+same validation set and metric) by `promotion_margin` and the collapse guard did not fire; the registry refuses
+automatic promotion while pinned or if the active version changed meanwhile (e.g. an ops rollback).
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from serving.jobs import Job, JobStore
+from serving.registry import ModelRegistry, RegistryError
+from serving.settings import Settings
+from serving.uploads import UploadStore
+
+log = logging.getLogger("poseloop.retrain")
+HEARTBEAT_EVERY_S = 2.0
+
+
+class JobCancelled(Exception):
+    """Raised from the progress callback when ops cancelled the job."""
+
+
+@dataclass
+class RetrainContext:
+    settings: Settings
+    jobs: JobStore
+    registry: ModelRegistry
+    uploads: UploadStore
+    owner: str
+
+    @classmethod
+    def from_settings(cls, settings: Settings, owner: str) -> RetrainContext:
+        return cls(settings, jobs_store(settings), ModelRegistry(settings.registry_dir, settings.keep_versions),
+                   UploadStore(settings.data_dir / "uploads"), owner)
+
+
+def jobs_store(settings: Settings) -> JobStore:
+    return JobStore(settings.data_dir / "jobs.db")
+
+
+class Reporter:
+    """Throttled heartbeats carrying progress; turns a cancel request into JobCancelled."""
+
+    def __init__(self, ctx: RetrainContext, job: Job) -> None:
+        self.ctx, self.job_id = ctx, job.id
+        self.progress: dict[str, Any] = dict(job.progress)
+        self._last = 0.0
+        self._t0 = time.time()
+        self._step0: int | None = None
+
+    def beat(self, result: dict | None = None, log_line: str | None = None, force: bool = False, **progress) -> None:
+        self.progress.update(progress)
+        if not force and result is None and log_line is None and time.time() - self._last < HEARTBEAT_EVERY_S:
+            return
+        self._last = time.time()
+        cancel = self.ctx.jobs.heartbeat(self.job_id, self.ctx.owner, self.ctx.settings.job_lease_s, self.progress,
+                                         result, log_line)
+        if cancel:
+            raise JobCancelled("cancelled by request")
+
+    def on_train_row(self, row: dict, total: int) -> None:
+        """Trainer.on_log: step, losses, collapse statistics and ETA."""
+        if "step" not in row:
+            return
+        if any(k.startswith("val/") for k in row):
+            metrics = {k[4:]: round(v, 3) for k, v in row.items() if k.startswith("val/") and "/" not in k[4:]}
+            self.beat(log_line=f"step {row['step']}: validation {metrics}", stage="train", validation=metrics)
+            return
+        step = row["step"]
+        if self._step0 is None:
+            self._step0, self._t0 = step, time.time()
+        rate = (step - self._step0) / max(time.time() - self._t0, 1e-6)
+        eta = (total - step) / rate if rate > 0 else None
+        keep = ("loss", "loss_sup", "loss_unsup", "loss_review", "loss_mix", "mean_peak", "low_peak_fraction",
+                "agreement", "lr")
+        self.beat(stage="train", step=step, total_steps=total, percent=round(100 * step / total, 1),
+                  eta_s=None if eta is None else round(eta, 1),
+                  **{k: round(float(row[k]), 6) for k in keep if k in row})
+
+
+def run_retrain(ctx: RetrainContext, job: Job, chunk_steps: int | None = None) -> Job | None:
+    """Run (or resume) a claimed job. Returns the finished job, or None when `chunk_steps` training steps were
+    done and more remain (the training checkpoint is saved; the caller releases the job for the next chunk).
+    LeaseLost propagates: another worker owns the job now."""
+    reporter = Reporter(ctx, job)
+    try:
+        result = _stages(ctx, job, reporter, chunk_steps)
+        if result is None:
+            return None
+    except JobCancelled:
+        return ctx.jobs.finish(job.id, ctx.owner, "cancelled", error="cancelled by request")
+    except Exception as err:  # noqa: BLE001 - every failure ends the job visibly, with its cause
+        from serving.jobs import LeaseLost
+
+        if isinstance(err, LeaseLost):
+            raise
+        log.exception("retrain job %s failed", job.id)
+        return ctx.jobs.finish(job.id, ctx.owner, "failed", error=f"{type(err).__name__}: {err}")
+    return ctx.jobs.finish(job.id, ctx.owner, "succeeded", result=result)
+
+
+def _stages(ctx: RetrainContext, job: Job, reporter: Reporter, chunk_steps: int | None) -> dict[str, Any] | None:
+    result = dict(ctx.jobs.get(job.id).result)
+    if "plan" not in result:
+        result["plan"] = _plan(ctx, job)
+        reporter.beat(result={"plan": result["plan"]}, log_line=f"plan: {result['plan']}", stage="plan")
+    plan = result["plan"]
+    parent = ctx.registry.get(plan["parent"])
+    config = _config(ctx.settings, parent.checkpoint_path, job, plan)
+    if "candidate" not in result:
+        if "active_metric" not in result:
+            reporter.beat(stage="baseline", force=True)
+            result["active_metric"] = _evaluate(parent.checkpoint_path, config)
+            reporter.beat(result={"active_metric": result["active_metric"]},
+                          log_line=f"active version {parent.version}: {result['active_metric']}")
+        trained = _train(ctx, config, parent.checkpoint_path, plan, reporter, chunk_steps)
+        if trained is None:
+            return None
+        result["training"] = trained
+        reporter.beat(result={"training": trained}, log_line=f"trained: {trained}", stage="register", force=True)
+        result["candidate"] = _register(ctx, job, config, plan, trained, result["active_metric"])
+        reporter.beat(result={"candidate": result["candidate"]}, log_line=f"registered {result['candidate']}")
+    if "gate" not in result:
+        result["gate"] = _gate(ctx, job, plan, result)
+        reporter.beat(result={"gate": result["gate"]}, log_line=f"gate: {result['gate']['decision']} — "
+                      f"{result['gate']['reason']}", stage="done", force=True)
+    return result
+
+
+def _plan(ctx: RetrainContext, job: Job) -> dict[str, Any]:
+    active = ctx.registry.active()
+    if active is None:
+        raise RegistryError("no active model version to start from")
+    if active.checkpoint_path is None or not active.checkpoint_path.exists():
+        raise RegistryError(f"active version {active.version} has no training checkpoint to start from "
+                            "(register models with their checkpoint)")
+    seq = ctx.uploads.max_seq()
+    if seq == 0:
+        raise ValueError("the unlabeled pool is empty: upload images first (POST /v1/unlabeled)")
+    return {"parent": active.version, "unlabeled_seq": seq,
+            "iterations": int(job.params.get("iterations") or ctx.settings.retrain_iterations)}
+
+
+def _config(settings: Settings, checkpoint: Path, job: Job, plan: dict):
+    """The active model's own training config (architecture, input, codec, labeled seed set, validation) with
+    the continual recipe's method, the job's budget and any overrides from the request."""
+    import torch
+
+    from training.config import config_with, load_config
+
+    base = torch.load(checkpoint, map_location="cpu", weights_only=True)["config"]
+    recipe = load_config(settings.retrain_config)
+    n = plan["iterations"]
+    return config_with(base, {
+        "name": f"retrain-{job.id}", "output_dir": str(settings.data_dir / "jobs"),
+        "method": recipe.method.model_dump(mode="json"),
+        "model": {"pretrained": False},  # weights come from the active checkpoint
+        "data": {"unlabeled": None, "num_workers": 0},
+        "optim": {"iterations": n},
+        "schedule": {"log_every": max(1, min(10, n // 10)), "val_every": max(1, n // 2),
+                     "checkpoint_every": max(1, min(25, n // 4))},
+    }, job.params.get("overrides") or [])
+
+
+def _unlabeled_records(ctx: RetrainContext, seq: int, schema: str):
+    from training.datasets.records import PersonRecord
+
+    records = []
+    for item in ctx.uploads.snapshot(max_seq=seq):
+        for i, box in enumerate(item.boxes or [[0, 0, item.width, item.height]]):
+            records.append(PersonRecord(image_path=Path(item.path), box=np.asarray(box, np.float32), keypoints=None,
+                                        visibility=None, schema=schema, record_id=f"upload/{item.sha256}/{i}"))
+    return records
+
+
+def _evaluate(checkpoint: Path, config) -> dict[str, float]:
+    """Metric of a checkpoint on the config's validation set (the same numbers the gate compares)."""
+    from poseloop.workflows import load_checkpoint
+    from training.data import build_splits
+    from training.engine import codec_for
+    from training.evaluator import evaluate_model, metric_name
+
+    _, model, _ = load_checkpoint(checkpoint)
+    splits = build_splits(config.data)
+    metrics = evaluate_model(model, splits.val, config.data.dataset, codec_for(config), model.mean, model.std,
+                             config.data.padding, config.eval.flip_test, config.eval.batch_size)
+    key = metric_name(config.data.dataset)
+    return {"metric": key, "value": round(metrics[key], 3), "persons": len(splits.val)}
+
+
+def _train(ctx: RetrainContext, config, init: Path, plan: dict, reporter: Reporter,
+           chunk_steps: int | None) -> dict[str, Any] | None:
+    from training.engine import Trainer
+    from training.evaluator import metric_name
+    from poseloop.workflows import SCHEMA_OF_DATASET
+
+    records = _unlabeled_records(ctx, plan["unlabeled_seq"], SCHEMA_OF_DATASET[config.data.dataset])
+    reporter.beat(log_line=f"training {config.optim.iterations} steps on {len(records)} unlabeled persons",
+                  stage="train", step=0, total_steps=config.optim.iterations)
+    trainer = Trainer(config, unlabeled=records, init_checkpoint=str(init))
+    out = trainer.fit(resume=True, progress=False, stop_after=chunk_steps,
+                      on_log=lambda row: reporter.on_train_row(row, config.optim.iterations))
+    if out.stopped_reason is None and out.steps < config.optim.iterations:
+        reporter.beat(log_line=f"checkpointed at step {out.steps}; continuing in the next chunk", force=True)
+        return None
+    return {"run_dir": str(out.run_dir), "steps": out.steps, "best_step": out.best_step,
+            "metric": metric_name(config.data.dataset), "value": round(out.best_metric, 3),
+            "collapse": out.stopped_reason if out.stopped_reason and "collapse" in out.stopped_reason else None,
+            "stopped": out.stopped_reason, "unlabeled_persons": len(records)}
+
+
+def _register(ctx: RetrainContext, job: Job, config, plan: dict, trained: dict, active: dict) -> dict[str, Any]:
+    for info in ctx.registry.list():  # a redelivered job finds the version it registered before dying
+        if (info.meta.get("data_summary") or {}).get("job_id") == job.id:
+            return {"version": info.version, "state": info.state}
+    from poseloop.workflows import export_checkpoint
+
+    run_dir = Path(trained["run_dir"])
+    best = run_dir / "best.pt"
+    if not best.exists():
+        raise RuntimeError(f"training produced no checkpoint ({trained.get('stopped') or 'no validation ran'})")
+    onnx_path = run_dir / "model.onnx"
+    report = export_checkpoint(best, onnx_path, version=f"retrain-{job.id}")
+    info = ctx.registry.register(
+        onnx_path, checkpoint_path=best, parent=plan["parent"], actor=f"job:{job.id}",
+        metrics={trained["metric"]: trained["value"], f"parent_{active['metric']}": active["value"]},
+        data_summary={"job_id": job.id, "unlabeled_seq": plan["unlabeled_seq"],
+                      "unlabeled_persons": trained["unlabeled_persons"], "recipe": config.method.name,
+                      "trained_on": config.data.dataset},
+        config=config.model_dump(mode="json"))
+    return {"version": info.version, "state": info.state, "parity_max_abs": report.max_abs_diff,
+            "parity_max_px": report.max_keypoint_diff_px}
+
+
+def _gate(ctx: RetrainContext, job: Job, plan: dict, result: dict) -> dict[str, Any]:
+    version = result["candidate"]["version"]
+    trained, active = result["training"], result["active_metric"]
+    margin = float(job.params.get("margin", ctx.settings.promotion_margin))
+    actor = f"job:{job.id}"
+    gain = round(trained["value"] - active["value"], 3)
+    decision = {"candidate": version, "parent": plan["parent"], "candidate_value": trained["value"],
+                "active_value": active["value"], "metric": active["metric"], "gain": gain, "margin": margin}
+    current = ctx.registry.get(version)
+    if current.state == "active":
+        return {**decision, "decision": "promoted", "reason": "already active"}
+    if current.state == "rejected":
+        return {**decision, "decision": "rejected", "reason": current.reason}
+    if trained["collapse"]:
+        reason = f"collapse guard fired: {trained['collapse']}"
+    elif gain < margin:
+        reason = f"{active['metric']} {trained['value']} vs active {active['value']}: gain {gain} < margin {margin}"
+    else:
+        why_not = ctx.registry.promote_if(version, plan["parent"], actor,
+                                          f"gate: {active['metric']} +{gain} ≥ margin {margin}")
+        if why_not is None:
+            return {**decision, "decision": "promoted", "reason": f"gain {gain} ≥ margin {margin}"}
+        return {**decision, "decision": "kept", "reason": why_not}
+    ctx.registry.mark_rejected(version, reason, actor)
+    return {**decision, "decision": "rejected", "reason": reason}

@@ -1,0 +1,38 @@
+"""The embedded worker (no broker): polls the job table, runs jobs to completion, and is its own scheduler.
+
+Limits: one machine (the SQLite job table and the data directory are local files); a job starts within
+`worker_poll_s`; a killed worker's job is resumed by the next worker start (or by another embedded worker)
+once its lease expires (`job_lease_s`).
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+from serving.queue import JobQueue
+from serving.schedule import tick
+from serving.settings import Settings
+from training.worker.runner import context, work_once, worker_name
+
+log = logging.getLogger("poseloop.worker")
+
+
+def run_embedded_worker(settings: Settings, stop: threading.Event | None = None, schedule: bool = True) -> None:
+    stop = stop or threading.Event()
+    ctx = context(settings, worker_name("embedded"))
+    queue = JobQueue(settings)
+    next_tick = time.monotonic()
+    log.info("embedded worker %s polling %s", ctx.owner, ctx.jobs.path)
+    while not stop.is_set():
+        if schedule and time.monotonic() >= next_tick:
+            next_tick = time.monotonic() + settings.retrain_check_s
+            try:
+                decision = tick(queue, ctx.registry, ctx.uploads)
+                if decision["retrain"]:
+                    log.info("scheduler: %s → job %s", decision["retrain"], decision["job"])
+            except Exception:  # noqa: BLE001 - a failed tick is retried at the next one
+                log.exception("scheduler tick failed")
+        outcome, _ = work_once(ctx)
+        if outcome == "idle":
+            stop.wait(settings.worker_poll_s)

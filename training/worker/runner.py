@@ -1,0 +1,48 @@
+"""Claim → run (a chunk of) a retrain job → finish or release: the one code path of both worker kinds."""
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import socket
+
+from serving.jobs import Job, LeaseLost
+from serving.registry import ModelRegistry
+from serving.settings import Settings
+from serving.uploads import UploadStore
+from training.retrain import RetrainContext, run_retrain
+
+log = logging.getLogger("poseloop.worker")
+
+
+def worker_name(kind: str) -> str:
+    return f"{kind}@{socket.gethostname()}:{os.getpid()}"
+
+
+def context(settings: Settings, owner: str) -> RetrainContext:
+    from serving.queue import jobs_store
+
+    return RetrainContext(settings, jobs_store(settings), ModelRegistry(settings.registry_dir, settings.keep_versions),
+                          UploadStore(settings.data_dir / "uploads"), owner)
+
+
+def work_once(ctx: RetrainContext, job_id: str | None = None, chunk_steps: int | None = None) -> tuple[str, Job | None]:
+    """("idle" | "finished" | "paused" | "lost", job). Paused = a chunk was done; the job is claimable again."""
+    job = ctx.jobs.claim(ctx.owner, ctx.settings.job_lease_s, job_id)
+    if job is None:
+        return "idle", None
+    log.info("working on job %s (attempt %d)", job.id, job.attempts)
+    try:
+        done = run_retrain(ctx, job, chunk_steps)
+    except LeaseLost as err:
+        log.warning("lost job %s: %s", job.id, err)
+        return "lost", job
+    except BaseException:  # shutdown (SIGTERM/Ctrl-C): hand the job back so the next worker resumes it at once
+        with contextlib.suppress(Exception):
+            ctx.jobs.release(job.id, ctx.owner, log=f"{ctx.owner} stopped; job released for resumption")
+        raise
+    if done is None:
+        ctx.jobs.release(job.id, ctx.owner, log=f"chunk done by {ctx.owner}")
+        return "paused", job
+    log.info("job %s %s", done.id, done.state)
+    return "finished", done

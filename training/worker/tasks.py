@@ -1,0 +1,32 @@
+"""Celery tasks (Redis mode): `celery -A training.worker.tasks worker -Q train -P solo -c 1` and `… beat`.
+
+`poseloop.retrain` runs one chunk (`retrain_chunk_steps` training steps, checkpointed) and re-sends itself until
+the job is finished, so every task is much shorter than the visibility timeout; a redelivered or duplicate
+message is harmless because the job row's lease decides who works. CUDA is touched only inside tasks (solo pool:
+no fork after CUDA init).
+"""
+from __future__ import annotations
+
+from serving.queue import INGEST_TASK, RETRAIN_TASK, SCHEDULE_TASK, JobQueue, celery_app
+from serving.registry import ModelRegistry
+from serving.schedule import tick
+from serving.settings import load_settings
+from serving.uploads import UploadStore
+from training.worker.runner import context, work_once, worker_name
+
+settings = load_settings()
+app = celery_app(settings)
+
+
+@app.task(name=RETRAIN_TASK, acks_late=True, reject_on_worker_lost=True)
+def retrain(job_id: str) -> dict:
+    outcome, job = work_once(context(settings, worker_name("celery")), job_id, settings.retrain_chunk_steps)
+    if outcome == "paused":
+        JobQueue(settings).dispatch(job_id)  # next chunk; the message is acked only after this returns
+    return {"job": job_id, "outcome": outcome, "state": job.state if job else None}
+
+
+@app.task(name=SCHEDULE_TASK)
+def maybe_retrain() -> dict:
+    registry = ModelRegistry(settings.registry_dir, settings.keep_versions)
+    return tick(JobQueue(settings), registry, UploadStore(settings.data_dir / "uploads"))
