@@ -83,7 +83,7 @@ class Settings(BaseSettings):
                                                             "and re-queue), so each task stays short")
     visibility_timeout_s: float = Field(1800.0, gt=0, description="Redis redelivers an unacked task after this; "
                                                                   "must exceed one chunk")
-    orphan_after_s: float = Field(600.0, gt=0, description="scheduler re-sends a job queued this long unclaimed")
+    orphan_after_s: float = Field(600.0, ge=0, description="scheduler re-sends a job queued this long unclaimed")
 
     @field_validator("tokens", mode="before")
     @classmethod

@@ -1,5 +1,8 @@
 """The retrain job on real data (embedded worker path): plan → baseline → continual training → export with
 parity → register → gate; chunked resumption, cancel, and the gate's refusals (margin, pin, rollback meanwhile)."""
+import threading
+import time
+
 import pytest
 
 from serving.queue import JobQueue
@@ -89,12 +92,28 @@ def test_rollback_while_a_job_runs_is_never_overridden_by_the_gate(loop, small_m
 
 def test_cancel_stops_a_running_job(loop):
     _, registry, queue, ctx = loop
+    job = _submit(queue, iterations=400)
+    outcome: list = []
+    worker = threading.Thread(target=lambda: outcome.append(work_once(ctx)))
+    worker.start()
+    deadline = time.time() + 120
+    while queue.jobs.get(job.id).progress.get("step", 0) < 1 and time.time() < deadline:
+        time.sleep(0.2)
+    assert queue.jobs.get(job.id).state == "running"
+    queue.jobs.request_cancel(job.id, "ops")
+    worker.join(60)
+    assert not worker.is_alive() and outcome[0][0] == "finished"
+    done = queue.jobs.get(job.id)
+    assert done.state == "cancelled" and done.progress["step"] < 400
+    assert len(registry.list()) == 1  # nothing was registered
+
+
+def test_cancel_of_a_paused_job_needs_no_worker(loop):
+    _, _, queue, ctx = loop
     job = _submit(queue, iterations=6)
     assert work_once(ctx, chunk_steps=2)[0] == "paused"
     queue.jobs.request_cancel(job.id, "ops")
-    outcome, done = work_once(ctx)
-    assert outcome == "finished" and done.state == "cancelled"
-    assert len(registry.list()) == 1  # nothing was registered
+    assert work_once(ctx)[0] == "idle" and queue.jobs.get(job.id).state == "cancelled"
 
 
 def test_empty_pool_fails_visibly(tmp_path, small_model):

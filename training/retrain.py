@@ -77,8 +77,9 @@ class Reporter:
             self.beat(log_line=f"step {row['step']}: validation {metrics}", stage="train", validation=metrics)
             return
         step = row["step"]
-        if self._step0 is None:
+        if self._step0 is None:  # the first step of this attempt shows whether it resumed from a checkpoint
             self._step0, self._t0 = step, time.time()
+            self.beat(log_line=f"first logged training step of this attempt: {step}")
         rate = (step - self._step0) / max(time.time() - self._t0, 1e-6)
         eta = (total - step) / rate if rate > 0 else None
         keep = ("loss", "loss_sup", "loss_unsup", "loss_review", "loss_mix", "mean_peak", "low_peak_fraction",

@@ -7,6 +7,7 @@ no fork after CUDA init).
 """
 from __future__ import annotations
 
+from serving.jobs import ACTIVE_STATES
 from serving.queue import INGEST_TASK, RETRAIN_TASK, SCHEDULE_TASK, JobQueue, celery_app
 from serving.registry import ModelRegistry
 from serving.schedule import tick
@@ -20,9 +21,13 @@ app = celery_app(settings)
 
 @app.task(name=RETRAIN_TASK, acks_late=True, reject_on_worker_lost=True)
 def retrain(job_id: str) -> dict:
-    outcome, job = work_once(context(settings, worker_name("celery")), job_id, settings.retrain_chunk_steps)
+    ctx = context(settings, worker_name("celery"))
+    outcome, job = work_once(ctx, job_id, settings.retrain_chunk_steps)
     if outcome == "paused":
         JobQueue(settings).dispatch(job_id)  # next chunk; the message is acked only after this returns
+    elif outcome == "idle" and ctx.jobs.get(job_id).state in ACTIVE_STATES:
+        # another worker holds a live lease (or held it before dying): look again once that lease could expire
+        retrain.apply_async(args=[job_id], countdown=min(settings.job_lease_s, settings.visibility_timeout_s / 2))
     return {"job": job_id, "outcome": outcome, "state": job.state if job else None}
 
 

@@ -1,0 +1,133 @@
+"""Reliability of the loop with a real Redis (AOF) and real Celery worker processes, on real LSP/LSPET data."""
+import json
+
+import httpx
+import pytest
+
+from serving.jobs import JobStore
+from serving.queue import JobQueue
+from serving.registry import ModelRegistry
+from serving.schedule import tick
+from serving.settings import load_settings
+from serving.uploads import UploadStore
+from tests.loop_fixtures import RETRAIN_OVERRIDES, install_active, lspet_images, train_small_model, upload_lspet
+from tests.redis_fixtures import CeleryWorker, loop_env, redis_server, wait_for  # noqa: F401 - fixture
+from tests.serving_fixtures import auth, process_server
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def small_model(tmp_path_factory, data_root):
+    return train_small_model(tmp_path_factory.mktemp("model"))
+
+
+@pytest.fixture
+def stack(tmp_path, small_model, redis_server, data_root, monkeypatch):
+    env = loop_env(tmp_path, redis_server.url)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    settings = load_settings()
+    registry = install_active(settings.registry_dir, *small_model)
+    uploads = UploadStore(settings.data_dir / "uploads")
+    upload_lspet(uploads, data_root, 12)
+    workers: list[CeleryWorker] = []
+
+    def start_worker() -> CeleryWorker:
+        workers.append(CeleryWorker(env, tmp_path / "worker.log").start())
+        return workers[-1]
+
+    yield settings, registry, uploads, JobQueue(settings), start_worker, env
+    for w in workers:
+        w.stop()
+
+
+def _final(jobs: JobStore, job_id: str, timeout: float = 400):
+    return wait_for(lambda: (j := jobs.get(job_id)).state in ("succeeded", "failed", "cancelled") and j,
+                    timeout, f"job {job_id} to finish")
+
+
+def test_kill_9_of_the_training_worker_mid_job_resumes(stack):
+    settings, registry, _, queue, start_worker, _ = stack
+    parent = registry.active()
+    job, _ = queue.submit_retrain({"iterations": 9, "overrides": RETRAIN_OVERRIDES, "margin": -100.0}, "ops")
+    first = start_worker()
+    wait_for(lambda: queue.jobs.get(job.id).progress.get("step", 0) >= 4, 300, "training to pass step 4")
+    first.kill9()
+    # nothing half-written became visible, and the active version is untouched
+    assert [v.version for v in registry.list()] == [parent.version] and registry.active().version == parent.version
+    visible = sorted(p.name for p in registry.versions_dir.iterdir())
+    assert visible == [parent.version]
+    start_worker()
+    done = _final(queue.jobs, job.id)
+    assert done.state == "succeeded", done.error
+    assert done.attempts >= 2 and any("resuming" in line for line in queue.jobs.logs(job.id, 200))
+    assert done.result["training"]["steps"] == 9
+    assert done.result["gate"]["decision"] == "promoted" and registry.active().version != parent.version
+    # the second attempt continued from a checkpoint (≥ step 3) instead of starting again at step 1
+    firsts = [int(line.rsplit(":", 1)[1]) for line in queue.jobs.logs(job.id, 200) if "first logged" in line]
+    assert len(firsts) >= 2 and firsts[0] == 1 and min(firsts[1:]) > 3
+
+
+def test_redis_restart_loses_no_job_and_no_upload(stack, redis_server, data_root):
+    settings, registry, uploads, queue, start_worker, _ = stack
+    # 1. a job queued in Redis survives a restart (AOF) and runs once a worker comes
+    job, _ = queue.submit_retrain({"iterations": 3, "overrides": RETRAIN_OVERRIDES, "margin": 100.0}, "ops")
+    redis_server.stop()
+    redis_server.start()
+    worker = start_worker()
+    assert _final(queue.jobs, job.id).state == "succeeded"
+    worker.stop()
+    # 2. with Redis down, a retrain request is still accepted (row first) and uploads still land on disk
+    redis_server.stop()
+    before = uploads.max_seq()
+    later = lspet_images(data_root, 20)[12:]
+    for path in later:
+        uploads.add(path.read_bytes(), path.name, None, "test", "uploader")
+    second, created = queue.submit_retrain({"iterations": 3, "overrides": RETRAIN_OVERRIDES}, "ops")
+    assert created and queue.jobs.get(second.id).state == "queued"
+    redis_server.start()
+    assert uploads.max_seq() == before + len(later)
+    start_worker()
+    # 3. the scheduler's sweep re-sends the job whose message never reached Redis
+    sweep = tick(queue, registry, uploads)
+    assert second.id in sweep["resent"]
+    assert _final(queue.jobs, second.id).state == "succeeded"
+
+
+def test_end_to_end_upload_retrain_gate_hot_swap_over_http(stack, data_root, tmp_path):
+    settings, registry, _, _, start_worker, env = stack
+    tokens = {"u" * 20: {"roles": ["upload"], "name": "uploader"}, "o" * 20: {"roles": ["ops"], "name": "ops"},
+              "i" * 20: {"roles": ["infer"], "name": "client"}}
+    start_worker()
+    with process_server({**env, "POSELOOP_TOKENS": json.dumps(tokens), "POSELOOP_REGISTRY_POLL_S": "0.5"}) as (base, _):
+        files = [("files", (p.name, p.read_bytes(), "image/jpeg")) for p in lspet_images(data_root, 16)[12:]]
+        up = httpx.post(f"{base}/v1/unlabeled", files=files, headers=auth("u" * 20), timeout=60)
+        assert up.status_code == 200 and len(up.json()["accepted"]) == 4
+        body = {"iterations": 4, "overrides": RETRAIN_OVERRIDES, "margin": -100.0}
+        first = httpx.post(f"{base}/v1/ops/retrain", json=body, headers={**auth("o" * 20), "Idempotency-Key": "a"})
+        again = httpx.post(f"{base}/v1/ops/retrain", json=body, headers=auth("o" * 20))
+        assert first.status_code == 202 and again.status_code == 200
+        job_id = first.json()["job"]["id"]
+        assert again.json()["job"]["id"] == job_id and first.json()["queue"] == "celery"
+
+        def finished():
+            j = httpx.get(f"{base}/v1/ops/jobs/{job_id}", headers=auth("o" * 20)).json()
+            return j if j["state"] in ("succeeded", "failed", "cancelled") else None
+
+        job = wait_for(finished, 400, "the retrain job", every=1.0)
+        assert job["state"] == "succeeded" and job["result"]["gate"]["decision"] == "promoted", job
+        assert job["result"]["plan"]["unlabeled_seq"] == 16 and job["logs_tail"]
+        new = job["result"]["candidate"]["version"]
+        image = lspet_images(data_root, 1)[0].read_bytes()
+
+        def served_version():
+            r = httpx.post(f"{base}/v1/pose", files={"image": ("a.jpg", image, "image/jpeg")}, headers=auth("i" * 20))
+            return r.headers.get("X-Model-Version") == new and r
+
+        wait_for(served_version, 30, "the API to serve the promoted version")
+        back = httpx.post(f"{base}/v1/ops/rollback", json={}, headers=auth("o" * 20))
+        assert back.status_code == 200 and back.json()["active"] != new
+        events = httpx.get(f"{base}/v1/ops/events", headers=auth("o" * 20)).json()["events"]
+        assert [e["actor"] for e in events if e["action"] == "promote"][-1] == f"job:{job_id}"
+        assert events[-2]["action"] == "rollback" and events[-2]["actor"] == "ops"
