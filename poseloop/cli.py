@@ -270,6 +270,32 @@ def ingest(
     typer.echo(json.dumps(summary.to_dict(), indent=2))
 
 
+@app.command()
+def demo(
+    url: str = typer.Option("http://127.0.0.1:8080", help="A running stack (`poseloop up`)."),
+    iterations: int = typer.Option(60, min=1, help="Retrain budget (steps); small so the demo takes minutes."),
+    margin: Optional[float] = typer.Option(None, help="Promotion margin override (default: the server's)."),
+    out: Path = typer.Option(Path("runs/demo"), help="Where the render PNG goes."),
+    infer_token: Optional[str] = typer.Option(None, envvar="POSELOOP_INFER_TOKEN"),
+    upload_token: Optional[str] = typer.Option(None, envvar="POSELOOP_UPLOAD_TOKEN"),
+    ops_token: Optional[str] = typer.Option(None, envvar="POSELOOP_OPS_TOKEN"),
+):
+    """Walk the loop against a running stack: pose + render, upload video frames and LSPET images, retrain with
+    progress, the gate's decision, rollback, audit log. Tokens default to the dev tokens `poseloop up` wrote."""
+    from poseloop.demo import DemoError, load_dev_tokens, run_demo
+    from serving.settings import load_settings
+    from training.datasets import default_data_root
+
+    try:
+        given = {"infer": infer_token, "upload": upload_token, "ops": ops_token}
+        tokens = given if all(given.values()) else {**load_dev_tokens(load_settings().data_dir),
+                                                    **{k: v for k, v in given.items() if v}}
+        run_demo(url, tokens, default_data_root(), out, iterations, margin=margin)
+    except DemoError as err:
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(1) from None
+
+
 def main() -> None:  # pragma: no cover - console entry
     app()
 

@@ -16,7 +16,9 @@ import sys
 import threading
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
+from poseloop.demo import TOKENS_FILE
 from serving.settings import ROLES
 
 GRACE_S = 15.0
@@ -121,6 +123,12 @@ def run_up(port: int, bootstrap_model: str | None) -> int:
           f"{'Celery/Redis ' + env['POSELOOP_BROKER_URL'] if broker else 'embedded (SQLite job table)'} — "
           f"processes: {', '.join(c.name for c in children)}", flush=True)
     if tokens:
+        data_dir = Path(env.get("POSELOOP_DATA_DIR", "runs/data"))
+        data_dir.mkdir(parents=True, exist_ok=True)
+        path = data_dir / TOKENS_FILE
+        path.touch(mode=0o600)
+        path.write_text(json.dumps(tokens))
         for role, tok in tokens.items():
             print(f"  dev token ({role}): {tok}", flush=True)
+        print(f"  (also in {path}; `poseloop demo` reads them from there)", flush=True)
     return Supervisor(children, env).run()

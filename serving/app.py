@@ -206,15 +206,22 @@ def build_manager(settings: Settings) -> ModelManager:
 
 
 def bootstrap(manager: ModelManager, settings: Settings) -> None:
-    """With no active version, register `settings.bootstrap_model` (unless already registered) and promote it."""
+    """With no active version, register `settings.bootstrap_model` (unless already registered) and promote it.
+
+    A training checkpoint next to it (best.pt, checkpoint.pt or <stem>.pt) is registered too: retrain jobs start
+    from the active version's checkpoint.
+    """
     if settings.bootstrap_model is None or manager.registry.active() is not None:
         return
     import hashlib
 
-    digest = hashlib.sha256(settings.bootstrap_model.read_bytes()).hexdigest()
+    model = settings.bootstrap_model
+    digest = hashlib.sha256(model.read_bytes()).hexdigest()
     known = [v for v in manager.registry.list()
              if v.meta.get("files", {}).get("model.onnx", {}).get("sha256") == digest and v.state != "rejected"]
-    info = known[-1] if known else manager.registry.register(settings.bootstrap_model, actor="bootstrap")
+    checkpoint = next((p for p in (model.with_name("best.pt"), model.with_name("checkpoint.pt"), model.with_suffix(".pt"))
+                       if p.exists()), None)
+    info = known[-1] if known else manager.registry.register(model, checkpoint_path=checkpoint, actor="bootstrap")
     manager.promote(info.version, "bootstrap", "bootstrap model at start")
 
 

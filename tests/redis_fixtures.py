@@ -89,7 +89,7 @@ class CeleryWorker:
 
 def loop_env(root: Path, broker_url: str, **extra: str) -> dict[str, str]:
     env = {"POSELOOP_REGISTRY_DIR": str(root / "registry"), "POSELOOP_DATA_DIR": str(root / "data"),
-           "POSELOOP_BROKER_URL": broker_url, "POSELOOP_VISIBILITY_TIMEOUT_S": "20", "POSELOOP_JOB_LEASE_S": "15",
+           "POSELOOP_BROKER_URL": broker_url, "POSELOOP_VISIBILITY_TIMEOUT_S": "10", "POSELOOP_JOB_LEASE_S": "6",
            "POSELOOP_RETRAIN_CHUNK_STEPS": "3", "POSELOOP_RETRAIN_MIN_NEW_IMAGES": "100000",
            "POSELOOP_ORPHAN_AFTER_S": "0", "OMP_NUM_THREADS": "1"}
     env.update(extra)

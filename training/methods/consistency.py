@@ -56,6 +56,7 @@ class ConsistencySpec:
     aux_weight: float = 1.0
     collapse_guard: bool = True
     guard_min_steps: int = 100
+    guard_window: int = 50                            # steps the collapse guard averages over
     seed: int = 0
 
 
@@ -82,7 +83,8 @@ class ConsistencyMethod(Method):
         self.reviewer = (ReviewerTeacher(student, policy=spec.reviewer, k=spec.reviewer_every, keep=spec.reviewer_keep,
                                          source=spec.reviewer_source, ema=self.ema)
                          if spec.reviewer != "none" else None)
-        self.guard = CollapseGuard(min_steps=spec.guard_min_steps) if spec.collapse_guard else None
+        self.guard = (CollapseGuard(window=spec.guard_window, min_steps=spec.guard_min_steps)
+                      if spec.collapse_guard else None)
         self.generator = torch.Generator().manual_seed(spec.seed)
 
     # ------------------------------------------------------------------ helpers
