@@ -32,7 +32,7 @@ def load_dev_tokens(data_dir: Path) -> dict[str, str]:
 
 def run_demo(url: str, tokens: dict[str, str], data_root: Path, out_dir: Path, iterations: int,
              frames_every: int = 40, frame_limit: int = 20, lspet_limit: int = 40, margin: float | None = None,
-             say=print) -> dict:
+             say=print, overrides: list[str] | None = None, job_timeout_s: float = 3600) -> dict:
     out_dir.mkdir(parents=True, exist_ok=True)
     hdr = {role: {"Authorization": f"Bearer {tok}"} for role, tok in tokens.items()}
     with httpx.Client(base_url=url, timeout=120) as http:
@@ -60,26 +60,33 @@ def run_demo(url: str, tokens: dict[str, str], data_root: Path, out_dir: Path, i
             f"LSPET: {lspet.accepted} new, {lspet.duplicates} already there")
         stats = _ok(http.get("/v1/unlabeled/stats", headers=hdr["upload"]))
         say(f"   pool: {stats['total']} images, {stats['new_since_active']} new since the active model was trained")
-        body = {"iterations": iterations, "reason": "poseloop demo"}
+        body = {"iterations": iterations, "reason": "poseloop demo", "overrides": overrides or []}
         if margin is not None:
             body["margin"] = margin
         job = _ok(http.post("/v1/ops/retrain", json=body, headers=hdr["ops"]))["job"]
         say(f"3. retrain job {job['id']} ({iterations} steps)")
-        job = _follow(http, hdr["ops"], job["id"], iterations)
+        job = _follow(http, hdr["ops"], job["id"], iterations, job_timeout_s)
         if job["state"] != "succeeded":
             raise DemoError(f"job {job['id']} ended {job['state']}: {job.get('error')}")
         gate = job["result"]["gate"]
         say(f"4. gate: {gate['decision']} — {gate['reason']}")
         active = _wait_active(http, hdr["infer"], gate["candidate"] if gate["decision"] == "promoted" else start_version)
         say(f"   active version now {active}")
-        rolled = _ok(http.post("/v1/ops/rollback", json={"reason": "demo rollback"}, headers=hdr["ops"]))
-        say(f"5. rollback: active {rolled['active']} (was {rolled['previous']}), swap {rolled['timing_ms']['total']} ms")
+        rolled = None
+        if gate["decision"] == "promoted":
+            rolled = _ok(http.post("/v1/ops/rollback", json={"reason": "demo rollback"}, headers=hdr["ops"]))
+            say(f"5. rollback: active {rolled['active']} (was {rolled['previous']}), "
+                f"swap {rolled['timing_ms']['total']} ms")
+        else:
+            say("5. nothing to roll back: the gate kept the active version (run with --margin -100 to see a "
+                "promotion and its rollback)")
         events = _ok(http.get("/v1/ops/events", params={"limit": 8}, headers=hdr["ops"]))["events"]
         say("6. audit log (latest):")
         for e in events:
             say(f"   {e['ts']}  {e['actor']:<22} {e['action']:<9} v{e['version']}  {e.get('from')} → {e.get('to')}"
                 f"  {e.get('reason') or ''}")
-    return {"start_version": start_version, "job": job["id"], "gate": gate, "after_rollback": rolled["active"]}
+    return {"start_version": start_version, "job": job["id"], "gate": gate,
+            "after_rollback": rolled["active"] if rolled else None}
 
 
 def _ok(response: httpx.Response, raw: bool = False):

@@ -72,6 +72,8 @@ class Settings(BaseSettings):
     retrain_config: Path = Field(REPO_CONFIGS / "ssl" / "continual.yaml",
                                  description="the recipe (its `method` section) the retrain job runs")
     retrain_iterations: int = Field(300, ge=1, description="default retrain budget (steps)")
+    retrain_lr: float = Field(1e-4, gt=0, description="fine-tuning learning rate: the active model is already "
+                                                      "trained, its from-scratch rate would undo it")
     retrain_min_new_images: int = Field(200, ge=1, description="scheduler: retrain once this many new uploads")
     retrain_max_age_h: float = Field(168.0, gt=0, description="scheduler: retrain a model older than this "
                                                               "(if any new image arrived)")

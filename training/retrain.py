@@ -167,7 +167,7 @@ def _config(settings: Settings, checkpoint: Path, job: Job, plan: dict):
         "method": recipe.method.model_dump(mode="json"),
         "model": {"pretrained": False},  # weights come from the active checkpoint
         "data": {"unlabeled": None, "num_workers": 0},
-        "optim": {"iterations": n},
+        "optim": {"iterations": n, "lr": settings.retrain_lr},
         "schedule": {"log_every": max(1, min(10, n // 10)), "val_every": max(1, n // 2),
                      "checkpoint_every": max(1, min(25, n // 4))},
     }, job.params.get("overrides") or [])
