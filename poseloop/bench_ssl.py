@@ -98,10 +98,37 @@ def write_section(results: dict, out: Path, profile: str, results_dir: Path) -> 
             gap = gap_closure(m["ensemble_pck_limbs"], sup_n, sup_all) if sup_n is not None and sup_all is not None else None
             table.append([f"{r['method']} (two-net ensemble)", m["ensemble_pck_limbs"], m["ensemble_pck_all"],
                           "" if gap is None else f"{gap:.2f}", "(same run)", r["iterations"], m["collapse"] or "no"])
+    chart = out.parent / "images" / f"ssl_{profile}.png"
+    plot_ssl(table, sup_n, sup_all, chart, profile)
     body = (f"Command: `poseloop bench ssl --profile {profile}` · commit `{git_commit()}` · {machine_description()}\n\n"
             "LSP validation PCK@0.2 (limbs = 12 joints; all = 14), best checkpoint on validation. Gap closure = "
             "(method − supervised_N)/(supervised_all − supervised_N); every method row warm-starts from the "
             "supervised_N init row and trains the same number of further iterations (1:1 labeled:unlabeled).\n\n"
             + markdown_table(["method", "PCK limbs", "PCK all", "gap closure", "wall min", "iters", "collapse"],
-                             table) + f"\n\nRaw results: `{results_dir / f'ssl_{profile}.json'}`.")
+                             table) + f"\n\nRaw results: `{results_dir / f'ssl_{profile}.json'}`. "
+            f"Chart: ![LSP-SSL {profile}]({chart.relative_to(out.parent)})")
     replace_section(out, f"LSP-SSL benchmark ({profile})", body)
+
+
+def plot_ssl(table: list[list], sup_n: float | None, sup_all: float | None, path: Path, profile: str) -> None:
+    """Bar chart of PCK limbs per row, with the supervised_N and supervised-all levels as reference lines."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [r for r in table if r[0] not in ("supervised_N init",)]
+    fig, ax = plt.subplots(figsize=(8, 3.6), dpi=120)
+    colors = ["tab:gray" if "supervised" in r[0] else "tab:orange" if "ensemble" in r[0] else "tab:blue" for r in rows]
+    ax.barh([r[0] for r in rows], [r[1] for r in rows], color=colors)
+    for value, label, style in ((sup_n, "supervised_N", "--"), (sup_all, "all labels", ":")):
+        if value is not None:
+            ax.axvline(value, color="k", linestyle=style, linewidth=1, label=f"{label} {value:.1f}")
+    ax.set_xlabel("LSP val PCK@0.2, limbs")
+    ax.set_title(f"LSP-SSL benchmark ({profile})")
+    ax.invert_yaxis()
+    ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)

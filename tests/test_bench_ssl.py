@@ -17,6 +17,7 @@ def test_quick_profile_runs_every_preset(tmp_path, data_root):
     assert by_method["posecons"]["ensemble_pck_limbs"] is None
     text = (tmp_path / "bench.md").read_text()
     assert "LSP-SSL benchmark (quick)" in text and "posedual (two-net ensemble)" in text
+    assert (tmp_path / "images" / "ssl_quick.png").read_bytes()[:4] == b"\x89PNG"
     # resumable: a second call finds every row cached and trains nothing
     again = run_ssl_bench("quick", out=None, results_dir=tmp_path)
     assert json.dumps(again, sort_keys=True) == json.dumps(results, sort_keys=True)
