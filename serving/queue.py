@@ -66,6 +66,15 @@ class JobQueue:
             self.dispatch(job.id)
         return job, created
 
+    def dispatch_ingest_checks(self) -> None:
+        """Celery mode: ask the `ingest` queue to check new uploads (embedded: the idle worker does it)."""
+        if self._celery is None:
+            return
+        try:
+            self._celery.send_task(INGEST_TASK, queue="ingest", retry=False)
+        except Exception as err:  # noqa: BLE001 - checks are statistics; the next upload or tick asks again
+            log.warning("could not queue ingest checks (%s)", err)
+
     def dispatch(self, job_id: str) -> bool:
         """Send the job's message (Celery mode). False if the broker is unreachable (the scheduler re-sends)."""
         if self._celery is None:

@@ -37,6 +37,9 @@ CREATE TABLE IF NOT EXISTS images (
     boxes TEXT, bytes INT, name TEXT, source TEXT, actor TEXT, created TEXT);
 CREATE TABLE IF NOT EXISTS rejections (
     id INTEGER PRIMARY KEY, name TEXT, reason TEXT, actor TEXT, created TEXT);
+CREATE TABLE IF NOT EXISTS checks (
+    sha256 TEXT PRIMARY KEY, thumbnail TEXT, teacher_version TEXT, teacher_confidence REAL, persons INT,
+    created TEXT);
 """
 
 
@@ -154,9 +157,29 @@ class UploadStore:
                 "SELECT COUNT(*), COALESCE(SUM(seq > ?), 0), COALESCE(SUM(bytes), 0), COALESCE(MAX(seq), 0) "
                 "FROM images", (since_seq,)).fetchone()
             rejected = db.execute("SELECT COUNT(*) FROM rejections").fetchone()[0]
+            checked, confidence = db.execute(
+                "SELECT COUNT(*), AVG(teacher_confidence) FROM checks").fetchone()
         index_bytes = sum(p.stat().st_size for p in self.root.glob("index.sqlite*") if p.is_file())
         return {"total": total, "new_since_active": new, "rejected": rejected, "max_seq": top,
-                "disk_bytes": image_bytes + index_bytes}
+                "disk_bytes": image_bytes + index_bytes, "checked": checked,
+                "mean_teacher_confidence": None if confidence is None else round(confidence, 4)}
+
+    # ------------------------------------------------------------------ ingest checks (serving.ingest_checks)
+    def unchecked(self, limit: int) -> list[UploadRecord]:
+        """Oldest images without an ingest check yet."""
+        with self._db() as db:
+            rows = db.execute("SELECT seq, sha256, path, width, height, boxes FROM images WHERE sha256 NOT IN "
+                              "(SELECT sha256 FROM checks) ORDER BY seq LIMIT ?", (limit,)).fetchall()
+        return [UploadRecord(seq, sha, self.root / path, width, height, json.loads(boxes) if boxes else None)
+                for seq, sha, path, width, height, boxes in rows]
+
+    def record_check(self, sha: str, thumbnail: Path, teacher_version: str, confidence: float, persons: int) -> None:
+        with self._db() as db:
+            db.execute("INSERT OR REPLACE INTO checks VALUES (?, ?, ?, ?, ?, ?)",
+                       (sha, str(thumbnail.relative_to(self.root)), teacher_version, confidence, persons, _now()))
+
+    def thumbnail_path(self, sha: str) -> Path:
+        return self.root / "thumbs" / sha[:2] / f"{sha}.jpg"
 
     def snapshot(self, max_seq: int | None = None) -> list[UploadRecord]:
         """Images with seq <= max_seq (all when None), in upload order."""

@@ -43,3 +43,20 @@ def test_tick_submits_once_and_resends_orphans(tmp_path):
     assert first["job"] and second["job"] == first["job"] and len(queue.jobs.list()) == 1  # single flight
     assert second["resent"] == [first["job"]]  # still unclaimed: the sweep re-sends it (a no-op when embedded)
     assert queue.jobs.get(first["job"]).requested_by == "scheduler"
+
+
+def test_ingest_checks_make_thumbnails_and_teacher_confidence(tmp_path):
+    from serving.ingest_checks import check_pending
+
+    registry = ModelRegistry(tmp_path / "reg")
+    store = UploadStore(tmp_path / "up")
+    store.add(_image(1), "1.png", None, "t", "t")
+    store.add(_image(2), "2.png", [[2, 2, 20, 30], [5, 5, 10, 10]], "t", "t")
+    assert check_pending(store, registry) == 0  # no model yet: nothing to judge them with
+    registry.set_active(registry.register(tiny_pose_onnx(tmp_path / "a.onnx"), actor="t").version, "t")
+    assert check_pending(store, registry) == 2 and check_pending(store, registry) == 0
+    stats = store.stats(0)
+    assert stats["checked"] == 2 and 0 < stats["mean_teacher_confidence"]
+    for record in store.snapshot():
+        thumb = cv2.imread(str(store.thumbnail_path(record.sha256)))
+        assert thumb is not None and max(thumb.shape[:2]) <= 160

@@ -131,3 +131,7 @@ def test_end_to_end_upload_retrain_gate_hot_swap_over_http(stack, data_root, tmp
         events = httpx.get(f"{base}/v1/ops/events", headers=auth("o" * 20)).json()["events"]
         assert [e["actor"] for e in events if e["action"] == "promote"][-1] == f"job:{job_id}"
         assert events[-2]["action"] == "rollback" and events[-2]["actor"] == "ops"
+        # the upload also queued ingest checks on the `ingest` queue: every image got a thumbnail and a confidence
+        stats = wait_for(lambda: (st := httpx.get(f"{base}/v1/unlabeled/stats", headers=auth("u" * 20)).json())
+                         ["checked"] == 16 and st, 60, "ingest checks")
+        assert 0 < stats["mean_teacher_confidence"] <= 1.5

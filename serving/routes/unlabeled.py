@@ -58,6 +58,8 @@ async def upload(request: Request, caller: Principal = Depends(require("upload")
         report = await run_in_threadpool(_ingest, service.uploads, form, service.settings, caller.actor)
     finally:
         await form.close()
+    if report.accepted:
+        await run_in_threadpool(service.queue.dispatch_ingest_checks)
     return report.to_dict()
 
 

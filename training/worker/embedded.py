@@ -1,4 +1,5 @@
-"""The embedded worker (no broker): polls the job table, runs jobs to completion, and is its own scheduler.
+"""The embedded worker (no broker): polls the job table, runs jobs to completion, is its own scheduler, and
+runs the ingest checks (thumbnails, teacher confidence) when it has no job.
 
 Limits: one machine (the SQLite job table and the data directory are local files); a job starts within
 `worker_poll_s`; a killed worker's job is resumed by the next worker start (or by another embedded worker)
@@ -10,6 +11,7 @@ import logging
 import threading
 import time
 
+from serving.ingest_checks import check_pending
 from serving.queue import JobQueue
 from serving.schedule import tick
 from serving.settings import Settings
@@ -34,5 +36,5 @@ def run_embedded_worker(settings: Settings, stop: threading.Event | None = None,
             except Exception:  # noqa: BLE001 - a failed tick is retried at the next one
                 log.exception("scheduler tick failed")
         outcome, _ = work_once(ctx)
-        if outcome == "idle":
+        if outcome == "idle" and check_pending(ctx.uploads, ctx.registry) == 0:
             stop.wait(settings.worker_poll_s)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from serving.jobs import ACTIVE_STATES
 from serving.queue import INGEST_TASK, RETRAIN_TASK, SCHEDULE_TASK, JobQueue, celery_app
+from serving.ingest_checks import check_pending
 from serving.registry import ModelRegistry
 from serving.schedule import tick
 from serving.settings import load_settings
@@ -29,6 +30,17 @@ def retrain(job_id: str) -> dict:
         # another worker holds a live lease (or held it before dying): look again once that lease could expire
         retrain.apply_async(args=[job_id], countdown=min(settings.job_lease_s, settings.visibility_timeout_s / 2))
     return {"job": job_id, "outcome": outcome, "state": job.state if job else None}
+
+
+@app.task(name=INGEST_TASK)
+def ingest_check() -> dict:
+    """Thumbnails and teacher confidence for new uploads (CPU, ONNX Runtime)."""
+    store = UploadStore(settings.data_dir / "uploads")
+    registry = ModelRegistry(settings.registry_dir, settings.keep_versions)
+    checked = 0
+    while (n := check_pending(store, registry)) > 0:
+        checked += n
+    return {"checked": checked}
 
 
 @app.task(name=SCHEDULE_TASK)

@@ -1,0 +1,41 @@
+"""Ingest checks (the `ingest` queue, or the embedded worker when idle): per uploaded image a thumbnail and the
+active model's confidence on it (mean keypoint peak over its persons) — the statistics ops look at before a
+retrain (`GET /v1/unlabeled/stats`). ONNX Runtime only, no torch; the teacher is the served model."""
+from __future__ import annotations
+
+import logging
+
+import cv2
+import numpy as np
+
+from models.fileio import atomic_write_bytes
+from serving.pipeline import PosePipeline, load_image_rgb
+from serving.registry import ModelRegistry
+from serving.uploads import UploadStore
+
+log = logging.getLogger("poseloop.ingest")
+THUMBNAIL_SIDE = 160
+
+
+def check_pending(store: UploadStore, registry: ModelRegistry, limit: int = 64) -> int:
+    """Check up to `limit` unchecked images; returns how many were checked (0 = nothing to do / no model)."""
+    active = registry.active()
+    pending = store.unchecked(limit) if active is not None else []
+    if not pending:
+        return 0
+    from serving.backends.onnxruntime import OnnxRuntimeBackend
+
+    pipeline = PosePipeline(OnnxRuntimeBackend(active.onnx_path, intra_op_threads=1))
+    for item in pending:
+        rgb = load_image_rgb(item.path.read_bytes())
+        scale = THUMBNAIL_SIDE / max(rgb.shape[:2])
+        thumb = cv2.resize(rgb, None, fx=min(scale, 1.0), fy=min(scale, 1.0), interpolation=cv2.INTER_AREA)
+        ok, jpeg = cv2.imencode(".jpg", cv2.cvtColor(thumb, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 85])
+        path = store.thumbnail_path(item.sha256)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(path, jpeg.tobytes())
+        poses = pipeline.predict(rgb, item.boxes)
+        confidence = float(np.mean([p.keypoint_scores.mean() for p in poses])) if poses else 0.0
+        store.record_check(item.sha256, path, active.version, confidence, len(poses))
+    log.info("checked %d uploads with version %s", len(pending), active.version)
+    return len(pending)
