@@ -77,7 +77,8 @@ class Settings(BaseSettings):
     retrain_min_new_images: int = Field(200, ge=1, description="scheduler: retrain once this many new uploads")
     retrain_max_age_h: float = Field(168.0, gt=0, description="scheduler: retrain a model older than this "
                                                               "(if any new image arrived)")
-    retrain_check_s: float = Field(300.0, gt=0, description="how often the scheduler checks (beat interval)")
+    retrain_check_s: float = Field(30.0, gt=0, description="how often the scheduler checks and sweeps orphaned "
+                                                          "jobs (beat interval; each check is two SQLite counts)")
     promotion_margin: float = Field(0.5, description="candidate must beat the active metric by this (points)")
     job_lease_s: float = Field(120.0, gt=0, description="a job whose worker is silent this long is taken over")
     worker_poll_s: float = Field(1.0, gt=0, description="embedded worker: how often it looks for jobs")

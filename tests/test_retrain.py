@@ -7,13 +7,8 @@ import pytest
 
 from serving.queue import JobQueue
 from serving.uploads import UploadStore
-from tests.loop_fixtures import RETRAIN_OVERRIDES, install_active, loop_settings, train_small_model, upload_lspet
+from tests.loop_fixtures import RETRAIN_OVERRIDES, install_active, loop_settings, upload_lspet
 from training.worker.runner import context, work_once
-
-
-@pytest.fixture(scope="module")
-def small_model(tmp_path_factory, data_root):
-    return train_small_model(tmp_path_factory.mktemp("model"))
 
 
 @pytest.fixture

@@ -10,15 +10,15 @@ import httpx
 import pytest
 
 from poseloop.demo import run_demo
-from tests.loop_fixtures import RETRAIN_OVERRIDES, train_small_model
+from tests.loop_fixtures import RETRAIN_OVERRIDES
 from tests.serving_fixtures import free_port
 from tests.redis_fixtures import REPO, wait_for
 
 pytestmark = pytest.mark.slow
 
 
-def test_up_runs_the_loop_and_demo_walks_it(tmp_path, data_root):
-    onnx_path, _ = train_small_model(tmp_path / "model")
+def test_up_runs_the_loop_and_demo_walks_it(tmp_path, data_root, small_model):
+    onnx_path, _ = small_model
     port = free_port()
     env = {**os.environ, "POSELOOP_REGISTRY_DIR": str(tmp_path / "registry"), "POSELOOP_DATA_DIR": str(tmp_path / "data"),
            "POSELOOP_REGISTRY_POLL_S": "0.5", "POSELOOP_RETRAIN_CHECK_S": "3600"}
