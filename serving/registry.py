@@ -36,6 +36,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from models.fileio import fsync_dir
 from serving.metadata import ModelMetadata
 
 STATES = ("candidate", "active", "retired", "rejected")
@@ -143,10 +144,10 @@ class ModelRegistry:
                     "source": str(onnx_path),
                 }
                 _write_durable(stage / META_FILE, (json.dumps(meta, indent=2) + "\n").encode())
-                _fsync_dir(stage)
+                fsync_dir(stage)
                 os.rename(stage, self.versions_dir / version)
-                _fsync_dir(self.versions_dir)
-                _fsync_dir(self.staging_dir)
+                fsync_dir(self.versions_dir)
+                fsync_dir(self.staging_dir)
                 index["versions"][version] = {"state": "candidate", "reason": None, "created": now, "updated": now,
                                               "on_disk": True}
                 self._write_index(index)
@@ -281,7 +282,7 @@ class ModelRegistry:
         tmp = self.root / f".index.{os.getpid()}.{uuid.uuid4().hex}.tmp"
         _write_durable(tmp, (json.dumps(index, indent=1, sort_keys=True) + "\n").encode())
         os.replace(tmp, self.index_path)
-        _fsync_dir(self.root)
+        fsync_dir(self.root)
 
     def _audit(self, actor: str, action: str, version: str, from_state: str | None, to_state: str,
                reason: str | None, **extra: Any) -> None:
@@ -375,14 +376,6 @@ def _write_durable(path: Path, data: bytes) -> None:
         fh.write(data)
         fh.flush()
         os.fsync(fh.fileno())
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _pid_alive(pid: int) -> bool:
