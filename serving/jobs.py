@@ -69,6 +69,7 @@ class Job:
     result: dict[str, Any]
     error: str | None
     idempotency_key: str | None
+    lease_owner: str | None
 
     def to_dict(self, logs: list[str] | None = None) -> dict[str, Any]:
         out = {k: getattr(self, k) for k in (
@@ -202,10 +203,7 @@ class JobStore:
         """Renew the lease (and record progress/result/log). Returns True if cancellation was requested.
         Raises LeaseLost if another worker owns the job."""
         with self._tx() as db:
-            job = _get(db, job_id)
-            owner_now = db.execute("SELECT lease_owner FROM jobs WHERE id = ?", (job_id,)).fetchone()[0]
-            if job.state != "running" or owner_now != owner:
-                raise LeaseLost(f"job {job_id} is {job.state} and owned by {owner_now}, not {owner}")
+            job = _owned(db, job_id, owner)
             merged = {**job.result, **(result or {})}
             db.execute("UPDATE jobs SET lease_until = ?, progress = ?, result = ?, updated = ? WHERE id = ?",
                        (time.time() + lease_s, json.dumps(progress if progress is not None else job.progress),
@@ -217,9 +215,7 @@ class JobStore:
     def release(self, job_id: str, owner: str, log: str | None = None) -> None:
         """Give a running job back (end of a chunk): claimable at once by the next task or poll."""
         with self._tx() as db:
-            owner_now = db.execute("SELECT lease_owner FROM jobs WHERE id = ?", (job_id,)).fetchone()
-            if owner_now is None or owner_now[0] != owner:
-                raise LeaseLost(f"job {job_id} is not owned by {owner}")
+            _owned(db, job_id, owner)
             db.execute("UPDATE jobs SET lease_owner = NULL, lease_until = 0, updated = ? WHERE id = ?",
                        (_now(), job_id))
             if log:
@@ -241,10 +237,7 @@ class JobStore:
         if state not in FINAL_STATES:
             raise ValueError(f"not a final state: {state}")
         with self._tx() as db:
-            job = _get(db, job_id)
-            owner_now = db.execute("SELECT lease_owner FROM jobs WHERE id = ?", (job_id,)).fetchone()[0]
-            if job.state != "running" or owner_now != owner:
-                raise LeaseLost(f"job {job_id} is {job.state} and owned by {owner_now}, not {owner}")
+            job = _owned(db, job_id, owner)
             db.execute("UPDATE jobs SET state = ?, result = ?, error = ?, finished = ?, updated = ?, "
                        "lease_until = NULL WHERE id = ?",
                        (state, json.dumps({**job.result, **(result or {})}), error, _now(), _now(), job_id))
@@ -259,12 +252,21 @@ def _get(db: sqlite3.Connection, job_id: str) -> Job:
     return _job(row)
 
 
+def _owned(db: sqlite3.Connection, job_id: str, owner: str) -> Job:
+    """The job, if `owner` still holds it (running, its lease); LeaseLost otherwise."""
+    job = _get(db, job_id)
+    if job.state != "running" or job.lease_owner != owner:
+        raise LeaseLost(f"job {job_id} is {job.state} and owned by {job.lease_owner}, not {owner}")
+    return job
+
+
 def _job(row: sqlite3.Row) -> Job:
     return Job(id=row["id"], kind=row["kind"], model=row["model"], state=row["state"],
                params=json.loads(row["params"]), requested_by=row["requested_by"], created=row["created"],
                updated=row["updated"], started=row["started"], finished=row["finished"], attempts=row["attempts"],
                cancel_requested=bool(row["cancel_requested"]), progress=json.loads(row["progress"]),
-               result=json.loads(row["result"]), error=row["error"], idempotency_key=row["idempotency_key"])
+               result=json.loads(row["result"]), error=row["error"], idempotency_key=row["idempotency_key"],
+               lease_owner=row["lease_owner"])
 
 
 def _log(db: sqlite3.Connection, job_id: str, line: str) -> None:

@@ -6,7 +6,6 @@ import pytest
 
 from serving.jobs import JobStore
 from serving.queue import JobQueue
-from serving.registry import ModelRegistry
 from serving.schedule import tick
 from serving.settings import load_settings
 from serving.uploads import UploadStore

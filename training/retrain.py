@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from serving.jobs import Job, JobStore
+from serving.jobs import Job, JobStore, LeaseLost
 from serving.registry import ModelRegistry, RegistryError
 from serving.settings import Settings
 from serving.uploads import UploadStore
@@ -37,15 +37,6 @@ class RetrainContext:
     registry: ModelRegistry
     uploads: UploadStore
     owner: str
-
-    @classmethod
-    def from_settings(cls, settings: Settings, owner: str) -> RetrainContext:
-        return cls(settings, jobs_store(settings), ModelRegistry(settings.registry_dir, settings.keep_versions),
-                   UploadStore(settings.data_dir / "uploads"), owner)
-
-
-def jobs_store(settings: Settings) -> JobStore:
-    return JobStore(settings.data_dir / "jobs.db")
 
 
 class Reporter:
@@ -100,18 +91,16 @@ def run_retrain(ctx: RetrainContext, job: Job, chunk_steps: int | None = None) -
             return None
     except JobCancelled:
         return ctx.jobs.finish(job.id, ctx.owner, "cancelled", error="cancelled by request")
+    except LeaseLost:
+        raise
     except Exception as err:  # noqa: BLE001 - every failure ends the job visibly, with its cause
-        from serving.jobs import LeaseLost
-
-        if isinstance(err, LeaseLost):
-            raise
         log.exception("retrain job %s failed", job.id)
         return ctx.jobs.finish(job.id, ctx.owner, "failed", error=f"{type(err).__name__}: {err}")
     return ctx.jobs.finish(job.id, ctx.owner, "succeeded", result=result)
 
 
 def _stages(ctx: RetrainContext, job: Job, reporter: Reporter, chunk_steps: int | None) -> dict[str, Any] | None:
-    result = dict(ctx.jobs.get(job.id).result)
+    result = dict(job.result)  # the claimed row: earlier attempts' stages included
     if "plan" not in result:
         result["plan"] = _plan(ctx, job)
         reporter.beat(result={"plan": result["plan"]}, log_line=f"plan: {result['plan']}", stage="plan")

@@ -1,7 +1,6 @@
 """Claim → run (a chunk of) a retrain job → finish or release: the one code path of both worker kinds."""
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import socket
@@ -38,8 +37,10 @@ def work_once(ctx: RetrainContext, job_id: str | None = None, chunk_steps: int |
         log.warning("lost job %s: %s", job.id, err)
         return "lost", job
     except BaseException:  # shutdown (SIGTERM/Ctrl-C): hand the job back so the next worker resumes it at once
-        with contextlib.suppress(Exception):
+        try:
             ctx.jobs.release(job.id, ctx.owner, log=f"{ctx.owner} stopped; job released for resumption")
+        except Exception:  # noqa: BLE001 - the lease then expires and the job is taken over later
+            log.exception("could not release job %s; it resumes once its lease expires", job.id)
         raise
     if done is None:
         ctx.jobs.release(job.id, ctx.owner, log=f"chunk done by {ctx.owner}")
