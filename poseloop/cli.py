@@ -30,14 +30,27 @@ def train(
     device: Optional[str] = typer.Option(None, help="cpu / cuda (default: cuda when available)."),
     resume: bool = typer.Option(True, help="Resume from <run>/last.pt when it exists."),
     export: bool = typer.Option(True, help="Export the best checkpoint to ONNX (with parity check) at the end."),
+    nproc: int = typer.Option(1, "--nproc", min=1, help="Data-parallel processes (one per GPU; gloo on CPU): "
+                              "re-runs this command under torchrun with DDP. optim.batch_size stays the global batch."),
 ):
     """Train a model; best checkpoint chosen on the validation split only."""
+    from training import distributed
+
+    if nproc > 1 and not distributed.context_from_env().enabled:
+        args = ["train", "--config", str(config), *[x for s in set_ for x in ("--set", s)],
+                *(["--device", device] if device else []), "--resume" if resume else "--no-resume",
+                "--export" if export else "--no-export"]
+        raise typer.Exit(distributed.launch(nproc, "poseloop.cli", args))
     from poseloop.workflows import export_checkpoint
     from training.config import load_config
     from training.engine import Trainer
 
     cfg = load_config(config, set_)
-    result = Trainer(cfg, device=device).fit(resume=resume)
+    trainer = Trainer(cfg, device=device)
+    result = trainer.fit(resume=resume)
+    distributed.shutdown()
+    if not trainer.dist.is_main:
+        raise typer.Exit(1 if result.stopped_reason else 0)
     summary = {"run_dir": str(result.run_dir), "best_metric": result.best_metric, "best_step": result.best_step,
                "steps": result.steps, "wall_time_s": round(result.wall_time_s, 1), "stopped": result.stopped_reason}
     if export and result.best_step >= 0:
@@ -222,18 +235,26 @@ def up(
 
 
 @app.command()
-def worker():
+def worker(
+    queue: str = typer.Option("train", "--queue", help="train (retrain jobs; GPU) or ingest (upload checks, "
+                              "scheduler ticks). Celery only: the embedded worker does both."),
+):
     """The training worker: Celery `train` worker when POSELOOP_BROKER_URL is set, else the embedded worker."""
     import logging
 
     from serving.settings import load_settings
 
+    if queue not in ("train", "ingest"):
+        raise typer.BadParameter(f"queue {queue!r} is not train or ingest", param_hint="--queue")
     settings = load_settings()
     if settings.broker_url:
-        from poseloop.up import CELERY
+        from poseloop.up import celery_worker_argv
 
-        os.execv(sys.executable, [*CELERY, "worker", "-Q", "train", "-P", "solo", "-c", "1",
-                                  "--prefetch-multiplier", "1", "-n", "train@%h", "--loglevel", "INFO"])
+        argv = celery_worker_argv(queue)
+        os.execv(argv[0], argv)
+    if queue != "train":
+        raise typer.BadParameter("--queue ingest needs POSELOOP_BROKER_URL (the embedded worker does both)",
+                                 param_hint="--queue")
     import signal
 
     from training.worker.embedded import run_embedded_worker
@@ -245,6 +266,58 @@ def worker():
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, _stop)
     run_embedded_worker(settings)
+
+
+@app.command()
+def beat():
+    """Celery beat (Redis mode): the scheduler's periodic tick. Run exactly one per deployment."""
+    from poseloop.up import celery_beat_argv
+    from serving.settings import load_settings
+
+    settings = load_settings()
+    if not settings.broker_url:
+        raise typer.BadParameter("beat needs POSELOOP_BROKER_URL (without Redis, `poseloop worker` schedules)")
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    argv = celery_beat_argv(str(settings.data_dir))
+    os.execv(argv[0], argv)
+
+
+@app.command("triton-sync")
+def triton_sync(
+    poll_s: float = typer.Option(2.0, min=0.1, help="Seconds between reconciliation passes."),
+    once: bool = typer.Option(False, help="One pass, print what changed, exit (1 if a version failed)."),
+):
+    """Keep one Triton server's repository in step with the registry (a sidecar per Triton replica): loads every
+    servable version (active, previous, newest candidates), unloads the rest. Uses POSELOOP_TRITON_* settings."""
+    import logging
+    import signal
+    import threading
+
+    from serving.backends.triton import TritonBackend
+    from serving.registry import ModelRegistry
+    from serving.settings import load_settings
+    from serving.triton.sync import TritonSync
+
+    settings = load_settings()
+    if settings.triton_repository is None:
+        raise typer.BadParameter("set POSELOOP_TRITON_REPOSITORY (the server's --model-repository, shared with it)")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    backend = TritonBackend(settings.triton_url, settings.triton_repository, settings.triton_model,
+                            settings.triton_repository_secret, keep_versions=settings.keep_versions,
+                            max_batch_size=settings.max_batch, intra_op_threads=settings.ort_threads,
+                            grpc_url=settings.triton_grpc_url, runtime=settings.triton_runtime,
+                            kind=settings.triton_kind)
+    sync = TritonSync(ModelRegistry(settings.registry_dir, keep_last=settings.keep_versions), backend,
+                      settings.keep_versions)
+    with backend:
+        if once:
+            report = sync.once()
+            typer.echo(json.dumps(report.__dict__, indent=2))
+            raise typer.Exit(1 if report.failed else 0)
+        stop = threading.Event()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, lambda *_: stop.set())
+        sync.run(poll_s, stop)
 
 
 @app.command()

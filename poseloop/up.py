@@ -37,16 +37,25 @@ def dev_tokens() -> dict[str, str]:
     return {role: f"dev-{role}-{secrets.token_urlsafe(18)}" for role in ROLES}
 
 
+def celery_worker_argv(queue: str) -> list[str]:
+    """`train`: one job at a time (solo pool, prefetch 1: a GPU trains one model); `ingest`: light CPU checks."""
+    if queue == "train":
+        return [*CELERY, "worker", "-Q", "train", "-P", "solo", "-c", "1", "-n", "train@%h",
+                "--prefetch-multiplier", "1", "--loglevel", "INFO"]
+    return [*CELERY, "worker", "-Q", queue, "-c", "1", "-n", f"{queue}@%h", "--loglevel", "INFO"]
+
+
+def celery_beat_argv(data_dir: str) -> list[str]:
+    """The schedule file lives in the (writable, persistent) data dir; run exactly one beat per deployment."""
+    return [*CELERY, "beat", "--loglevel", "INFO", "--schedule", os.path.join(data_dir, "celerybeat-schedule")]
+
+
 def stack(broker: bool, port: int) -> list[Child]:
     api = Child("api", [sys.executable, "-m", "poseloop.cli", "serve", "--port", str(port)])
     if not broker:
         return [api, Child("worker", [sys.executable, "-m", "poseloop.cli", "worker"])]
-    return [api,
-            Child("train", [*CELERY, "worker", "-Q", "train", "-P", "solo", "-c", "1", "-n", "train@%h",
-                            "--prefetch-multiplier", "1", "--loglevel", "INFO"]),
-            Child("ingest", [*CELERY, "worker", "-Q", "ingest", "-c", "1", "-n", "ingest@%h", "--loglevel", "INFO"]),
-            Child("beat", [*CELERY, "beat", "--loglevel", "INFO", "--schedule",
-                           os.path.join(os.environ.get("POSELOOP_DATA_DIR", "runs/data"), "celerybeat-schedule")])]
+    return [api, Child("train", celery_worker_argv("train")), Child("ingest", celery_worker_argv("ingest")),
+            Child("beat", celery_beat_argv(os.environ.get("POSELOOP_DATA_DIR", "runs/data")))]
 
 
 class Supervisor:

@@ -194,7 +194,8 @@ def build_backend(settings: Settings) -> VersionedBackend:
         return TritonBackend(settings.triton_url, settings.triton_repository, settings.triton_model,
                              settings.triton_repository_secret, keep_versions=settings.keep_versions,
                              max_batch_size=settings.max_batch, intra_op_threads=settings.ort_threads,
-                             grpc_url=settings.triton_grpc_url)
+                             grpc_url=settings.triton_grpc_url, runtime=settings.triton_runtime,
+                             kind=settings.triton_kind, control=settings.triton_control)
     from serving.backends.embedded import EmbeddedBackend
 
     return EmbeddedBackend(intra_op_threads=settings.ort_threads, inter_op_threads=settings.ort_inter_threads)

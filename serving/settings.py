@@ -44,6 +44,12 @@ class Settings(BaseSettings):
     triton_grpc_url: str | None = Field(None, description="repository control over gRPC (recommended)")
     triton_repository: Path | None = Field(None, description="the server's --model-repository, if local")
     triton_model: str = "poseloop"
+    triton_runtime: Literal["python", "onnxruntime"] = Field(
+        "python", description="python = Python backend hosting onnxruntime (the pytriton-bundled server); "
+        "onnxruntime = Triton's native ORT backend (NGC images)")
+    triton_kind: Literal["KIND_CPU", "KIND_GPU"] = Field("KIND_CPU", description="Triton instance kind")
+    triton_control: bool = Field(True, description="send repository load/unload; false = only infer versions "
+                                 "that `poseloop triton-sync` made READY (API replicas in front of shared servers)")
     triton_repository_secret: str | None = None
     ort_threads: int = Field(2, ge=1, description="ONNX Runtime intra-op threads per session")
     ort_inter_threads: int = Field(1, ge=1)
@@ -82,6 +88,8 @@ class Settings(BaseSettings):
     promotion_margin: float = Field(0.5, description="candidate must beat the active metric by this (points)")
     job_lease_s: float = Field(120.0, gt=0, description="a job whose worker is silent this long is taken over")
     worker_poll_s: float = Field(1.0, gt=0, description="embedded worker: how often it looks for jobs")
+    train_nproc: int = Field(1, ge=1, description="processes (one per GPU) per retrain; > 1 runs the training "
+                             "stage under torchrun with DistributedDataParallel")
     retrain_chunk_steps: int = Field(200, ge=1, description="Celery: training steps per task (then checkpoint "
                                                             "and re-queue), so each task stays short")
     visibility_timeout_s: float = Field(1800.0, gt=0, description="Redis redelivers an unacked task after this; "

@@ -362,6 +362,35 @@ def test_external_repository_mode(server, onnx_files, inputs, expected) -> None:
         anonymous.loaded_versions()  # no secret, no repository API
 
 
+def test_triton_sync_owns_the_repository_and_followers_serve_what_it_loads(server, onnx_files, inputs, expected,
+                                                                            tmp_path) -> None:
+    """The scale-out pattern: a sync process loads every servable registry version into its server; an API-side
+    backend with control=False never touches the repository, it serves a version once the sync made it READY."""
+    from serving.registry import ModelRegistry
+    from serving.triton.sync import TritonSync
+
+    registry = ModelRegistry(tmp_path / "registry")
+    first = registry.register(onnx_files["1"], actor="test").version
+    second = registry.register(onnx_files["2"], actor="test").version
+    registry.set_active(first, "test")
+    owner = TritonBackend(server.url, server.repo, "synced", server.repository_secret, grpc_url=server.grpc_url)
+    follower = TritonBackend(server.url, None, "synced", control=False, ready_timeout_s=5)
+    try:
+        with pytest.raises(BackendLoadError, match="not ready"):  # nothing synced yet: it waits, never loads
+            follower.load(first, registry.get(first).onnx_path)
+        report = TritonSync(registry, owner).once()
+        assert sorted(report.loaded) == [first, second] and owner.loaded_versions() == [first, second]
+        assert TritonSync(registry, owner).once().loaded == []  # idempotent
+        follower.load(second, registry.get(second).onnx_path)  # a promotion on an API replica: READY already
+        assert np.abs(follower.infer(second, inputs[:2]) - expected["2"][:2]).max() <= TOLERANCE
+        registry.mark_rejected(second, "bad", "test")
+        assert TritonSync(registry, owner).once().unloaded == [second]
+        assert owner.loaded_versions() == [first] and follower.loaded_versions() == []
+    finally:
+        follower.close()
+        owner.close()
+
+
 def test_stop_leaves_no_processes_or_shm(server, backend, onnx_files) -> None:
     backend.load("2", onnx_files["2"])
     backend.close()  # open keep-alive connections would make the server wait out its exit timeout

@@ -95,6 +95,7 @@ class TrainConfig(Frozen):
     schedule: ScheduleConfig = ScheduleConfig()
     eval: EvalConfig = EvalConfig()
     method: MethodConfig = MethodConfig()
+    init_checkpoint: str | None = None      # warm start: weights of an earlier run's checkpoint (not its optimiser)
 
     @property
     def run_dir(self) -> Path:

@@ -16,13 +16,15 @@ from typing import Callable, Iterator
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
 from models.codec import HeatmapCodec
 from models.network import build_model
 from training.config import TrainConfig
 from training.data import Splits, build_splits
+from training.distributed import DistContext, context_from_env, init_process_group
 from training.datasets.records import PersonRecord
 from training.datasets.topdown import TopDownDataset
 from training.evaluator import evaluate_model, metric_name
@@ -76,16 +78,19 @@ def atomic_save(obj, path: Path) -> None:
 class InfiniteLoader:
     """Endless shuffled batches; resumable exactly at (epoch, batch) so a resumed run sees the same data.
 
-    Each epoch's order comes from a generator seeded by (seed, epoch); sets smaller than a batch are drawn
-    with replacement. The dataset's epoch (its augmentation draw) advances with each pass.
+    Each epoch's order comes from a DistributedSampler seeded by (seed, epoch): with several processes, rank r
+    takes every world-th sample, so its batch k is its share of global batch k and the union over ranks is exactly
+    the single-process batch (same order, same augmentation draws). Sets smaller than a batch are drawn with
+    replacement. The dataset's epoch (its augmentation draw) advances with each pass.
     """
 
     def __init__(self, dataset: TopDownDataset, batch_size: int, seed: int, num_workers: int,
-                 position: tuple[int, int] = (0, 0)):
+                 position: tuple[int, int] = (0, 0), dist: DistContext = DistContext()):
         self.dataset = dataset
-        self.batch_size = batch_size
+        self.batch_size = batch_size  # global: every rank gets batch_size / world_size of it
         self.seed = seed
         self.num_workers = num_workers
+        self.dist = dist
         self.epoch, self.batch = position
 
     @property
@@ -93,10 +98,16 @@ class InfiniteLoader:
         return self.epoch, self.batch
 
     def _batches(self) -> list[list[int]]:
-        n, b = len(self.dataset), self.batch_size
-        g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
-        order = torch.randperm(n, generator=g) if n >= b else torch.randint(n, (b,), generator=g)
-        return [order[i:i + b].tolist() for i in range(0, len(order) - b + 1, b)]
+        n, d = len(self.dataset), self.dist
+        local = d.shard(self.batch_size)
+        if n < self.batch_size:
+            g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+            return [torch.randint(n, (self.batch_size,), generator=g)[d.rank::d.world_size].tolist()]
+        sampler = DistributedSampler(self.dataset, num_replicas=d.world_size, rank=d.rank, shuffle=True,
+                                     seed=self.seed * 100_003, drop_last=True)
+        sampler.set_epoch(self.epoch)
+        order = list(sampler)
+        return [order[i:i + local] for i in range(0, len(order) - local + 1, local)]
 
     def __iter__(self) -> Iterator[dict]:
         while True:
@@ -132,18 +143,27 @@ class Trainer:
     """Builds everything a config describes and runs (or resumes) it."""
 
     def __init__(self, config: TrainConfig, device: str | None = None, splits: Splits | None = None,
-                 unlabeled: list[PersonRecord] | None = None, init_checkpoint: str | None = None):
+                 unlabeled: list[PersonRecord] | None = None, init_checkpoint: str | None = None,
+                 dist: DistContext | None = None):
         self.config = config
-        self.device = pick_device(device)
+        self.dist = dist or context_from_env()
+        self.device = self.dist.device(pick_device(device))
+        init_process_group(self.dist, self.device)
+        self.dist.shard(config.optim.batch_size)  # fail early when the global batch does not split
         seed_everything(config.seed)
         self.splits = splits or build_splits(config.data)
         self.codec = codec_for(config)
         student = build_model(config.model)
+        init_checkpoint = init_checkpoint or config.init_checkpoint
         if init_checkpoint:
             load_init(student, init_checkpoint)
-        self.method: Method = build_method(config.method.name, student, **config.method.params).to(self.device)
+        self.method: Method = build_method(config.method.name, student, **config.method.params)
+        if self.dist.enabled and self.device.type == "cuda":  # gloo has no SyncBatchNorm: CPU ranks keep local BN
+            self.method = torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.method)
+        self.method.to(self.device)
         self.memory_format = torch.channels_last if config.optim.channels_last else torch.contiguous_format
         self.method.to(memory_format=self.memory_format)
+        self.step_module = self._data_parallel()
         self.mean, self.std = student.mean, student.std
         self.optimizer = self._optimizer()
         self.amp = config.optim.amp and self.device.type == "cuda"
@@ -159,6 +179,17 @@ class Trainer:
         self._on_log: Callable[[dict], None] | None = None
 
     # ------------------------------------------------------------------ setup
+    def _data_parallel(self) -> torch.nn.Module:
+        """The module a training step calls: the method itself, or DDP over it (gradients averaged over ranks;
+        buffers such as BN statistics and EMA teachers broadcast from rank 0 on every step). Ranks then draw their
+        own augmentation randomness."""
+        if not self.dist.enabled:
+            return self.method
+        ids = [self.device.index] if self.device.type == "cuda" else None
+        wrapped = DistributedDataParallel(self.method, device_ids=ids, find_unused_parameters=False)
+        torch.manual_seed(self.config.seed * 7919 + self.dist.rank)
+        return wrapped
+
     def _optimizer(self) -> torch.optim.Optimizer:
         o = self.config.optim
         params = self.method.trainable_parameters()
@@ -176,6 +207,8 @@ class Trainer:
         return self.run_dir / "last.pt"
 
     def save_checkpoint(self) -> None:
+        if not self.dist.is_main:
+            return
         atomic_save({
             "step": self.step,
             "method": self.method.state_dict(),
@@ -202,10 +235,14 @@ class Trainer:
         self.step, self.best_metric, self.best_step = state["step"], state["best_metric"], state["best_step"]
         self.positions = {k: tuple(v) for k, v in state["positions"].items()}
         torch.set_rng_state(state["torch_rng"])
+        if self.dist.enabled:  # rank 0's state was saved; the other ranks fold in their rank again
+            torch.manual_seed(int(torch.randint(2**62, (1,))) + self.dist.rank)
         return True
 
     def _mark_unpromotable(self, reason: str) -> None:
         """A collapsed run keeps its files for inspection, but its model must never be promoted."""
+        if not self.dist.is_main:
+            return
         (self.run_dir / "UNPROMOTABLE").write_text(reason + "\n")
         best = self.run_dir / "best.pt"
         if best.exists():
@@ -215,6 +252,8 @@ class Trainer:
             atomic_save(state, best)
 
     def save_best(self, metrics: dict[str, float]) -> None:
+        if not self.dist.is_main:
+            return
         atomic_save({
             "model": self.method.student.state_dict(),
             "model_config": self.config.model.model_dump(mode="json"),
@@ -244,6 +283,8 @@ class Trainer:
 
     def log(self, row: dict) -> None:
         self.history.append(row)
+        if not self.dist.is_main:
+            return
         with open(self.run_dir / "metrics.jsonl", "a") as f:
             f.write(json.dumps(row) + "\n")
         if self._on_log is not None:
@@ -254,7 +295,8 @@ class Trainer:
         if path.exists():
             rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
             self.history = [r for r in rows if r.get("step", 0) <= self.step]
-            path.write_text("".join(json.dumps(r) + "\n" for r in self.history))
+            if self.dist.is_main:
+                path.write_text("".join(json.dumps(r) + "\n" for r in self.history))
 
     # ------------------------------------------------------------------ the loop
     def fit(self, resume: bool = True, progress: bool = True, stop_after: int | None = None,
@@ -266,23 +308,26 @@ class Trainer:
         """
         cfg = self.config
         self._on_log = on_log
+        main = self.dist.is_main
         if resume and self.try_resume():
             self._load_history()
-        else:
+        elif main:
             (self.run_dir / "metrics.jsonl").unlink(missing_ok=True)
-        (self.run_dir / "config.json").write_text(json.dumps(cfg.model_dump(mode="json"), indent=2))
+        if main:
+            (self.run_dir / "config.json").write_text(json.dumps(cfg.model_dump(mode="json"), indent=2))
         loaders = {"labeled": InfiniteLoader(self._dataset(self.splits.train, 0), cfg.optim.batch_size, cfg.seed,
-                                             cfg.data.num_workers, self.positions["labeled"])}
+                                             cfg.data.num_workers, self.positions["labeled"], self.dist)}
         if self.method.needs_unlabeled:
             if not self.unlabeled:
                 raise ValueError(f"method {cfg.method.name!r} needs unlabeled records")
             loaders["unlabeled"] = InfiniteLoader(self._dataset(self.unlabeled, 1), cfg.optim.batch_size,
-                                                  cfg.seed + 1, cfg.data.num_workers, self.positions["unlabeled"])
+                                                  cfg.seed + 1, cfg.data.num_workers, self.positions["unlabeled"],
+                                                  self.dist)
         labeled = iter(loaders["labeled"])
         unlabeled = iter(loaders["unlabeled"]) if "unlabeled" in loaders else None
         start = time.time()
         stopped = None
-        bar = tqdm(total=cfg.optim.iterations, initial=self.step, disable=not progress, desc=cfg.name,
+        bar = tqdm(total=cfg.optim.iterations, initial=self.step, disable=not (progress and main), desc=cfg.name,
                    dynamic_ncols=True)
         window: dict[str, float] = {}
         self.method.train()
@@ -293,8 +338,8 @@ class Trainer:
             for group in self.optimizer.param_groups:
                 group["lr"] = cfg.optim.lr * lr_factor(self.step, cfg)
             with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.amp):
-                out = self.method.train_step(lb, ub, self.step)
-            if not torch.isfinite(out.loss):
+                out = self.step_module(lb, ub, self.step)
+            if self.dist.any(not torch.isfinite(out.loss)):
                 stopped = f"non-finite loss at step {self.step}"
                 break
             self.optimizer.zero_grad(set_to_none=True)
@@ -307,8 +352,8 @@ class Trainer:
             self.method.after_optimizer_step(self.step)
             self.step += 1
             reason = self.method.collapse_reason()
-            if reason:
-                stopped = f"collapse: {reason}"
+            if self.dist.any(reason is not None):
+                stopped = f"collapse: {reason or 'detected on another rank'}"
                 self._mark_unpromotable(stopped)
                 break
             self.positions.update({name: loader.position for name, loader in loaders.items()})
@@ -318,8 +363,9 @@ class Trainer:
             bar.update(1)
             if self.step % cfg.schedule.log_every == 0 or self.step == cfg.optim.iterations:
                 n = window.pop("_n")
+                means = self.dist.mean({k: v / n for k, v in window.items()})
                 row = {"step": self.step, "lr": self.optimizer.param_groups[0]["lr"],
-                       "time_s": round(time.time() - start, 2), **{k: v / n for k, v in window.items()}}
+                       "time_s": round(time.time() - start, 2), **means}
                 window = {}
                 self.log(row)
                 bar.set_postfix({k: f"{v:.4g}" for k, v in row.items() if k.startswith("loss")})
@@ -328,20 +374,26 @@ class Trainer:
             if self.step % cfg.schedule.checkpoint_every == 0 or self.step in (cfg.optim.iterations, end):
                 self.save_checkpoint()
         bar.close()
+        self.dist.sync_buffers(self.method)  # ranks leave with rank 0's BN/EMA statistics, as checkpoints hold
         final = self.history[-1] if self.history else {}
         return TrainResult(self.run_dir, self.best_metric, self.best_step,
                            {k: v for k, v in final.items() if k.startswith("val/")}, self.step,
                            time.time() - start, stopped)
 
     def _validate_and_keep_best(self) -> None:
-        metrics = self.validate()
+        """Rank 0 validates (after taking its BN statistics everywhere); every rank gets its metric, so reviewer
+        snapshots and the best-step bookkeeping stay identical across ranks."""
         key = metric_name(self.config.data.dataset)
-        row = {"step": self.step, **{f"val/{k}": v for k, v in metrics.items()}}
-        self.log(row)
-        self.method.on_validation(metrics[key], self.step)
-        if metrics[key] > self.best_metric:
-            self.best_metric, self.best_step = metrics[key], self.step
+        self.dist.sync_buffers(self.method)
+        metrics = self.validate() if self.dist.is_main else {}
+        value = self.dist.broadcast(metrics.get(key, 0.0))
+        if self.dist.is_main:
+            self.log({"step": self.step, **{f"val/{k}": v for k, v in metrics.items()}})
+        self.method.on_validation(value, self.step)
+        if value > self.best_metric:
+            self.best_metric, self.best_step = value, self.step
             self.save_best(metrics)
-        plot_curves(self.history, self.run_dir / "curve.png", title=self.config.name, metric=f"val/{key}")
+        if self.dist.is_main:
+            plot_curves(self.history, self.run_dir / "curve.png", title=self.config.name, metric=f"val/{key}")
         self.method.train()
 

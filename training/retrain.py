@@ -197,16 +197,70 @@ def _train(ctx: RetrainContext, config, init: Path, plan: dict, reporter: Report
     records = _unlabeled_records(ctx, plan["unlabeled_seq"], SCHEMA_OF_DATASET[config.data.dataset])
     reporter.beat(log_line=f"training {config.optim.iterations} steps on {len(records)} unlabeled persons",
                   stage="train", step=0, total_steps=config.optim.iterations)
-    trainer = Trainer(config, unlabeled=records, init_checkpoint=str(init))
-    out = trainer.fit(resume=True, progress=False, stop_after=chunk_steps,
-                      on_log=lambda row: reporter.on_train_row(row, config.optim.iterations))
-    if out.stopped_reason is None and out.steps < config.optim.iterations:
-        reporter.beat(log_line=f"checkpointed at step {out.steps}; continuing in the next chunk", force=True)
+    nproc = ctx.settings.train_nproc
+    if nproc > 1:
+        out = _train_under_torchrun(config, init, records, reporter, chunk_steps, nproc)
+    else:
+        trainer = Trainer(config, unlabeled=records, init_checkpoint=str(init))
+        result = trainer.fit(resume=True, progress=False, stop_after=chunk_steps,
+                             on_log=lambda row: reporter.on_train_row(row, config.optim.iterations))
+        out = {"run_dir": str(result.run_dir), "steps": result.steps, "best_step": result.best_step,
+               "best_metric": result.best_metric, "stopped": result.stopped_reason}
+    stopped = out["stopped"]
+    if stopped is None and out["steps"] < config.optim.iterations:
+        reporter.beat(log_line=f"checkpointed at step {out['steps']}; continuing in the next chunk", force=True)
         return None
-    return {"run_dir": str(out.run_dir), "steps": out.steps, "best_step": out.best_step,
-            "metric": metric_name(config.data.dataset), "value": round(out.best_metric, 3),
-            "collapse": out.stopped_reason if out.stopped_reason and "collapse" in out.stopped_reason else None,
-            "stopped": out.stopped_reason, "unlabeled_persons": len(records)}
+    return {"run_dir": out["run_dir"], "steps": out["steps"], "best_step": out["best_step"],
+            "metric": metric_name(config.data.dataset), "value": round(out["best_metric"], 3),
+            "collapse": stopped if stopped and "collapse" in stopped else None,
+            "stopped": stopped, "unlabeled_persons": len(records)}
+
+
+def _train_under_torchrun(config, init: Path, records, reporter: Reporter, chunk_steps: int | None,
+                          nproc: int) -> dict[str, Any]:
+    """The same chunk on `nproc` DDP processes (training.worker.ddp_chunk). Rank 0's metrics.jsonl rows become
+    heartbeats here; a cancel or a lost lease stops the whole process group, leaving the last checkpoint."""
+    import json
+    import os
+    import signal
+    import subprocess
+
+    from training.distributed import torchrun_argv
+    from training.worker.ddp_chunk import records_to_json
+
+    run_dir = config.run_dir
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "chunk_config.json").write_text(json.dumps(config.model_dump(mode="json")))
+    (run_dir / "chunk_records.json").write_text(json.dumps(records_to_json(records)))
+    result_path = run_dir / "chunk_result.json"
+    result_path.unlink(missing_ok=True)
+    args = ["--config", str(run_dir / "chunk_config.json"), "--records", str(run_dir / "chunk_records.json"),
+            "--init", str(init), "--result", str(result_path)]
+    if chunk_steps is not None:
+        args += ["--stop-after", str(chunk_steps)]
+    metrics = run_dir / "metrics.jsonl"
+    seen = len(metrics.read_text().splitlines()) if metrics.exists() else 0
+    proc = subprocess.Popen(torchrun_argv(nproc, "training.worker.ddp_chunk", args), start_new_session=True)
+    try:
+        while True:
+            finished = proc.poll() is not None
+            lines = metrics.read_text().splitlines() if metrics.exists() else []
+            seen = min(seen, len(lines))  # a resumed chunk first trims rows written after its checkpoint
+            for line in lines[seen:]:
+                if line.strip():
+                    reporter.on_train_row(json.loads(line), config.optim.iterations)
+            seen = len(lines)
+            if finished:
+                break
+            reporter.beat()
+            time.sleep(HEARTBEAT_EVERY_S)
+    except BaseException:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=60)
+        raise
+    if proc.returncode != 0 or not result_path.exists():
+        raise RuntimeError(f"torchrun training chunk failed with exit status {proc.returncode}")
+    return json.loads(result_path.read_text())
 
 
 def _register(ctx: RetrainContext, job: Job, config, plan: dict, trained: dict, active: dict) -> dict[str, Any]:

@@ -67,8 +67,12 @@ class TritonBackend:
     `poseloop-repository-secret` header the server's model-repository API requires (TritonServer sets it).
     keep_versions: besides the loaded versions, the newest `keep_versions` version directories stay on disk
     (rollback targets); older ones are pruned after each load/unload (repo-managed only).
-    max_batch_size .. sys_path: the Python-backend config written for repo-managed models
-    (serving.triton.repository.python_backend_config); infer() splits batches larger than max_batch_size.
+    max_batch_size .. sys_path: the config written for repo-managed models; infer() splits batches larger than
+    max_batch_size. runtime "python" (Python backend hosting onnxruntime: the pytriton-bundled server) or
+    "onnxruntime" (Triton's native ORT backend, NGC images), with instances of `kind` (KIND_CPU / KIND_GPU).
+    control=False: this process never changes the server's repository (another process, e.g. `poseloop
+    triton-sync`, does): load() waits until the version is READY on the server and warms it up, unload() only
+    stops routing to it. API replicas in front of shared Triton servers run this way.
     ready_timeout_s: how long a load may take (also the HTTP timeout of every call).
     grpc_url: "127.0.0.1:8001" to send repository control over gRPC (recommended; see module docstring).
     """
@@ -77,7 +81,8 @@ class TritonBackend:
                  repository_secret: str | None = None, keep_versions: int = 3, *, max_batch_size: int = 16,
                  instance_count: int = 1, intra_op_threads: int = 1, max_queue_delay_us: int = 2000,
                  sys_path: list[str] | None = None, ready_timeout_s: float = 120.0,
-                 grpc_url: str | None = None) -> None:
+                 grpc_url: str | None = None, runtime: Runtime = "python", kind: str = "KIND_CPU",
+                 control: bool = True) -> None:
         if keep_versions < 1:
             raise ValueError(f"keep_versions {keep_versions} < 1")
         self.host = url.split("://", 1)[-1].rstrip("/")
@@ -86,9 +91,12 @@ class TritonBackend:
         self.keep_versions = keep_versions
         self.max_batch_size = max_batch_size
         self.ready_timeout_s = ready_timeout_s
+        if runtime not in ("python", "onnxruntime"):
+            raise ValueError(f"runtime {runtime!r} not in ('python', 'onnxruntime')")
+        self.runtime, self.kind, self.control = runtime, kind, control
+        self._sys_path = sys_path
         self._config_kwargs = dict(max_batch_size=max_batch_size, instance_count=instance_count,
-                                   intra_op_threads=intra_op_threads, max_queue_delay_us=max_queue_delay_us,
-                                   sys_path=sys_path)
+                                   intra_op_threads=intra_op_threads, max_queue_delay_us=max_queue_delay_us)
         self._headers = {REPOSITORY_SECRET_HEADER: repository_secret} if repository_secret else None
         self._names: dict[str, tuple[str, str]] = {}  # version -> (input name, output name)
         self._local = threading.local()
@@ -113,6 +121,8 @@ class TritonBackend:
         check_version(version)
         onnx_path = Path(onnx_path)
         meta, io = _read_candidate(version, onnx_path)
+        if not self.control:
+            return self._follow(version, meta, io)
         with self._repository_lock:
             current = self.loaded_versions()
             if version in current:
@@ -144,6 +154,9 @@ class TritonBackend:
         """Stop serving `version`; the other versions keep serving (re-load pinning them, never an unload).
         Raises BackendLoadError when Triton refuses the re-pin (nothing changed then)."""
         check_version(version)
+        if not self.control:
+            self._names.pop(version, None)
+            return
         with self._repository_lock:
             current = self.loaded_versions()
             if version not in current:
@@ -175,7 +188,10 @@ class TritonBackend:
         return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
     def loaded_versions(self) -> list[str]:
-        """Versions of the model that are READY on the server, numerically sorted (repository index API)."""
+        """Versions of the model that are READY on the server, numerically sorted (repository index API; without
+        control, the versions this process follows that are READY)."""
+        if not self.control:
+            return sorted((v for v in self._names if self._control.ready(self.model_name, v)), key=int)
         try:
             index = self._control.index()
         except InferenceServerException as err:
@@ -213,11 +229,29 @@ class TritonBackend:
                 self._clients.append(client)
         return client
 
+    def _follow(self, version: str, meta: ModelMetadata, io: ModelIO) -> ModelMetadata:
+        """control=False: the server is managed elsewhere; serve `version` once it is READY there."""
+        self._wait_ready(version)
+        self._names[version] = (io.inputs[0].name, io.outputs[0].name)
+        try:
+            warm_up(meta, lambda batch: self.infer(version, batch), version)
+        except BackendLoadError:
+            self._names.pop(version, None)
+            raise
+        return meta
+
+    def _repo_config(self, io: ModelIO, versions: list[str]) -> dict[str, Any]:
+        if self.runtime == "python":
+            return python_backend_config_dict(self.model_name, io, versions=versions, sys_path=self._sys_path,
+                                              **self._config_kwargs)
+        return model_config(self.model_name, io, runtime="onnxruntime", kind=self.kind, versions=versions,
+                            **self._config_kwargs)
+
     def _load_into_repo(self, version: str, onnx_path: Path, io: ModelIO, pinned: list[str]) -> None:
         previous_config = read_config(self.repo, self.model_name)
         existed = version in version_dirs(self.repo, self.model_name)
         write_model_version(self.repo, self.model_name, version, onnx_path)
-        config = python_backend_config_dict(self.model_name, io, versions=pinned, **self._config_kwargs)
+        config = self._repo_config(io, pinned)
         write_config(self.repo, self.model_name, render_pbtxt(config))
         try:
             self._control.load(self.model_name, config_json(config))

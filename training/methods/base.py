@@ -50,6 +50,10 @@ class Method(nn.Module):
     def train_step(self, labeled: LabeledBatch, unlabeled: UnlabeledBatch | None, step: int) -> StepOutput:
         raise NotImplementedError
 
+    def forward(self, labeled: LabeledBatch, unlabeled: UnlabeledBatch | None, step: int) -> StepOutput:
+        """A step through `module(...)`, so DistributedDataParallel can wrap a method and average its gradients."""
+        return self.train_step(labeled, unlabeled, step)
+
     def after_optimizer_step(self, step: int) -> None:
         """Hook for teacher updates (EMA, reviewer snapshots); nothing by default."""
 

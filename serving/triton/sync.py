@@ -1,0 +1,74 @@
+"""`poseloop triton-sync`: keeps one Triton server's repository in step with the shared model registry.
+
+With several Triton replicas (compose, Kubernetes), each server gets its own sync process (a sidecar next to it)
+that owns its repository: every registered version that is on disk and not rejected is loaded (at most
+`keep_versions`, newest first, always including the active and previous-active ones), the others are unloaded.
+API replicas run TritonBackend with control=False: they never touch the repository, they only wait for a version
+to be READY, so a promotion made anywhere (ops API, retrain gate) reaches every replica, and so does a rollback.
+Candidates are loaded before they are promoted, so an API replica's hot swap never waits for a cold load.
+A server that restarts with an empty repository is refilled on the next pass (the sync compares with what the
+server reports, not with what it loaded before).
+"""
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from serving.backends import BackendLoadError
+from serving.backends.triton import TritonBackend
+from serving.registry import ModelRegistry
+
+log = logging.getLogger("poseloop.triton_sync")
+
+
+@dataclass
+class SyncReport:
+    loaded: list[str] = field(default_factory=list)
+    unloaded: list[str] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)
+
+
+def wanted_versions(registry: ModelRegistry, keep: int) -> dict[str, Path]:
+    """version → ONNX path: servable versions, newest `keep`, plus the active and previous-active ones."""
+    servable = [v for v in registry.list() if v.on_disk and v.state != "rejected"]
+    servable.sort(key=lambda v: int(v.version))
+    chosen = {v.version: v.onnx_path for v in servable[-keep:]}
+    for info in (registry.active(), registry.previous_active()):
+        if info is not None and info.on_disk and info.state != "rejected":
+            chosen[info.version] = info.onnx_path
+    return chosen
+
+
+class TritonSync:
+    def __init__(self, registry: ModelRegistry, backend: TritonBackend, keep: int = 5) -> None:
+        self.registry, self.backend, self.keep = registry, backend, keep
+
+    def once(self) -> SyncReport:
+        """One reconciliation pass; a version that fails to load is reported and retried on the next pass."""
+        report = SyncReport()
+        wanted = wanted_versions(self.registry, self.keep)
+        loaded = set(self.backend.loaded_versions())
+        for version in sorted(set(wanted) - loaded, key=int, reverse=True):  # newest (likely active) first
+            try:
+                self.backend.load(version, wanted[version])
+                report.loaded.append(version)
+            except BackendLoadError as err:
+                report.failed[version] = str(err)
+                log.error("version %s failed to load: %s", version, err)
+        for version in sorted(loaded - set(wanted), key=int):
+            self.backend.unload(version)
+            report.unloaded.append(version)
+        return report
+
+    def run(self, poll_s: float, stop: threading.Event) -> None:
+        """Reconcile every `poll_s` until `stop` is set; an unreachable server is logged and retried."""
+        while not stop.is_set():
+            try:
+                report = self.once()
+                if report.loaded or report.unloaded:
+                    log.info("loaded %s, unloaded %s", report.loaded, report.unloaded)
+            except Exception as err:  # noqa: BLE001 — server down or restarting: keep trying, never exit
+                log.warning("sync pass failed (%s); retrying in %.1f s", err, poll_s)
+            stop.wait(poll_s)
