@@ -57,6 +57,7 @@ KEYPOINT_MIN_PEAK = 1e-2
 PARITY_BATCH = 8
 
 Exporter = Literal["dynamo", "torchscript"]
+WeightStorage = Literal["float32", "float16"]
 
 
 class ExportParityError(RuntimeError):
@@ -74,12 +75,15 @@ class ExportReport:
     exporter: Exporter
     keypoints_compared: int  # joints with a PyTorch peak ≥ KEYPOINT_MIN_PEAK, over both parity runs
     record_path: Path  # JSON model record written next to the .onnx (metadata, sha256, parity)
+    weights: WeightStorage = "float32"
+    rounding_max_abs_diff: float = 0.0  # float16 storage: |Δheatmap| of the rounded vs the full-precision model
+    rounding_max_keypoint_diff_px: float = 0.0
 
 
 def export_onnx(model: PoseNet, codec: HeatmapCodec, schema: KeypointSchema, out_path: Path, *, version: str,
                 trained_on: str, extra_metadata: dict[str, str] | None = None, opset: int = 17,
                 parity_images: list[np.ndarray] | None = None, padding: float = BOX_PADDING,
-                exporter: Exporter = "dynamo") -> ExportReport:
+                exporter: Exporter = "dynamo", weights: WeightStorage = "float32") -> ExportReport:
     """Export `model` to `out_path` (atomically), after checking ONNX Runtime against PyTorch.
 
     parity_images: person crops, each either a normalised (3, H, W) float32 network input at
@@ -88,6 +92,10 @@ def export_onnx(model: PoseNet, codec: HeatmapCodec, schema: KeypointSchema, out
     deterministic synthetic batch. Parity is run at batch 1 and batch 8.
     padding: the box padding the model was trained with (serving crops boxes the same way).
     Raises ExportParityError (and writes nothing) when |Δheatmap| > 1e-4 or a keypoint moves > 0.5 px.
+    weights="float16": the (BN-folded) weights are rounded to float16 and stored as float16 initializers, each
+    cast back to float32 in the graph (ONNX Runtime folds the casts at load: same float32 compute and speed,
+    half the file). Parity is then checked against the rounded PyTorch model, and the rounding's own effect
+    (rounded vs full precision) is reported beside it in the record.
     """
     if opset < MIN_OPSET:
         raise ValueError(f"opset {opset} < {MIN_OPSET}")
@@ -95,7 +103,18 @@ def export_onnx(model: PoseNet, codec: HeatmapCodec, schema: KeypointSchema, out
     metadata = build_metadata(model, codec, schema, version=version, trained_on=trained_on, padding=padding,
                               extra=extra_metadata)
     cpu_model = copy.deepcopy(model).cpu().float().eval()
-    proto, used = _to_onnx(deploy_copy(cpu_model), codec.input_size, opset, exporter)
+    deploy = deploy_copy(cpu_model)
+    inputs = parity_inputs(parity_images, codec.input_size, model.mean, model.std)
+    rounding = (0.0, 0.0)
+    if weights == "float16":
+        full_precision = deploy
+        deploy = round_to_float16(deploy)
+        rounding = compare_outputs(full_precision, deploy, codec, inputs)[:2]
+    elif weights != "float32":
+        raise ValueError(f"weights {weights!r} not in ('float32', 'float16')")
+    proto, used = _to_onnx(deploy, codec.input_size, opset, exporter)
+    if weights == "float16":
+        store_initializers_as_float16(proto)
     for key, value in metadata.items():
         entry = proto.metadata_props.add()
         entry.key, entry.value = key, value
@@ -104,8 +123,7 @@ def export_onnx(model: PoseNet, codec: HeatmapCodec, schema: KeypointSchema, out
     onnx.checker.check_model(proto, full_check=True)
     data = proto.SerializeToString()
 
-    inputs = parity_inputs(parity_images, codec.input_size, model.mean, model.std)
-    max_abs, max_kp, compared = check_parity(cpu_model, data, codec, inputs)
+    max_abs, max_kp, compared = check_parity(cpu_model if weights == "float32" else deploy, data, codec, inputs)
 
     out_path = Path(out_path)
     atomic_write_bytes(out_path, data)
@@ -116,10 +134,13 @@ def export_onnx(model: PoseNet, codec: HeatmapCodec, schema: KeypointSchema, out
         "onnx": out_path.name, "sha256": sha256, "size_bytes": len(data), "opset": opset_used, "exporter": used,
         "parity": {"max_abs_diff": max_abs, "max_keypoint_diff_px": max_kp, "keypoints_compared": compared,
                    "batches": [1, PARITY_BATCH], "real_images": parity_images is not None},
+        "weights": {"storage": weights, "rounding_max_abs_diff": rounding[0],
+                    "rounding_max_keypoint_diff_px": rounding[1]},
         "metadata": metadata,
     }
     atomic_write_bytes(record_path, (json.dumps(record, indent=2) + "\n").encode())
-    report = ExportReport(out_path, sha256, len(data), max_abs, max_kp, opset_used, used, compared, record_path)
+    report = ExportReport(out_path, sha256, len(data), max_abs, max_kp, opset_used, used, compared, record_path,
+                          weights, *rounding)
     log.info("exported %s", {k: str(v) for k, v in asdict(report).items()})
     return report
 
@@ -181,6 +202,60 @@ def parity_inputs(images: list[np.ndarray] | None, size: Size, mean, std) -> np.
     return np.stack([inputs[i % len(inputs)] for i in range(PARITY_BATCH)])
 
 
+def round_to_float16(model: torch.nn.Module) -> torch.nn.Module:
+    """A copy whose floating-point parameters and buffers hold float16-representable values (still float32)."""
+    rounded = copy.deepcopy(model)
+    with torch.no_grad():
+        for tensor in [*rounded.parameters(), *rounded.buffers()]:
+            if tensor.is_floating_point():
+                tensor.copy_(tensor.half().float())
+    return rounded
+
+
+def store_initializers_as_float16(proto: onnx.ModelProto, min_elements: int = 16) -> None:
+    """Float32 initializers (already float16-exact) → float16 + a Cast back to float32 under the original name."""
+    graph = proto.graph
+    casts = []
+    for init in graph.initializer:
+        if init.data_type != onnx.TensorProto.FLOAT or int(np.prod(init.dims)) < min_elements:
+            continue
+        values = onnx.numpy_helper.to_array(init)
+        half = values.astype(np.float16)
+        if not np.array_equal(half.astype(np.float32), values):
+            raise ValueError(f"initializer {init.name} is not float16-exact (round the model first)")
+        name = init.name
+        init.CopyFrom(onnx.numpy_helper.from_array(half, f"{name}__float16"))
+        casts.append(onnx.helper.make_node("Cast", [f"{name}__float16"], [name], to=onnx.TensorProto.FLOAT,
+                                           name=f"{name}__to_float32"))
+    nodes = casts + list(graph.node)
+    del graph.node[:]
+    graph.node.extend(nodes)
+
+
+def compare_outputs(reference: torch.nn.Module, candidate, codec: HeatmapCodec,
+                    inputs: np.ndarray) -> tuple[float, float, int]:
+    """(max |Δheatmap|, max keypoint distance in input pixels, joints compared) of `candidate` (a module, or a
+    callable on numpy batches) against `reference`, at batch 1 and the full batch."""
+    max_abs, max_kp, compared = 0.0, 0.0, 0
+    for batch in (inputs[:1], inputs):
+        with torch.inference_mode():
+            expected = reference(torch.from_numpy(np.ascontiguousarray(batch))).float().numpy()
+            got = (candidate(torch.from_numpy(np.ascontiguousarray(batch))).float().numpy()
+                   if isinstance(candidate, nn.Module) else candidate(batch))
+        if expected.shape[-2:] != (codec.heatmap_size.h, codec.heatmap_size.w):
+            raise ValueError(f"model outputs heatmaps {expected.shape}, codec expects {codec.heatmap_size}")
+        if got.shape != expected.shape:
+            raise ExportParityError(f"batch {len(batch)}: ONNX output {got.shape} != PyTorch {expected.shape}")
+        max_abs = max(max_abs, float(np.abs(got - expected).max()))
+        kp_ref, peak = codec.decode(expected)
+        kp_got, _ = codec.decode(got)
+        decidable = peak >= KEYPOINT_MIN_PEAK
+        if decidable.any():
+            max_kp = max(max_kp, float(np.linalg.norm(kp_got - kp_ref, axis=-1)[decidable].max()))
+        compared += int(decidable.sum())
+    return max_abs, max_kp, compared
+
+
 def check_parity(model: torch.nn.Module, onnx_model: bytes | str | Path, codec: HeatmapCodec,
                  inputs: np.ndarray) -> tuple[float, float, int]:
     """Compare `model` (CPU, eval) with ONNX Runtime (CPU) at batch 1 and the full batch.
@@ -189,22 +264,8 @@ def check_parity(model: torch.nn.Module, onnx_model: bytes | str | Path, codec: 
     """
     source = onnx_model if isinstance(onnx_model, bytes) else str(onnx_model)
     session = ort.InferenceSession(source, providers=["CPUExecutionProvider"])
-    max_abs, max_kp, compared = 0.0, 0.0, 0
-    for batch in (inputs[:1], inputs):
-        with torch.inference_mode():
-            expected = model(torch.from_numpy(np.ascontiguousarray(batch))).float().numpy()
-        if expected.shape[-2:] != (codec.heatmap_size.h, codec.heatmap_size.w):
-            raise ValueError(f"model outputs heatmaps {expected.shape}, codec expects {codec.heatmap_size}")
-        got = session.run([OUTPUT_NAME], {INPUT_NAME: batch})[0]
-        if got.shape != expected.shape:
-            raise ExportParityError(f"batch {len(batch)}: ONNX output {got.shape} != PyTorch {expected.shape}")
-        max_abs = max(max_abs, float(np.abs(got - expected).max()))
-        kp_ref, peak = codec.decode(expected)
-        kp_onnx, _ = codec.decode(got)
-        decidable = peak >= KEYPOINT_MIN_PEAK
-        if decidable.any():
-            max_kp = max(max_kp, float(np.linalg.norm(kp_onnx - kp_ref, axis=-1)[decidable].max()))
-        compared += int(decidable.sum())
+    max_abs, max_kp, compared = compare_outputs(
+        model, lambda batch: session.run([OUTPUT_NAME], {INPUT_NAME: batch})[0], codec, inputs)
     if not np.isfinite(max_abs) or max_abs > HEATMAP_TOLERANCE or max_kp > KEYPOINT_TOLERANCE_PX:
         raise ExportParityError(
             f"ONNX Runtime vs PyTorch: max |Δheatmap| = {max_abs:.3g} (limit {HEATMAP_TOLERANCE}), "

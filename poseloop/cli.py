@@ -81,12 +81,31 @@ def export(
     checkpoint: Path = typer.Option(..., exists=True),
     out: Path = typer.Option(..., help="Output .onnx path."),
     version: Optional[str] = typer.Option(None, help="Model version string stored in metadata."),
+    weights: str = typer.Option("float32", help="float32, or float16 storage (float32 compute, half the file)."),
 ):
     """Export a checkpoint to ONNX with the metadata contract; checks parity against PyTorch on real images."""
     from poseloop.workflows import export_checkpoint
 
-    report = export_checkpoint(checkpoint, out, version=version)
+    report = export_checkpoint(checkpoint, out, version=version, weights=weights)
     typer.echo(json.dumps({k: str(v) if isinstance(v, Path) else v for k, v in vars(report).items()}, indent=2))
+
+
+@app.command()
+def release(
+    checkpoint: Path = typer.Option(..., exists=True, dir_okay=False, help="best.pt of the chosen run."),
+    out: Path = typer.Option(Path("artifacts/lsp14-mbv2-128x96/v1"), help="Bundle directory (versioned path)."),
+    version: str = typer.Option("lsp14-mbv2-128x96/v1", help="Version string stored in the ONNX metadata."),
+    threads: int = typer.Option(2, min=1, help="ONNX Runtime threads for the speed figures."),
+):
+    """Package a checkpoint as the bundled default model: float16-stored ONNX + checkpoint, validation PCK and
+    ms/person measured on the shipped files, MODEL_CARD.md."""
+    from poseloop.release import package
+
+    command = f"poseloop release --checkpoint {checkpoint} --out {out} --version {version} --threads {threads}"
+    result = package(checkpoint, out, version, command, threads)
+    typer.echo(json.dumps({k: result[k] for k in ("version", "total_mb", "speed")} |
+                          {"pck_limbs": {m: result["validation"][m]["pck_limbs"] for m in ("no_flip", "flip")}},
+                          indent=2))
 
 
 @app.command()
@@ -109,7 +128,7 @@ def serve(
     registry: Optional[Path] = typer.Option(None, help="Model registry directory (default: $POSELOOP_REGISTRY_DIR "
                                                       "or runs/registry)."),
     model: Optional[Path] = typer.Option(None, exists=True, dir_okay=False,
-                                         help="Register and promote this ONNX when no version is active."),
+                                         help="Register and promote this ONNX when no version is active (default: the bundled model)."),
     host: Optional[str] = typer.Option(None, help="Bind address (default 127.0.0.1)."),
     port: Optional[int] = typer.Option(None, help="Port (default 8080)."),
     backend: Optional[str] = typer.Option(None, help="embedded (in-process ONNX Runtime) or triton."),
@@ -133,7 +152,12 @@ def serve(
         overrides["triton_managed"] = True
     if dev:
         overrides["dev"] = True
-    run_server(load_settings(env_file, **overrides))
+    settings = load_settings(env_file, **overrides)
+    if settings.bootstrap_model is None:  # an empty registry gets the bundled default model as version 1
+        from poseloop.workflows import default_model_path
+
+        settings = settings.model_copy(update={"bootstrap_model": default_model_path()})
+    run_server(settings)
 
 
 @bench_app.command("infer")

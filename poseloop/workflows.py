@@ -40,7 +40,7 @@ def _val_crops(config, model, count: int = 8) -> list[np.ndarray] | None:
     return [dataset[i]["image"].numpy() for i in range(len(dataset))]
 
 
-def export_checkpoint(checkpoint: Path, out: Path, version: str | None = None):
+def export_checkpoint(checkpoint: Path, out: Path, version: str | None = None, weights: str = "float32"):
     from models.export import export_onnx
     from models.schemas import get_schema
     from training.engine import codec_for
@@ -56,7 +56,7 @@ def export_checkpoint(checkpoint: Path, out: Path, version: str | None = None):
     }
     return export_onnx(model, codec, schema, Path(out), version=version or f"{config.name}@{state['step']}",
                        trained_on=state.get("trained_on", ""), extra_metadata=extra,
-                       parity_images=_val_crops(config, model), padding=config.data.padding)
+                       parity_images=_val_crops(config, model), padding=config.data.padding, weights=weights)
 
 
 def evaluate_checkpoint(checkpoint: Path, split: str = "val", flip_test: bool | None = None,
@@ -80,11 +80,12 @@ def evaluate_checkpoint(checkpoint: Path, split: str = "val", flip_test: bool | 
 
 
 def default_model_path() -> Path | None:
-    """$POSELOOP_MODEL, else the newest bundled artifacts/*/model.onnx, else None."""
+    """$POSELOOP_MODEL, else the newest bundled artifacts/<name>/v<N>/model.onnx, else None."""
     env = os.environ.get("POSELOOP_MODEL")
     if env:
         return Path(env)
-    bundled = sorted(BUNDLED_MODEL_DIR.glob("*/model.onnx"))
+    bundled = sorted(BUNDLED_MODEL_DIR.glob("*/v*/model.onnx"), key=lambda p: (p.parent.parent.name,
+                                                                              int(p.parent.name[1:] or 0)))
     return bundled[-1] if bundled else None
 
 

@@ -153,6 +153,7 @@ def _config(settings: Settings, checkpoint: Path, job: Job, plan: dict):
     n = plan["iterations"]
     return config_with(base, {
         "name": f"retrain-{job.id}", "output_dir": str(settings.data_dir / "jobs"),
+        "init_checkpoint": None,  # the job passes the active version's checkpoint explicitly
         "method": recipe.method.model_dump(mode="json"),
         "model": {"pretrained": False},  # weights come from the active checkpoint
         "data": {"unlabeled": None, "num_workers": 0},
