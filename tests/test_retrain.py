@@ -122,13 +122,14 @@ def test_empty_pool_fails_visibly(tmp_path, small_model):
 def test_retrain_on_two_ddp_processes_resumes_across_chunks(tmp_path, small_model, data_root):
     """train_nproc=2: each chunk runs under torchrun (gloo here, NCCL on GPUs); heartbeats come from rank 0's
     metrics, the second chunk resumes from the first chunk's checkpoint, and the candidate goes through the gate."""
-    settings = loop_settings(tmp_path, train_nproc=2)
+    settings = loop_settings(tmp_path)
     registry = install_active(settings.registry_dir, *small_model)
     upload_lspet(UploadStore(settings.data_dir / "uploads"), data_root, 8)
     queue, ctx = JobQueue(settings), context(settings, "ddp-worker")
-    job = _submit(queue, iterations=4, margin=-100.0)
+    job = _submit(queue, iterations=4, margin=-100.0, nproc=2)  # per job; POSELOOP_TRAIN_NPROC sets the default
     assert work_once(ctx, chunk_steps=2)[0] == "paused"
-    assert queue.jobs.get(job.id).progress["step"] == 2
+    mid = queue.jobs.get(job.id)
+    assert mid.progress["step"] == 2 and mid.result["plan"]["nproc"] == 2
     outcome, done = work_once(ctx, chunk_steps=2)
     assert outcome == "finished" and done.state == "succeeded", done.error
     assert done.result["training"]["steps"] == 4 and done.progress["step"] == 4

@@ -138,7 +138,8 @@ def _plan(ctx: RetrainContext, job: Job) -> dict[str, Any]:
     if seq == 0:
         raise ValueError("the unlabeled pool is empty: upload images first (POST /v1/unlabeled)")
     return {"parent": active.version, "unlabeled_seq": seq,
-            "iterations": int(job.params.get("iterations") or ctx.settings.retrain_iterations)}
+            "iterations": int(job.params.get("iterations") or ctx.settings.retrain_iterations),
+            "nproc": int(job.params.get("nproc") or ctx.settings.train_nproc)}
 
 
 def _config(settings: Settings, checkpoint: Path, job: Job, plan: dict):
@@ -198,7 +199,7 @@ def _train(ctx: RetrainContext, config, init: Path, plan: dict, reporter: Report
     records = _unlabeled_records(ctx, plan["unlabeled_seq"], SCHEMA_OF_DATASET[config.data.dataset])
     reporter.beat(log_line=f"training {config.optim.iterations} steps on {len(records)} unlabeled persons",
                   stage="train", step=0, total_steps=config.optim.iterations)
-    nproc = ctx.settings.train_nproc
+    nproc = int(plan.get("nproc") or ctx.settings.train_nproc)
     if nproc > 1:
         out = _train_under_torchrun(config, init, records, reporter, chunk_steps, nproc)
     else:

@@ -53,6 +53,8 @@ class RetrainRequest(BaseModel):
 
     iterations: int | None = Field(None, ge=1, le=1_000_000, description="training steps (default: the setting)")
     margin: float | None = Field(None, ge=-100, le=100, description="promotion margin override (metric points)")
+    nproc: int | None = Field(None, ge=1, le=64, description="data-parallel training processes, one per GPU "
+                              "(torchrun + DDP; default: POSELOOP_TRAIN_NPROC)")
     overrides: list[str] = Field(default_factory=list, max_length=32,
                                  description="training config overrides, e.g. optim.lr=0.0005")
     reason: str | None = Field(None, max_length=500)
