@@ -80,3 +80,18 @@ def test_two_gloo_processes_match_one(tmp_path, data_root):
     moved = [k for k in rank0 if k.startswith("student.") and not torch.equal(rank0[k], rank0[f"init:{k[8:]}"])]
     assert len(moved) > 10  # the ranks trained (identically), they did not just keep the initial weights
     assert (tmp_path / "two" / method / "last.pt").exists()  # rank 0 checkpoints
+
+
+def test_train_cli_nproc_relaunches_under_torchrun(tmp_path, data_root):
+    """`poseloop train --nproc 2` runs two ranks; only rank 0 prints the summary and writes the run directory."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env.pop("WORLD_SIZE", None)
+    sets = [f"output_dir={tmp_path}", "model.pretrained=false", "data.input_h=96", "data.input_w=64",
+            "data.label_budget=16", "optim.iterations=2", "schedule.val_every=1000", "schedule.log_every=1"]
+    argv = [sys.executable, "-m", "poseloop.cli", "train", "-c", "configs/quick.yaml", "--nproc", "2", "--no-export",
+            *[x for s in sets for x in ("--set", s)]]
+    done = subprocess.run(argv, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.count('"run_dir"') == 1 and json.loads(done.stdout[done.stdout.index("{"):])["steps"] == 2
+    run = tmp_path / "quick"
+    assert (run / "last.pt").exists() and len(_losses(run)) == 2
