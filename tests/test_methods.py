@@ -99,3 +99,25 @@ def test_unknown_params_are_refused():
         build_method("posecons", _student(), lambda_typo=1.0)
     with pytest.raises((KeyError, ValueError)):
         build_method("posecons", _student(), paths=["no_such_augmentation"])
+
+
+@pytest.mark.parametrize("name", ["posecons", "akm"])
+def test_hard_views_can_be_kept_out_of_bn_running_statistics(name):
+    """hard_view_bn_stats=False: after a step, BN running statistics equal those of the labeled forward alone
+    (hard, masked and mixed views still train with their batch statistics); True: the hard views move them."""
+    torch.set_num_threads(1)
+    labeled, unlabeled = _batches()
+
+    def running_stats(**params):
+        method = build_method(name, _student(), **params)
+        method.train()
+        method.train_step(labeled, unlabeled, step=0)
+        return torch.cat([m.running_mean for m in method.student.modules() if isinstance(m, nn.BatchNorm2d)])
+
+    reference = _student()
+    reference.train()
+    with torch.no_grad():
+        reference.forward_all(labeled.images)
+    labeled_only = torch.cat([m.running_mean for m in reference.modules() if isinstance(m, nn.BatchNorm2d)])
+    assert torch.allclose(running_stats(hard_view_bn_stats=False), labeled_only, atol=1e-6)
+    assert not torch.allclose(running_stats(hard_view_bn_stats=True), labeled_only, atol=1e-4)

@@ -14,6 +14,7 @@ Per step, for unlabeled images x (the easy view: base augmentation only):
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 from dataclasses import dataclass, fields, replace
 from typing import ClassVar, Literal
@@ -54,6 +55,10 @@ class ConsistencySpec:
     mixup_alpha: float = 1.0
     rampup_steps: int = 0
     aux_weight: float = 1.0
+    # False: forwards on hard/mixed unlabeled views normalise with their batch statistics but do not move BN's
+    # running statistics (used at evaluation and serving), which then come from labeled crops only. Masked, mixed
+    # and warped views have other statistics; letting them in costs 2.4 PCK limbs on LSP (docs/benchmarks.md).
+    hard_view_bn_stats: bool = True
     collapse_guard: bool = True
     guard_min_steps: int = 100
     guard_window: int = 50                            # steps the collapse guard averages over
@@ -111,6 +116,9 @@ class ConsistencyMethod(Method):
             return [self._predict(self.ema.model, images)]
         return [self._predict(self.student, images)]
 
+    def _hard_view_bn(self, net: nn.Module):
+        return contextlib.nullcontext() if self.spec.hard_view_bn_stats else _frozen_bn_statistics(net)
+
     def _pseudo(self, heatmaps: torch.Tensor) -> pseudo.PseudoLabels:
         spec = self.spec
         if spec.pseudo_label == "refine":
@@ -163,7 +171,8 @@ class ConsistencyMethod(Method):
                 heat = target.heatmaps
                 if theta is not None:
                     hard, heat = augment.warp(hard, theta), augment.warp(heat, theta)
-                preds = net.forward_all(hard)
+                with self._hard_view_bn(net):
+                    preds = net.forward_all(hard)
                 loss_u = loss_u + multilevel_mse(preds, heat, target.weights, spec.aux_weight)
                 if i == 0 and not first_pred:
                     first_pred = [preds[0], hard]
@@ -182,7 +191,8 @@ class ConsistencyMethod(Method):
     def _mixup_term(self, x: torch.Tensor, target: pseudo.PseudoLabels) -> torch.Tensor:
         """AKM's dual-branch Mixup: Lm = α‖f(Xm) − Hi‖² + (1 − α)‖f(Xm) − Hj‖², Xm = αXi + (1 − α)Xj."""
         mixed, lam, perm = augment.mixup(x, alpha=self.spec.mixup_alpha, min_keep=0.0, generator=self.generator)
-        pred = self.student(mixed)
+        with self._hard_view_bn(self.student):
+            pred = self.student(mixed)
         per_i = joint_mse(pred, target.heatmaps, target.weights).mean(-1)
         per_j = joint_mse(pred, target.heatmaps[perm], target.weights[perm]).mean(-1)
         return (lam * per_i + (1 - lam) * per_j).mean()
@@ -212,6 +222,20 @@ class ConsistencyMethod(Method):
 
 
 # ---------------------------------------------------------------------- small pure helpers
+@contextlib.contextmanager
+def _frozen_bn_statistics(net: nn.Module):
+    """Train-mode BN (batch statistics, gradients as usual) that leaves running_mean/var untouched (momentum 0)."""
+    norms = [m for m in net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    saved = [m.momentum for m in norms]
+    for m in norms:
+        m.momentum = 0.0
+    try:
+        yield
+    finally:
+        for m, momentum in zip(norms, saved):
+            m.momentum = momentum
+
+
 def _second_init(student: nn.Module, seed: int, how: str) -> nn.Module:
     """The dual network: same architecture and backbone init, a differently initialised head (decorrelates).
 
