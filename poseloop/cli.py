@@ -96,13 +96,16 @@ def release(
     out: Path = typer.Option(Path("artifacts/lsp14-mbv2-128x96/v1"), help="Bundle directory (versioned path)."),
     version: str = typer.Option("lsp14-mbv2-128x96/v1", help="Version string stored in the ONNX metadata."),
     threads: int = typer.Option(2, min=1, help="ONNX Runtime threads for the speed figures."),
+    candidate: list[Path] = typer.Option([], exists=True, dir_okay=False,
+                                         help="best.pt of a run it was chosen against (repeatable; card table)."),
 ):
     """Package a checkpoint as the bundled default model: float16-stored ONNX + checkpoint, validation PCK and
     ms/person measured on the shipped files, MODEL_CARD.md."""
     from poseloop.release import package
 
-    command = f"poseloop release --checkpoint {checkpoint} --out {out} --version {version} --threads {threads}"
-    result = package(checkpoint, out, version, command, threads)
+    command = (f"poseloop release --checkpoint {checkpoint} --out {out} --version {version} --threads {threads}"
+               + "".join(f" --candidate {c}" for c in candidate))
+    result = package(checkpoint, out, version, command, threads, candidates=candidate)
     typer.echo(json.dumps({k: result[k] for k in ("version", "total_mb", "speed")} |
                           {"pck_limbs": {m: result["validation"][m]["pck_limbs"] for m in ("no_flip", "flip")}},
                           indent=2))

