@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Literal
 
 from models.fileio import atomic_write_bytes, fsync_dir
+from serving.sqlite import open_wal
 from serving.validation import InputError, check_image, decode_image, parse_boxes
 
 EXTENSIONS = {"jpeg": "jpg", "png": "png", "webp": "webp", "bmp": "bmp"}
@@ -218,12 +219,7 @@ class UploadStore:
             if self._schema_ready:
                 return
             self.images_dir.mkdir(parents=True, exist_ok=True)
-            db = sqlite3.connect(self.db_path, timeout=30.0)
-            try:
-                db.execute("PRAGMA journal_mode = WAL")
-                db.executescript(_SCHEMA)
-            finally:
-                db.close()
+            open_wal(self.db_path, _SCHEMA)
             self._schema_ready = True
 
 
