@@ -55,7 +55,7 @@ def run_infer_bench(model_config: ModelConfig, input_size: Size, threads: int = 
                 with torch.inference_mode():
                     model(x)
 
-            rows.append({**base, "runtime": "pytorch-eager", "batch": b, **_measure(eager, b, seconds)})
+            rows.append({**base, "runtime": "pytorch-eager", "batch": b, **measure_calls(eager, b, seconds)})
     finally:
         torch.set_num_threads(previous_threads)
 
@@ -67,7 +67,7 @@ def run_infer_bench(model_config: ModelConfig, input_size: Size, threads: int = 
         try:
             for b in batches:
                 rows.append({**base, "runtime": "onnxruntime", "batch": b,
-                             **_measure(lambda b=b: backend.infer(inputs[b]), b, seconds)})
+                             **measure_calls(lambda b=b: backend.infer(inputs[b]), b, seconds)})
         finally:
             backend.close()
     return rows
@@ -117,7 +117,9 @@ def write_benchmark_section(rows: Sequence[dict], path: str | Path = "docs/bench
     replace_section(Path(path), section, body)
 
 
-def _measure(call: Callable[[], object], batch: int, seconds: float) -> dict:
+def measure_calls(call: Callable[[], object], batch: int, seconds: float) -> dict:
+    """ms/person (median call), persons/s and best ms/person of `call` on `batch` persons: WARMUP_CALLS untimed
+    calls, then at least MIN_TIMED_CALLS and at least `seconds` of timed ones."""
     for _ in range(WARMUP_CALLS):
         call()
     times: list[float] = []

@@ -51,8 +51,7 @@ def train(
     distributed.shutdown()
     if not trainer.dist.is_main:
         raise typer.Exit(1 if result.stopped_reason else 0)
-    summary = {"run_dir": str(result.run_dir), "best_metric": result.best_metric, "best_step": result.best_step,
-               "steps": result.steps, "wall_time_s": round(result.wall_time_s, 1), "stopped": result.stopped_reason}
+    summary = result.summary()
     if export and result.best_step >= 0:
         report = export_checkpoint(result.run_dir / "best.pt", result.run_dir / "model.onnx")
         summary["onnx"] = str(report.path)
@@ -320,7 +319,7 @@ def triton_sync(
     import signal
     import threading
 
-    from serving.backends.triton import TritonBackend
+    from serving.app import triton_backend
     from serving.registry import ModelRegistry
     from serving.settings import load_settings
     from serving.triton.sync import TritonSync
@@ -329,11 +328,7 @@ def triton_sync(
     if settings.triton_repository is None:
         raise typer.BadParameter("set POSELOOP_TRITON_REPOSITORY (the server's --model-repository, shared with it)")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    backend = TritonBackend(settings.triton_url, settings.triton_repository, settings.triton_model,
-                            settings.triton_repository_secret, keep_versions=settings.keep_versions,
-                            max_batch_size=settings.max_batch, intra_op_threads=settings.ort_threads,
-                            grpc_url=settings.triton_grpc_url, runtime=settings.triton_runtime,
-                            kind=settings.triton_kind)
+    backend = triton_backend(settings.model_copy(update={"triton_control": True}))  # it owns the repository
     sync = TritonSync(ModelRegistry(settings.registry_dir, keep_last=settings.keep_versions), backend,
                       settings.keep_versions)
     with backend:

@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import json
 import platform
-import statistics
-import time
 from pathlib import Path
 
 import numpy as np
@@ -56,21 +54,21 @@ def package(checkpoint: Path, out_dir: Path, version: str, command: str, threads
         "export": {"parity_max_abs_diff": report.max_abs_diff, "parity_max_keypoint_px": report.max_keypoint_diff_px,
                    "float16_rounding_max_abs_diff": report.rounding_max_abs_diff,
                    "float16_rounding_max_keypoint_px": report.rounding_max_keypoint_diff_px},
-        "validation": {"split": "LSP im0801-1000 (200 persons)",
-                       "no_flip": evaluate_onnx(out_dir / "model.onnx", flip_test=False),
-                       "flip": evaluate_onnx(out_dir / "model.onnx", flip_test=True),
+        "validation": {"split": "LSP im0801-1000 (200 persons)", **evaluate_onnx(out_dir / "model.onnx"),
                        "checkpoint_best_metrics": state.get("metrics", {})},
         "speed": {"machine": machine_description(), "threads": threads,
                   **{f"batch{b}": onnx_speed(out_dir / "model.onnx", b, threads) for b in (1, 8)}},
         "python": platform.python_version(),
-        "selection": [_candidate_row(path, torch) for path in [checkpoint, *candidates]],
+        "selection": [_candidate_row(path) for path in [checkpoint, *candidates]],
     }
     (out_dir / "release.json").write_text(json.dumps(result, indent=2) + "\n")
     (out_dir / "MODEL_CARD.md").write_text(model_card(result))
     return result
 
 
-def _candidate_row(path: Path, torch) -> dict:
+def _candidate_row(path: Path) -> dict:
+    import torch
+
     state = torch.load(path, map_location="cpu", weights_only=True)
     config = state["config"]
     used_unlabeled = config["method"]["name"] != "supervised"
@@ -81,8 +79,9 @@ def _candidate_row(path: Path, torch) -> dict:
             "pck_all": round(state["metrics"]["pck_all"], 2)}
 
 
-def evaluate_onnx(onnx_path: Path, flip_test: bool, split: str = "val") -> dict[str, float]:
-    """PCK@0.2 of the ONNX file itself (ONNX Runtime inside the training evaluator), LSP validation split."""
+def evaluate_onnx(onnx_path: Path, split: str = "val") -> dict[str, dict[str, float]]:
+    """PCK@0.2 of the ONNX file itself (ONNX Runtime inside the training evaluator), without ("no_flip") and with
+    ("flip") flip test, on the LSP validation split."""
     import torch
 
     from serving.backends.onnxruntime import OnnxRuntimeBackend
@@ -100,28 +99,23 @@ def evaluate_onnx(onnx_path: Path, flip_test: bool, split: str = "val") -> dict[
     splits = build_splits(DataConfig(dataset="lsp", input_w=meta.input_size.w, input_h=meta.input_size.h,
                                      padding=meta.padding))
     records = {"val": splits.val, "train": splits.train}[split]
-    metrics = evaluate_model(OnnxModule(), records, "lsp", meta.codec(), meta.mean, meta.std, meta.padding,
-                             flip_test, 32)
-    return {k: round(v, 2) for k, v in metrics.items()}
+    results = {}
+    for name, flip_test in (("no_flip", False), ("flip", True)):
+        metrics = evaluate_model(OnnxModule(), records, "lsp", meta.codec(), meta.mean, meta.std, meta.padding,
+                                 flip_test, 32)
+        results[name] = {k: round(v, 2) for k, v in metrics.items()}
+    return results
 
 
 def onnx_speed(onnx_path: Path, batch: int, threads: int, seconds: float = 5.0) -> dict[str, float]:
-    """Median and best ms/person of ONNX Runtime calls at `batch` (3 warm-up calls, then ≥ `seconds`)."""
+    """ONNX Runtime ms/person at `batch` on `threads` threads, timed as `poseloop bench infer` times."""
+    from poseloop.bench_infer import measure_calls
     from serving.backends.onnxruntime import OnnxRuntimeBackend
 
     backend = OnnxRuntimeBackend(onnx_path, intra_op_threads=threads)
     size = backend.metadata.input_size
     x = np.random.default_rng(0).standard_normal((batch, 3, size.h, size.w)).astype(np.float32)
-    for _ in range(3):
-        backend.infer(x)
-    times = []
-    deadline = time.perf_counter() + seconds
-    while len(times) < 10 or time.perf_counter() < deadline:
-        start = time.perf_counter()
-        backend.infer(x)
-        times.append(time.perf_counter() - start)
-    return {"ms_per_person": round(1000 * statistics.median(times) / batch, 3),
-            "best_ms_per_person": round(1000 * min(times) / batch, 3), "calls": len(times)}
+    return {k: round(v, 3) for k, v in measure_calls(lambda: backend.infer(x), batch, seconds).items()}
 
 
 def model_card(r: dict) -> str:

@@ -15,6 +15,7 @@ import threading
 import time
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
@@ -29,13 +30,16 @@ from serving.backends import VersionedBackend
 from serving.batching import BatchError, MicroBatcher, Overloaded, PoseResult
 from serving.manager import ModelManager, NoActiveModel, PromotionError
 from serving.metrics import Metrics, MetricsMiddleware
+from serving.queue import JobQueue
 from serving.registry import ModelRegistry, RegistryError, VersionNotFound
 from serving.render import render_poses
 from serving.routes import health, models, ops, pose, unlabeled
 from serving.settings import Settings
-from serving.queue import JobQueue
 from serving.uploads import UploadStore
 from serving.validation import InputError, PixelBudget, PoseInput, check_image, decode_pose_input
+
+if TYPE_CHECKING:
+    from serving.backends.triton import TritonBackend
 
 log = logging.getLogger("poseloop.serving")
 READY_CACHE_S = 1.0
@@ -187,15 +191,20 @@ class SafeJSONResponse(JSONResponse):
             return super().render(_finite(content))
 
 
+def triton_backend(settings: Settings) -> TritonBackend:
+    """The TritonBackend the POSELOOP_TRITON_* settings describe (API replicas and `poseloop triton-sync`)."""
+    from serving.backends.triton import TritonBackend  # imported only when asked for
+
+    return TritonBackend(settings.triton_url, settings.triton_repository, settings.triton_model,
+                         settings.triton_repository_secret, keep_versions=settings.keep_versions,
+                         max_batch_size=settings.max_batch, intra_op_threads=settings.ort_threads,
+                         grpc_url=settings.triton_grpc_url, runtime=settings.triton_runtime,
+                         kind=settings.triton_kind, control=settings.triton_control)
+
+
 def build_backend(settings: Settings) -> VersionedBackend:
     if settings.backend == "triton":
-        from serving.backends.triton import TritonBackend  # imported only when asked for
-
-        return TritonBackend(settings.triton_url, settings.triton_repository, settings.triton_model,
-                             settings.triton_repository_secret, keep_versions=settings.keep_versions,
-                             max_batch_size=settings.max_batch, intra_op_threads=settings.ort_threads,
-                             grpc_url=settings.triton_grpc_url, runtime=settings.triton_runtime,
-                             kind=settings.triton_kind, control=settings.triton_control)
+        return triton_backend(settings)
     from serving.backends.embedded import EmbeddedBackend
 
     return EmbeddedBackend(intra_op_threads=settings.ort_threads, inter_op_threads=settings.ort_inter_threads)

@@ -107,8 +107,12 @@ def torchrun_argv(nproc: int, module: str, args: list[str]) -> list[str]:
             "-m", module, *args]
 
 
-def launch(nproc: int, module: str, args: list[str], env: dict[str, str] | None = None) -> int:
+def torchrun_env(nproc: int) -> dict[str, str]:
+    """This environment, with the host's cores split between the ranks unless OMP_NUM_THREADS is set: CPU ranks
+    that each spawn a thread per core oversubscribe the host and spin (several times slower)."""
+    return {"OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // nproc)), **os.environ}
+
+
+def launch(nproc: int, module: str, args: list[str]) -> int:
     """Run `module` under torchrun with `nproc` processes; returns the launcher's exit status."""
-    environment = {**os.environ, **(env or {})}
-    environment.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
-    return subprocess.call(torchrun_argv(nproc, module, args), env=environment)
+    return subprocess.call(torchrun_argv(nproc, module, args), env=torchrun_env(nproc))

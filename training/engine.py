@@ -138,6 +138,11 @@ class TrainResult:
     wall_time_s: float
     stopped_reason: str | None = None
 
+    def summary(self) -> dict:
+        """JSON-ready outcome: what `poseloop train` prints and what a retrain job records of its chunk."""
+        return {"run_dir": str(self.run_dir), "best_metric": self.best_metric, "best_step": self.best_step,
+                "steps": self.steps, "wall_time_s": round(self.wall_time_s, 1), "stopped": self.stopped_reason}
+
 
 class Trainer:
     """Builds everything a config describes and runs (or resumes) it."""

@@ -204,10 +204,8 @@ def _train(ctx: RetrainContext, config, init: Path, plan: dict, reporter: Report
         out = _train_under_torchrun(config, init, records, reporter, chunk_steps, nproc)
     else:
         trainer = Trainer(config, unlabeled=records, init_checkpoint=str(init))
-        result = trainer.fit(resume=True, progress=False, stop_after=chunk_steps,
-                             on_log=lambda row: reporter.on_train_row(row, config.optim.iterations))
-        out = {"run_dir": str(result.run_dir), "steps": result.steps, "best_step": result.best_step,
-               "best_metric": result.best_metric, "stopped": result.stopped_reason}
+        out = trainer.fit(resume=True, progress=False, stop_after=chunk_steps,
+                          on_log=lambda row: reporter.on_train_row(row, config.optim.iterations)).summary()
     stopped = out["stopped"]
     if stopped is None and out["steps"] < config.optim.iterations:
         reporter.beat(log_line=f"checkpointed at step {out['steps']}; continuing in the next chunk", force=True)
@@ -227,7 +225,7 @@ def _train_under_torchrun(config, init: Path, records, reporter: Reporter, chunk
     import signal
     import subprocess
 
-    from training.distributed import torchrun_argv
+    from training.distributed import torchrun_argv, torchrun_env
     from training.worker.ddp_chunk import records_to_json
 
     run_dir = config.run_dir
@@ -242,7 +240,8 @@ def _train_under_torchrun(config, init: Path, records, reporter: Reporter, chunk
         args += ["--stop-after", str(chunk_steps)]
     metrics = run_dir / "metrics.jsonl"
     seen = len(metrics.read_text().splitlines()) if metrics.exists() else 0
-    proc = subprocess.Popen(torchrun_argv(nproc, "training.worker.ddp_chunk", args), start_new_session=True)
+    proc = subprocess.Popen(torchrun_argv(nproc, "training.worker.ddp_chunk", args), env=torchrun_env(nproc),
+                            start_new_session=True)
     try:
         while True:
             finished = proc.poll() is not None

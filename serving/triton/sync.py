@@ -32,13 +32,11 @@ class SyncReport:
 
 def wanted_versions(registry: ModelRegistry, keep: int) -> dict[str, Path]:
     """version → ONNX path: servable versions, newest `keep`, plus the active and previous-active ones."""
-    servable = [v for v in registry.list() if v.on_disk and v.state != "rejected"]
-    servable.sort(key=lambda v: int(v.version))
-    chosen = {v.version: v.onnx_path for v in servable[-keep:]}
-    for info in (registry.active(), registry.previous_active()):
-        if info is not None and info.on_disk and info.state != "rejected":
-            chosen[info.version] = info.onnx_path
-    return chosen
+    servable = sorted((v for v in registry.list() if v.on_disk and v.state != "rejected"),
+                      key=lambda v: int(v.version))
+    pinned = {info.version for info in (registry.active(), registry.previous_active()) if info is not None}
+    newest = len(servable) - keep
+    return {v.version: v.onnx_path for i, v in enumerate(servable) if i >= newest or v.version in pinned}
 
 
 class TritonSync:

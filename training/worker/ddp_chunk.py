@@ -41,9 +41,7 @@ def main(argv: list[str] | None = None) -> None:
     out = trainer.fit(resume=True, progress=False, stop_after=args.stop_after)
     distributed.shutdown()
     if trainer.dist.is_main:
-        args.result.write_text(json.dumps({"run_dir": str(out.run_dir), "steps": out.steps,
-                                           "best_step": out.best_step, "best_metric": out.best_metric,
-                                           "stopped": out.stopped_reason}))
+        args.result.write_text(json.dumps(out.summary()))
 
 
 if __name__ == "__main__":

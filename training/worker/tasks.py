@@ -7,9 +7,9 @@ no fork after CUDA init).
 """
 from __future__ import annotations
 
+from serving.ingest_checks import check_pending
 from serving.jobs import ACTIVE_STATES
 from serving.queue import INGEST_TASK, RETRAIN_TASK, SCHEDULE_TASK, JobQueue, celery_app
-from serving.ingest_checks import check_pending
 from serving.registry import ModelRegistry
 from serving.schedule import tick
 from serving.settings import load_settings
