@@ -74,7 +74,8 @@ def run_ssl_bench(profile: str, out: Path | None, results_dir: Path, only: list[
         selected.insert(0, warm)  # every method row starts from it
     run_rows(selected, results_path, evaluate_best,
              trainer_kwargs=lambda row: {} if row.info["role"] != "method" else {"init_checkpoint": str(init_ckpt)})
-    results = load_results(results_path)
+    current = {r.config.config_hash() for r in rows}  # rows of superseded configs stay cached but leave the table
+    results = {key: row for key, row in load_results(results_path).items() if key in current}
     if out is not None:
         write_section(results, out, profile, results_dir)
     return results
