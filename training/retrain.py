@@ -220,6 +220,7 @@ def _train_under_torchrun(config, init: Path, records, reporter: Reporter, chunk
                           nproc: int) -> dict[str, Any]:
     """The same chunk on `nproc` DDP processes (training.worker.ddp_chunk). Rank 0's metrics.jsonl rows become
     heartbeats here; a cancel or a lost lease stops the whole process group, leaving the last checkpoint."""
+    import contextlib
     import json
     import os
     import signal
@@ -255,9 +256,14 @@ def _train_under_torchrun(config, init: Path, records, reporter: Reporter, chunk
                 break
             reporter.beat()
             time.sleep(HEARTBEAT_EVERY_S)
-    except BaseException:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=60)
+    except BaseException:  # the cancel or lease reason must propagate, not a failure to stop the group
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
         raise
     if proc.returncode != 0 or not result_path.exists():
         raise RuntimeError(f"torchrun training chunk failed with exit status {proc.returncode}")
