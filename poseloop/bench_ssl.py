@@ -108,6 +108,9 @@ def write_section(results: dict, out: Path, profile: str, results_dir: Path) -> 
             + markdown_table(["method", "PCK limbs", "PCK all", "gap closure", "wall min", "iters", "collapse"],
                              table) + f"\n\nRaw results: `{results_dir / f'ssl_{profile}.json'}`. "
             f"Chart: ![LSP-SSL {profile}]({chart.relative_to(out.parent)})")
+    notes = results_dir / f"ssl_{profile}_notes.md"  # hand-written findings survive the section's regeneration
+    if notes.exists():
+        body += "\n\n" + notes.read_text().strip()
     replace_section(out, f"LSP-SSL benchmark ({profile})", body)
 
 

@@ -21,11 +21,13 @@ def test_quick_profile_runs_every_preset(tmp_path, data_root):
     assert (tmp_path / "images" / "ssl_quick.png").read_bytes()[:4] == b"\x89PNG"
     # a row cached under a superseded config stays in the file but leaves the table
     save_result(tmp_path / "ssl_quick.json", "superseded00", {**next(iter(results.values())), "method": "old"})
+    (tmp_path / "ssl_quick_notes.md").write_text("**Finding.** kept across regenerations\n")
     # resumable: a second call finds every row cached and trains nothing
     again = run_ssl_bench("quick", out=tmp_path / "bench.md", results_dir=tmp_path)
     assert json.dumps(again, sort_keys=True) == json.dumps(results, sort_keys=True)
     assert "superseded00" in load_results(tmp_path / "ssl_quick.json")
-    assert "| old |" not in (tmp_path / "bench.md").read_text()
+    text = (tmp_path / "bench.md").read_text()
+    assert "| old |" not in text and "**Finding.** kept across regenerations" in text
 
 
 def test_only_upper_row_skips_the_init_row(tmp_path, data_root):
