@@ -10,8 +10,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from poseloop.benchdoc import git_commit, machine_description, markdown_table, replace_section
-from poseloop.benchruns import BenchRow, load_results, run_rows
+from poseloop.benchruns import BenchRow, load_results, run_rows, save_result
 from training.config import TrainConfig, load_config
+from training.evaluation import paired_bootstrap_delta
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs" / "ssl"
 METHODS = ("supervised", "posecons", "posedual", "dsph", "trs", "akm", "continual")
@@ -62,7 +63,29 @@ def evaluate_best(checkpoint: Path, config: TrainConfig) -> dict:
     metrics = state["metrics"]
     return {"pck_limbs": metrics["pck_limbs"], "pck_all": metrics["pck_all"],
             "ensemble_pck_limbs": metrics.get("ensemble/pck_limbs"), "ensemble_pck_all": metrics.get("ensemble/pck_all"),
-            "collapse": state_file.read_text().strip() if state_file.exists() else None}
+            "collapse": state_file.read_text().strip() if state_file.exists() else None,
+            "per_person": per_person_limbs(checkpoint)}
+
+
+def per_person_limbs(checkpoint: Path) -> dict[str, list[int]]:
+    """Correct and counted limb joints per validation person, scored as validation scores the checkpoint: the input
+    of the paired bootstrap that tells a real difference between rows from the luck of 200 persons."""
+    import numpy as np
+
+    from poseloop.workflows import load_checkpoint
+    from training.data import build_splits
+    from training.engine import codec_for
+    from training.evaluation import LSP_SUBSETS, lsp_pck
+    from training.inference import predict_records
+
+    config, model, _ = load_checkpoint(checkpoint)
+    val = build_splits(config.data.model_copy(update={"unlabeled": None})).val
+    pred = predict_records(model, val, codec_for(config), model.mean, model.std, config.data.padding,
+                           config.eval.flip_test, config.eval.batch_size, "cpu")
+    result = lsp_pck(pred.keypoints, np.stack([r.keypoints for r in val]))
+    limbs = list(LSP_SUBSETS["limbs"])
+    return {"limbs_correct": result.correct[:, limbs].sum(1).tolist(),
+            "limbs_counted": result.counted[:, limbs].sum(1).tolist()}
 
 
 def run_ssl_bench(profile: str, out: Path | None, results_dir: Path, only: list[str] | None = None) -> dict:
@@ -74,8 +97,13 @@ def run_ssl_bench(profile: str, out: Path | None, results_dir: Path, only: list[
         selected.insert(0, warm)  # every method row starts from it
     run_rows(selected, results_path, evaluate_best,
              trainer_kwargs=lambda row: {} if row.info["role"] != "method" else {"init_checkpoint": str(init_ckpt)})
-    current = {r.config.config_hash() for r in rows}  # rows of superseded configs stay cached but leave the table
+    current = {r.config.config_hash(): r for r in rows}  # rows of superseded configs stay cached, off the table
     results = {key: row for key, row in load_results(results_path).items() if key in current}
+    for key, row in results.items():  # rows cached before per-person scores were kept
+        best = current[key].config.run_dir / "best.pt"
+        if "per_person" not in row["metrics"] and best.exists():
+            row["metrics"]["per_person"] = per_person_limbs(best)
+            save_result(results_path, key, row)
     if out is not None:
         write_section(results, out, profile, results_dir)
     return results
@@ -85,28 +113,40 @@ def gap_closure(value: float, sup_n: float, sup_all: float) -> float:
     return (value - sup_n) / (sup_all - sup_n) if sup_all != sup_n else float("nan")
 
 
+def delta_vs(row: dict | None, reference: dict | None) -> str:
+    """'+1.2 [−0.8, +3.1]': paired-bootstrap difference in PCK limbs ('' when either side lacks per-person scores)."""
+    if not row or not reference:
+        return ""
+    delta, low, high = paired_bootstrap_delta(row["limbs_correct"], reference["limbs_correct"], row["limbs_counted"])
+    return f"{delta:+.1f} [{low:+.1f}, {high:+.1f}]"
+
+
 def write_section(results: dict, out: Path, profile: str, results_dir: Path) -> None:
     by_method = {r["method"]: r for r in results.values()}
     sup_n = by_method.get("supervised", {}).get("metrics", {}).get("pck_limbs")
     sup_all = by_method.get("supervised (all labels)", {}).get("metrics", {}).get("pck_limbs")
+    sup_people = by_method.get("supervised", {}).get("metrics", {}).get("per_person")
     table = []
     for r in results.values():
         m = r["metrics"]
         gap = gap_closure(m["pck_limbs"], sup_n, sup_all) if sup_n is not None and sup_all is not None else None
         table.append([r["method"], m["pck_limbs"], m["pck_all"], "" if gap is None else f"{gap:.2f}",
+                      delta_vs(m.get("per_person"), sup_people) if r["method"] != "supervised" else "–",
                       r["wall_time_min"], r["iterations"], m["collapse"] or "no"])
         if m.get("ensemble_pck_limbs") is not None:  # dual methods: both nets averaged, never mixed with the above
             gap = gap_closure(m["ensemble_pck_limbs"], sup_n, sup_all) if sup_n is not None and sup_all is not None else None
             table.append([f"{r['method']} (two-net ensemble)", m["ensemble_pck_limbs"], m["ensemble_pck_all"],
-                          "" if gap is None else f"{gap:.2f}", "(same run)", r["iterations"], m["collapse"] or "no"])
+                          "" if gap is None else f"{gap:.2f}", "", "(same run)", r["iterations"], m["collapse"] or "no"])
     chart = out.parent / "images" / f"ssl_{profile}.png"
     plot_ssl(table, sup_n, sup_all, chart, profile)
     body = (f"Command: `poseloop bench ssl --profile {profile}` · commit `{git_commit()}` · {machine_description()}\n\n"
             "LSP validation PCK@0.2 (limbs = 12 joints; all = 14), best checkpoint on validation. Gap closure = "
             "(method − supervised_N)/(supervised_all − supervised_N); every method row warm-starts from the "
             "supervised_N init row and trains the same number of further iterations (1:1 labeled:unlabeled).\n\n"
-            + markdown_table(["method", "PCK limbs", "PCK all", "gap closure", "wall min", "iters", "collapse"],
-                             table) + f"\n\nRaw results: `{results_dir / f'ssl_{profile}.json'}`. "
+            "Δ = PCK limbs minus the supervised row on the same 200 persons, with a 95% paired-bootstrap interval "
+            "over persons (2,000 resamples): an interval that contains 0 is not a measured difference.\n\n"
+            + markdown_table(["method", "PCK limbs", "PCK all", "gap closure", "Δ vs supervised_N [95% CI]",
+                              "wall min", "iters", "collapse"], table) + f"\n\nRaw results: `{results_dir / f'ssl_{profile}.json'}`. "
             f"Chart: ![LSP-SSL {profile}]({chart.relative_to(out.parent)})")
     notes = results_dir / f"ssl_{profile}_notes.md"  # hand-written findings survive the section's regeneration
     if notes.exists():

@@ -1,5 +1,8 @@
 """`poseloop bench ssl --profile quick`: every preset runs through the real engine on real LSP + LSPET data."""
 import json
+import re
+
+import pytest
 
 from poseloop.bench_ssl import METHODS, run_ssl_bench
 from poseloop.benchruns import load_results, save_result
@@ -12,12 +15,16 @@ def test_quick_profile_runs_every_preset(tmp_path, data_root):
     for row in results.values():
         assert row["done"] and 0.0 <= row["metrics"]["pck_limbs"] <= 100.0
         assert row["metrics"]["collapse"] is None
+        people = row["metrics"]["per_person"]  # re-scored from best.pt: the same figure validation logged
+        assert 100 * sum(people["limbs_correct"]) / sum(people["limbs_counted"]) == \
+            pytest.approx(row["metrics"]["pck_limbs"], abs=1e-6)
     by_method = {r["method"]: r["metrics"] for r in results.values()}
     for dual in ("posedual", "dsph"):  # both nets averaged, reported on their own row
         assert 0.0 <= by_method[dual]["ensemble_pck_limbs"] <= 100.0
     assert by_method["posecons"]["ensemble_pck_limbs"] is None
     text = (tmp_path / "bench.md").read_text()
     assert "LSP-SSL benchmark (quick)" in text and "posedual (two-net ensemble)" in text
+    assert "Δ vs supervised_N [95% CI]" in text and re.search(r"\| [+-]\d+\.\d \[[+-]\d+\.\d, [+-]\d+\.\d\] \|", text)
     assert (tmp_path / "images" / "ssl_quick.png").read_bytes()[:4] == b"\x89PNG"
     # a row cached under a superseded config stays in the file but leaves the table
     save_result(tmp_path / "ssl_quick.json", "superseded00", {**next(iter(results.values())), "method": "old"})

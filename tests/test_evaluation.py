@@ -15,6 +15,7 @@ from training.evaluation import (
     lsp_pck,
     mpii_head_size_from_box,
     mpii_head_size_from_headbox,
+    paired_bootstrap_delta,
     pck,
     pckh,
     to_coco_results,
@@ -85,6 +86,25 @@ def test_pck_subsets_pool_counts():
     res = pck(pred, gt, mask, np.ones(2), threshold=1.0, joint_subsets={"both": [0, 1], "j1": [1]})
     assert res.subset["both"] == pytest.approx(100 * 2 / 3)  # pooled, not mean of (100, 50)
     assert res.subset["j1"] == pytest.approx(50.0)
+    assert res.correct.tolist() == [[True, False], [False, True]]  # per-person booleans behind the percentages
+    assert res.counted.tolist() == mask.tolist()
+
+
+def test_paired_bootstrap_delta_separates_a_real_difference_from_person_luck():
+    rng = np.random.default_rng(1)
+    counted = np.full(200, 12)
+    base = rng.binomial(12, 0.45, 200)
+    delta, low, high = paired_bootstrap_delta(base, base, counted)
+    assert (delta, low, high) == (0.0, 0.0, 0.0)  # same predictions: no spread at all
+    better = np.minimum(base + rng.binomial(1, 0.5, 200), 12)  # about +0.5 joint per person: a real gain
+    delta, low, high = paired_bootstrap_delta(better, base, counted)
+    assert delta == pytest.approx(100 * (better.sum() - base.sum()) / counted.sum())
+    assert 0 < low < delta < high
+    noisy = np.clip(base + rng.integers(-1, 2, 200), 0, 12)  # unbiased per-person noise
+    delta, low, high = paired_bootstrap_delta(noisy, base, counted)
+    assert low < 0 < high
+    with pytest.raises(ValueError, match="equal-length"):
+        paired_bootstrap_delta(base[:10], base, counted)
 
 
 def test_pck_rejects_bad_shapes():

@@ -44,11 +44,28 @@ COCO_STAT_NAMES = ("AP", "AP50", "AP75", "APm", "APl", "AR", "AR50", "AR75", "AR
 
 @dataclass
 class PCKResult:
-    """Percentages. per_joint: (K,), NaN for joints with nothing counted; subset: name -> pooled PCK."""
+    """Percentages. per_joint: (K,), NaN for joints with nothing counted; subset: name -> pooled PCK.
+    correct / counted: the (N, K) booleans behind them, kept for per-person statistics (paired bootstrap)."""
 
     overall: float
     per_joint: np.ndarray
     subset: dict[str, float] = field(default_factory=dict)
+    correct: np.ndarray | None = field(default=None, repr=False)
+    counted: np.ndarray | None = field(default=None, repr=False)
+
+
+def paired_bootstrap_delta(correct_a: Sequence[int], correct_b: Sequence[int], counted: Sequence[int],
+                           resamples: int = 2000, seed: int = 0) -> tuple[float, float, float]:
+    """(delta, low, high): pooled PCK of A minus B in points, with a 95% percentile interval from resampling
+    persons (both models scored on the same resampled persons). Per-person joint counts are the input, so the
+    spread reflects which people are in the validation set — the dominant noise with 200 persons."""
+    a, b, n = (np.asarray(x, dtype=np.float64) for x in (correct_a, correct_b, counted))
+    if not (a.shape == b.shape == n.shape) or a.ndim != 1 or n.sum() <= 0:
+        raise ValueError("correct_a, correct_b and counted must be equal-length per-person counts")
+    idx = np.random.default_rng(seed).integers(0, len(n), size=(resamples, len(n)))
+    deltas = 100.0 * (a[idx].sum(1) - b[idx].sum(1)) / np.maximum(n[idx].sum(1), 1)
+    low, high = np.percentile(deltas, [2.5, 97.5])
+    return float(100.0 * (a.sum() - b.sum()) / n.sum()), float(low), float(high)
 
 
 def _ratio(correct: np.ndarray, counted: np.ndarray) -> float:
@@ -95,7 +112,8 @@ def pck(
     subset = {
         name: _ratio(correct[:, list(idx)], counted[:, list(idx)]) for name, idx in (joint_subsets or {}).items()
     }
-    return PCKResult(overall=_ratio(correct, counted), per_joint=per_joint, subset=subset)
+    return PCKResult(overall=_ratio(correct, counted), per_joint=per_joint, subset=subset, correct=correct,
+                     counted=counted)
 
 
 def torso_size(gt: np.ndarray, left_shoulder_idx: int, right_hip_idx: int) -> np.ndarray:
