@@ -68,24 +68,11 @@ def evaluate_best(checkpoint: Path, config: TrainConfig) -> dict:
 
 
 def per_person_limbs(checkpoint: Path) -> dict[str, list[int]]:
-    """Correct and counted limb joints per validation person, scored as validation scores the checkpoint: the input
-    of the paired bootstrap that tells a real difference between rows from the luck of 200 persons."""
-    import numpy as np
+    """Per-person limb scores of the checkpoint, scored as validation scores it: the input of the paired bootstrap
+    that tells a real difference between rows from the luck of 200 persons."""
+    from poseloop.workflows import evaluate_checkpoint
 
-    from poseloop.workflows import load_checkpoint
-    from training.data import build_splits
-    from training.engine import codec_for
-    from training.evaluation import LSP_SUBSETS, lsp_pck
-    from training.inference import predict_records
-
-    config, model, _ = load_checkpoint(checkpoint)
-    val = build_splits(config.data.model_copy(update={"unlabeled": None})).val
-    pred = predict_records(model, val, codec_for(config), model.mean, model.std, config.data.padding,
-                           config.eval.flip_test, config.eval.batch_size, "cpu")
-    result = lsp_pck(pred.keypoints, np.stack([r.keypoints for r in val]))
-    limbs = list(LSP_SUBSETS["limbs"])
-    return {"limbs_correct": result.correct[:, limbs].sum(1).tolist(),
-            "limbs_counted": result.counted[:, limbs].sum(1).tolist()}
+    return evaluate_checkpoint(checkpoint, per_person=True)["per_person"]
 
 
 def run_ssl_bench(profile: str, out: Path | None, results_dir: Path, only: list[str] | None = None) -> dict:
@@ -123,9 +110,9 @@ def delta_vs(row: dict | None, reference: dict | None) -> str:
 
 def write_section(results: dict, out: Path, profile: str, results_dir: Path) -> None:
     by_method = {r["method"]: r for r in results.values()}
-    sup_n = by_method.get("supervised", {}).get("metrics", {}).get("pck_limbs")
+    supervised = by_method.get("supervised", {}).get("metrics", {})
+    sup_n, sup_people = supervised.get("pck_limbs"), supervised.get("per_person")
     sup_all = by_method.get("supervised (all labels)", {}).get("metrics", {}).get("pck_limbs")
-    sup_people = by_method.get("supervised", {}).get("metrics", {}).get("per_person")
     table = []
     for r in results.values():
         m = r["metrics"]

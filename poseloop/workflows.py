@@ -60,7 +60,7 @@ def export_checkpoint(checkpoint: Path, out: Path, version: str | None = None, w
 
 
 def evaluate_checkpoint(checkpoint: Path, split: str = "val", flip_test: bool | None = None,
-                        refinement: str | None = None, device: str | None = None) -> dict:
+                        refinement: str | None = None, device: str | None = None, per_person: bool = False) -> dict:
     from training.data import build_splits
     from training.engine import codec_for, pick_device
     from training.evaluator import evaluate_model
@@ -68,13 +68,13 @@ def evaluate_checkpoint(checkpoint: Path, split: str = "val", flip_test: bool | 
     config, model, _ = load_checkpoint(checkpoint)
     if refinement:
         config = config.model_copy(update={"codec": config.codec.model_copy(update={"refinement": refinement})})
-    splits = build_splits(config.data)
+    splits = build_splits(config.data.model_copy(update={"unlabeled": None}))  # labeled splits only
     records = {"val": splits.val, "train": splits.train}[split]
     flip = config.eval.flip_test if flip_test is None else flip_test
     dev = pick_device(device)
     metrics = evaluate_model(model.to(dev), records, config.data.dataset, codec_for(config), model.mean, model.std,
                              config.data.padding, flip, config.eval.batch_size, dev,
-                             coco_gt=config.data.val_ann_file)
+                             coco_gt=config.data.val_ann_file, per_person=per_person)
     return {"checkpoint": str(checkpoint), "split": split, "persons": len(records), "flip_test": flip,
             "refinement": config.codec.refinement, **metrics}
 

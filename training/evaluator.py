@@ -1,6 +1,8 @@
 """Dataset-specific validation: LSP PCK@0.2, MPII PCKh@0.5, COCO OKS AP — one call for the trainer and CLI."""
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import torch
 
@@ -17,16 +19,22 @@ def metric_name(dataset: str) -> str:
 
 def evaluate_model(model: torch.nn.Module, records: list[PersonRecord], dataset: str, codec: HeatmapCodec,
                    mean, std, padding: float = 1.25, flip_test: bool = False, batch_size: int = 64,
-                   device: torch.device | str = "cpu", coco_gt=None) -> dict[str, float]:
-    """Predict every record and score it; returns flat metrics (percentages for PCK, 0–100 AP)."""
+                   device: torch.device | str = "cpu", coco_gt=None, per_person: bool = False) -> dict[str, Any]:
+    """Predict every record and score it; returns flat metrics (percentages for PCK, 0–100 AP).
+    per_person (LSP): also "per_person" = correct and counted limb joints of each record, in order — what a
+    paired bootstrap between two models needs."""
     pred = predict_records(model, records, codec, mean, std, padding, flip_test, batch_size, device)
     if dataset == "lsp":
         gt = np.stack([r.keypoints for r in records])
         result = evaluation.lsp_pck(pred.keypoints, gt)
-        metrics = {"pck_all": result.subset["all"], "pck_limbs": result.subset["limbs"]}
+        metrics: dict[str, Any] = {"pck_all": result.subset["all"], "pck_limbs": result.subset["limbs"]}
         from models.schemas import LSP14
 
         metrics.update({f"pck/{name}": float(v) for name, v in zip(LSP14.keypoints, result.per_joint)})
+        if per_person:
+            limbs = list(evaluation.LSP_SUBSETS["limbs"])
+            metrics["per_person"] = {"limbs_correct": result.correct[:, limbs].sum(1).tolist(),
+                                     "limbs_counted": result.counted[:, limbs].sum(1).tolist()}
         return metrics
     if dataset == "mpii":
         gt = np.stack([r.keypoints for r in records])
