@@ -63,15 +63,22 @@ def train(
 @app.command("eval")
 def evaluate(
     checkpoint: Path = typer.Option(..., exists=True, help="Checkpoint (best.pt) written by `poseloop train`."),
-    split: str = typer.Option("val", help="val (LSP im0801-1000) or train."),
+    split: str = typer.Option("val", help="val (LSP im0801-1000), train (the run's labeled records) or unseen "
+                                          "(labeled training records beyond its label budget)."),
     flip: Optional[bool] = typer.Option(None, "--flip/--no-flip", help="Flip test (default: the run's setting)."),
     refinement: Optional[str] = typer.Option(None, help="none / quarter / dark (default: the run's codec)."),
     device: Optional[str] = typer.Option(None),
+    reliability: bool = typer.Option(False, help="LSP: also limb PCK by heatmap peak, i.e. how trustworthy the "
+                                                 "model's pseudo-labels are (use with --split unseen)."),
 ):
     """PCK@0.2 (LSP), PCKh@0.5 (MPII) or OKS AP (COCO) of a checkpoint, overall and per joint."""
     from poseloop.workflows import evaluate_checkpoint
 
-    metrics = evaluate_checkpoint(checkpoint, split=split, flip_test=flip, refinement=refinement, device=device)
+    try:
+        metrics = evaluate_checkpoint(checkpoint, split=split, flip_test=flip, refinement=refinement,
+                                      device=device, reliability=reliability)
+    except ValueError as error:
+        raise typer.BadParameter(str(error)) from None
     typer.echo(json.dumps(metrics, indent=2))
 
 

@@ -60,7 +60,11 @@ def export_checkpoint(checkpoint: Path, out: Path, version: str | None = None, w
 
 
 def evaluate_checkpoint(checkpoint: Path, split: str = "val", flip_test: bool | None = None,
-                        refinement: str | None = None, device: str | None = None, per_person: bool = False) -> dict:
+                        refinement: str | None = None, device: str | None = None, per_person: bool = False,
+                        reliability: bool = False) -> dict:
+    """Metrics of a checkpoint on `split`: "val", "train" (the records it trained on) or "unseen" (labeled
+    training records beyond its label budget, e.g. LSP im0101–0800 for N = 100: a labeled stand-in for the
+    unlabeled pool, to measure how good its pseudo-labels would be without touching validation)."""
     from training.data import build_splits
     from training.engine import codec_for, pick_device
     from training.evaluator import evaluate_model
@@ -69,12 +73,20 @@ def evaluate_checkpoint(checkpoint: Path, split: str = "val", flip_test: bool | 
     if refinement:
         config = config.model_copy(update={"codec": config.codec.model_copy(update={"refinement": refinement})})
     splits = build_splits(config.data.model_copy(update={"unlabeled": None}))  # labeled splits only
-    records = {"val": splits.val, "train": splits.train}[split]
+    if split == "unseen":  # label budgets keep a prefix, so the unseen records are the rest of the full split
+        every = build_splits(config.data.model_copy(update={"unlabeled": None, "label_budget": None})).train
+        records = every[len(splits.train):]
+        if not records:
+            raise ValueError(f"{checkpoint} trained on every labeled record: no unseen split")
+    elif split in ("val", "train"):
+        records = {"val": splits.val, "train": splits.train}[split]
+    else:
+        raise ValueError(f"split must be val, train or unseen, got {split!r}")
     flip = config.eval.flip_test if flip_test is None else flip_test
     dev = pick_device(device)
     metrics = evaluate_model(model.to(dev), records, config.data.dataset, codec_for(config), model.mean, model.std,
                              config.data.padding, flip, config.eval.batch_size, dev,
-                             coco_gt=config.data.val_ann_file, per_person=per_person)
+                             coco_gt=config.data.val_ann_file, per_person=per_person, reliability=reliability)
     return {"checkpoint": str(checkpoint), "split": split, "persons": len(records), "flip_test": flip,
             "refinement": config.codec.refinement, **metrics}
 

@@ -2,6 +2,7 @@
 import json
 
 import cv2
+import pytest
 from typer.testing import CliRunner
 
 from poseloop.cli import app
@@ -33,6 +34,13 @@ def test_train_export_eval_predict(tmp_path, data_root):
 
     metrics = _json_tail(_invoke(["eval", "--checkpoint", str(tmp_path / "cli" / "best.pt"), "--no-flip"]))
     assert metrics["persons"] == 200 and 0 <= metrics["pck_limbs"] <= 100 and "pck/head_top" in metrics
+    # the 800 - 64 labeled records beyond configs/quick.yaml's budget, with how far its peaks can be trusted
+    unseen = _json_tail(_invoke(["eval", "--checkpoint", str(tmp_path / "cli" / "best.pt"), "--no-flip",
+                                 "--split", "unseen", "--reliability"]))
+    assert unseen["persons"] == 736 and unseen["reliability"]["joints"] == 736 * 12
+    assert unseen["reliability"]["pck"] == pytest.approx(unseen["pck_limbs"])
+    bad = runner.invoke(app, ["eval", "--checkpoint", str(tmp_path / "cli" / "best.pt"), "--split", "test"])
+    assert bad.exit_code == 2 and "split must be val, train or unseen" in bad.output
 
     image = data_root / "lsp" / "images" / "im0801.jpg"
     render = tmp_path / "overlay.png"

@@ -12,6 +12,7 @@ from models.schemas import LSP14, LSP_TORSO, MPII16
 from training.datasets import load_coco_keypoints, load_mpii
 from training.evaluation import (
     coco_keypoint_ap,
+    confidence_reliability,
     lsp_pck,
     mpii_head_size_from_box,
     mpii_head_size_from_headbox,
@@ -105,6 +106,24 @@ def test_paired_bootstrap_delta_separates_a_real_difference_from_person_luck():
     assert low < 0 < high
     with pytest.raises(ValueError, match="equal-length"):
         paired_bootstrap_delta(base[:10], base, counted)
+
+
+def test_confidence_reliability_bins_and_thresholds_by_hand():
+    # 10 counted joints with peaks 0.05 .. 0.95; the five most confident are right, the rest wrong
+    scores = np.arange(0.05, 1.0, 0.1).reshape(2, 5)
+    correct = scores > 0.5
+    counted = np.ones_like(correct)
+    counted[0, 0] = False  # an uncounted joint (peak 0.05) must drop out everywhere
+    out = confidence_reliability(correct, counted, scores, thresholds=(0.5, 0.9, 1.0), bins=3)
+    assert out["joints"] == 9 and out["pck"] == pytest.approx(100 * 5 / 9)
+    assert [b["pck"] for b in out["quantile_bins"]] == [0.0, pytest.approx(200 / 3), 100.0]  # peaks 0.15-0.35 / 0.45-0.65 / 0.75-0.95
+    assert sum(b["share"] for b in out["quantile_bins"]) == pytest.approx(1.0)
+    half, high, none = out["thresholds"]
+    assert (half["kept"], half["pck_kept"], half["pck_dropped"]) == (pytest.approx(5 / 9), 100.0, 0.0)
+    assert high["kept"] == pytest.approx(1 / 9) and high["pck_dropped"] == pytest.approx(100 * 4 / 8)
+    assert none["kept"] == 0.0 and np.isnan(none["pck_kept"]) and none["pck_dropped"] == pytest.approx(100 * 5 / 9)
+    with pytest.raises(ValueError, match="one shape"):
+        confidence_reliability(correct, counted, scores[:1])
 
 
 def test_pck_rejects_bad_shapes():

@@ -68,6 +68,30 @@ def paired_bootstrap_delta(correct_a: Sequence[int], correct_b: Sequence[int], c
     return float(100.0 * (a.sum() - b.sum()) / n.sum()), float(low), float(high)
 
 
+def confidence_reliability(correct: np.ndarray, counted: np.ndarray, scores: np.ndarray,
+                           thresholds: Sequence[float] = (0.3, 0.5, 0.6, 0.7, 0.8), bins: int = 5) -> dict:
+    """How far a model's heatmap peaks can be trusted as pseudo-labels: PCK of its joints per confidence
+    quantile bin, and for each threshold τ the share of joints a `confidence_threshold` of τ would keep with
+    the PCK of kept and dropped ones. Inputs are (N, K) arrays over the joints to study (e.g. the limbs)."""
+    correct, counted = np.asarray(correct, dtype=bool), np.asarray(counted, dtype=bool)
+    scores = np.asarray(scores, dtype=np.float64)
+    if not (correct.shape == counted.shape == scores.shape) or not counted.any():
+        raise ValueError("correct, counted and scores must have one shape, with at least one joint counted")
+    ok, conf = correct[counted], scores[counted]
+
+    def pck_of(selected: np.ndarray) -> float:
+        return float(100.0 * ok[selected].mean()) if selected.any() else float("nan")
+
+    edges = np.quantile(conf, np.linspace(0.0, 1.0, bins + 1))
+    which = np.clip(np.searchsorted(edges, conf, side="right") - 1, 0, bins - 1)  # the top edge joins the last bin
+    quantile_bins = [{"low": float(edges[i]), "high": float(edges[i + 1]), "share": float(np.mean(which == i)),
+                      "pck": pck_of(which == i)} for i in range(bins)]
+    cuts = [{"threshold": float(t), "kept": float(np.mean(conf >= t)),
+             "pck_kept": pck_of(conf >= t), "pck_dropped": pck_of(conf < t)} for t in thresholds]
+    return {"joints": int(ok.size), "pck": pck_of(np.ones(ok.size, bool)), "quantile_bins": quantile_bins,
+            "thresholds": cuts}
+
+
 def _ratio(correct: np.ndarray, counted: np.ndarray) -> float:
     total = counted.sum()
     return float(100.0 * correct.sum() / total) if total > 0 else float("nan")

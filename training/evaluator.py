@@ -19,10 +19,12 @@ def metric_name(dataset: str) -> str:
 
 def evaluate_model(model: torch.nn.Module, records: list[PersonRecord], dataset: str, codec: HeatmapCodec,
                    mean, std, padding: float = 1.25, flip_test: bool = False, batch_size: int = 64,
-                   device: torch.device | str = "cpu", coco_gt=None, per_person: bool = False) -> dict[str, Any]:
+                   device: torch.device | str = "cpu", coco_gt=None, per_person: bool = False,
+                   reliability: bool = False) -> dict[str, Any]:
     """Predict every record and score it; returns flat metrics (percentages for PCK, 0–100 AP).
     per_person (LSP): also "per_person" = correct and counted limb joints of each record, in order — what a
-    paired bootstrap between two models needs."""
+    paired bootstrap between two models needs. reliability (LSP): also "reliability" = limb PCK by heatmap
+    peak (`evaluation.confidence_reliability`), i.e. how good this model's pseudo-labels would be."""
     pred = predict_records(model, records, codec, mean, std, padding, flip_test, batch_size, device)
     if dataset == "lsp":
         gt = np.stack([r.keypoints for r in records])
@@ -31,10 +33,13 @@ def evaluate_model(model: torch.nn.Module, records: list[PersonRecord], dataset:
         from models.schemas import LSP14
 
         metrics.update({f"pck/{name}": float(v) for name, v in zip(LSP14.keypoints, result.per_joint)})
+        limbs = list(evaluation.LSP_SUBSETS["limbs"])
         if per_person:
-            limbs = list(evaluation.LSP_SUBSETS["limbs"])
             metrics["per_person"] = {"limbs_correct": result.correct[:, limbs].sum(1).tolist(),
                                      "limbs_counted": result.counted[:, limbs].sum(1).tolist()}
+        if reliability:
+            metrics["reliability"] = evaluation.confidence_reliability(
+                result.correct[:, limbs], result.counted[:, limbs], pred.scores[:, limbs])
         return metrics
     if dataset == "mpii":
         gt = np.stack([r.keypoints for r in records])
