@@ -121,3 +121,14 @@ def test_hard_views_can_be_kept_out_of_bn_running_statistics(name):
     labeled_only = torch.cat([m.running_mean for m in reference.modules() if isinstance(m, nn.BatchNorm2d)])
     assert torch.allclose(running_stats(hard_view_bn_stats=False), labeled_only, atol=1e-6)
     assert not torch.allclose(running_stats(hard_view_bn_stats=True), labeled_only, atol=1e-4)
+
+
+def test_posedual_clamps_soft_targets_to_the_codec_range():
+    """Cross-teaching passes each net's overshoot to the other as a target; posedual clamps soft targets to
+    [0, 1] (the range the codec encodes), and clamp_soft_targets=False hands the raw heatmaps through."""
+    overshooting = torch.linspace(-0.5, 1.5, 2 * 14 * 16 * 12).reshape(2, 14, 16, 12)  # a teacher gone past 1
+    clamped = build_method("posedual", _student())._pseudo(overshooting)
+    assert torch.equal(clamped.heatmaps, overshooting.clamp(0, 1))
+    assert clamped.weights.shape == (2, 14)
+    raw = build_method("posedual", _student(), clamp_soft_targets=False)._pseudo(overshooting)
+    assert torch.equal(raw.heatmaps, overshooting)

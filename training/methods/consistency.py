@@ -45,6 +45,9 @@ class ConsistencySpec:
     path_reduction: Literal["sum", "mean"] = "sum"
     pseudo_label: Literal["soft", "refine"] = "soft"
     confidence_threshold: float = 0.0                 # hard per-joint threshold on the teacher peak (0 = keep all)
+    # True: soft targets are clamped to [0, 1], the range the codec encodes. Peer cross-teaching with raw targets
+    # is a loop (A's overshoot is B's target, and back): posedual diverged at steps ~490 and ~690 on LSP.
+    clamp_soft_targets: bool = False
     refine_threshold: float = 0.3
     easy_views: int = 1                               # >1: also predict mirrored/affine views, aggregate by max
     uncertainty_threshold: float | None = None        # dual only: drop joints whose cross-student std is higher
@@ -124,6 +127,8 @@ class ConsistencyMethod(Method):
         spec = self.spec
         if spec.pseudo_label == "refine":
             return pseudo.threshold_and_refine(heatmaps, threshold=spec.refine_threshold)
+        if spec.clamp_soft_targets:
+            heatmaps = heatmaps.clamp(0.0, 1.0)
         return pseudo.PseudoLabels(heatmaps, pseudo.confidence_weights(heatmaps, threshold=spec.confidence_threshold))
 
     # ------------------------------------------------------------------ the step
