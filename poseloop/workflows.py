@@ -72,6 +72,8 @@ def evaluate_checkpoint(checkpoint: Path, split: str = "val", flip_test: bool | 
     config, model, _ = load_checkpoint(checkpoint)
     if refinement:
         config = config.model_copy(update={"codec": config.codec.model_copy(update={"refinement": refinement})})
+    if reliability and config.data.dataset != "lsp":
+        raise ValueError(f"--reliability scores LSP PCK only; this run trained on {config.data.dataset}")
     splits = build_splits(config.data.model_copy(update={"unlabeled": None}))  # labeled splits only
     if split == "unseen":  # label budgets keep a prefix, so the unseen records are the rest of the full split
         every = build_splits(config.data.model_copy(update={"unlabeled": None, "label_budget": None})).train
