@@ -69,21 +69,18 @@ def evaluate_checkpoint(checkpoint: Path, split: str = "val", flip_test: bool | 
     from training.engine import codec_for, pick_device
     from training.evaluator import evaluate_model
 
+    if split not in ("val", "train", "unseen"):
+        raise ValueError(f"split must be val, train or unseen, got {split!r}")
     config, model, _ = load_checkpoint(checkpoint)
     if refinement:
         config = config.model_copy(update={"codec": config.codec.model_copy(update={"refinement": refinement})})
-    if reliability and config.data.dataset != "lsp":
-        raise ValueError(f"--reliability scores LSP PCK only; this run trained on {config.data.dataset}")
-    splits = build_splits(config.data.model_copy(update={"unlabeled": None}))  # labeled splits only
-    if split == "unseen":  # label budgets keep a prefix, so the unseen records are the rest of the full split
-        every = build_splits(config.data.model_copy(update={"unlabeled": None, "label_budget": None})).train
-        records = every[len(splits.train):]
-        if not records:
-            raise ValueError(f"{checkpoint} trained on every labeled record: no unseen split")
-    elif split in ("val", "train"):
-        records = {"val": splits.val, "train": splits.train}[split]
-    else:
-        raise ValueError(f"split must be val, train or unseen, got {split!r}")
+    # Labeled splits only, without the budget: label budgets keep a prefix, so the run's records are the first
+    # `label_budget` and the unseen ones the rest.
+    splits = build_splits(config.data.model_copy(update={"unlabeled": None, "label_budget": None}))
+    budget = config.data.label_budget or len(splits.train)
+    records = {"val": splits.val, "train": splits.train[:budget], "unseen": splits.train[budget:]}[split]
+    if split == "unseen" and not records:
+        raise ValueError(f"{checkpoint} trained on every labeled record: no unseen split")
     flip = config.eval.flip_test if flip_test is None else flip_test
     dev = pick_device(device)
     metrics = evaluate_model(model.to(dev), records, config.data.dataset, codec_for(config), model.mean, model.std,

@@ -126,6 +126,14 @@ def test_confidence_reliability_bins_and_thresholds_by_hand():
         confidence_reliability(correct, counted, scores[:1])
 
 
+def test_per_person_and_reliability_scores_refuse_non_lsp_datasets():
+    from training.evaluator import evaluate_model
+
+    for flag in ("per_person", "reliability"):  # refused before any prediction, instead of silently left out
+        with pytest.raises(ValueError, match="LSP PCK only, not mpii"):
+            evaluate_model(None, [], "mpii", None, None, None, **{flag: True})
+
+
 def test_pck_rejects_bad_shapes():
     with pytest.raises(ValueError):
         pck(np.zeros((2, 3, 2)), np.zeros((2, 4, 2)), np.ones((2, 3), bool), np.ones(2))

@@ -25,6 +25,8 @@ def evaluate_model(model: torch.nn.Module, records: list[PersonRecord], dataset:
     per_person (LSP): also "per_person" = correct and counted limb joints of each record, in order — what a
     paired bootstrap between two models needs. reliability (LSP): also "reliability" = limb PCK by heatmap
     peak (`evaluation.confidence_reliability`), i.e. how good this model's pseudo-labels would be."""
+    if (per_person or reliability) and dataset != "lsp":
+        raise ValueError(f"per-person and reliability scores are LSP PCK only, not {dataset}")
     pred = predict_records(model, records, codec, mean, std, padding, flip_test, batch_size, device)
     if dataset == "lsp":
         gt = np.stack([r.keypoints for r in records])
