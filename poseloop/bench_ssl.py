@@ -119,7 +119,7 @@ def write_section(results: dict, out: Path, profile: str, results_dir: Path) -> 
         gap = gap_closure(m["pck_limbs"], sup_n, sup_all) if sup_n is not None and sup_all is not None else None
         table.append([r["method"], m["pck_limbs"], m["pck_all"], "" if gap is None else f"{gap:.2f}",
                       delta_vs(m.get("per_person"), sup_people) if r["method"] != "supervised" else "–",
-                      r["wall_time_min"], r["iterations"], m["collapse"] or "no"])
+                      r["train_time_min"], r["iterations"], m["collapse"] or "no"])
         if m.get("ensemble_pck_limbs") is not None:  # dual methods: both nets averaged, never mixed with the above
             gap = gap_closure(m["ensemble_pck_limbs"], sup_n, sup_all) if sup_n is not None and sup_all is not None else None
             table.append([f"{r['method']} (two-net ensemble)", m["ensemble_pck_limbs"], m["ensemble_pck_all"],
@@ -131,9 +131,10 @@ def write_section(results: dict, out: Path, profile: str, results_dir: Path) -> 
             "(method − supervised_N)/(supervised_all − supervised_N); every method row warm-starts from the "
             "supervised_N init row and trains the same number of further iterations (1:1 labeled:unlabeled).\n\n"
             "Δ = PCK limbs minus the supervised row on the same 200 persons, with a 95% paired-bootstrap interval "
-            "over persons (2,000 resamples): an interval that contains 0 is not a measured difference.\n\n"
+            "over persons (2,000 resamples): an interval that contains 0 is not a measured difference. Train min = "
+            "training time summed over resumed segments (a paused row's resume call times only its last part).\n\n"
             + markdown_table(["method", "PCK limbs", "PCK all", "gap closure", "Δ vs supervised_N [95% CI]",
-                              "wall min", "iters", "collapse"], table) + f"\n\nRaw results: `{results_dir / f'ssl_{profile}.json'}`. "
+                              "train min", "iters", "collapse"], table) + f"\n\nRaw results: `{results_dir / f'ssl_{profile}.json'}`. "
             f"Chart: ![LSP-SSL {profile}]({chart.relative_to(out.parent)})")
     notes = results_dir / f"ssl_{profile}_notes.md"  # hand-written findings survive the section's regeneration
     if notes.exists():

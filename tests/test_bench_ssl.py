@@ -5,7 +5,7 @@ import re
 import pytest
 
 from poseloop.bench_ssl import METHODS, run_ssl_bench
-from poseloop.benchruns import load_results, save_result
+from poseloop.benchruns import _train_time_s, load_results, save_result
 
 
 def test_quick_profile_runs_every_preset(tmp_path, data_root):
@@ -40,3 +40,11 @@ def test_quick_profile_runs_every_preset(tmp_path, data_root):
 def test_only_upper_row_skips_the_init_row(tmp_path, data_root):
     results = run_ssl_bench("quick", out=None, results_dir=tmp_path, only=["supervised_all"])
     assert [r["method"] for r in results.values()] == ["supervised (all labels)"]
+
+
+def test_train_time_sums_the_segments_of_a_resumed_run(tmp_path):
+    """A resumed run restarts its clock: the table must add the segments, not show the last one."""
+    lines = [{"step": 20, "time_s": 100.0}, {"step": 20, "val/pck_limbs": 40.0}, {"step": 40, "time_s": 300.0},
+             {"step": 60, "time_s": 50.0}, {"step": 80, "time_s": 120.0}]  # paused after step 40, resumed
+    (tmp_path / "metrics.jsonl").write_text("\n".join(json.dumps(line) for line in lines) + "\n")
+    assert _train_time_s(tmp_path) == pytest.approx(420.0)
