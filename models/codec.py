@@ -4,6 +4,7 @@ Coordinates in and out are crop-input pixels (x = column, y = row); heatmap pixe
 Encoding is unbiased (the Gaussian is centred at the exact sub-pixel location, not a rounded one), so decoding
 with DARK recovers the location to a small fraction of a heatmap pixel.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass

@@ -13,6 +13,7 @@ way the parity check below is what certifies the file. The dynamo exporter imple
 
 The export runs on a float32 CPU copy of the model in eval mode; the caller's model is not touched.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -34,7 +35,7 @@ import torch
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
-from models.fileio import atomic_write_bytes
+from core.fileio import atomic_write_bytes
 from models.codec import HeatmapCodec
 from models.geometry import Size, normalize_crop, person_crop_affine, warp_image
 from models.schemas import KeypointSchema
@@ -80,10 +81,21 @@ class ExportReport:
     rounding_max_keypoint_diff_px: float = 0.0
 
 
-def export_onnx(model: PoseNet, codec: HeatmapCodec, schema: KeypointSchema, out_path: Path, *, version: str,
-                trained_on: str, extra_metadata: dict[str, str] | None = None, opset: int = 17,
-                parity_images: list[np.ndarray] | None = None, padding: float = BOX_PADDING,
-                exporter: Exporter = "dynamo", weights: WeightStorage = "float32") -> ExportReport:
+def export_onnx(
+    model: PoseNet,
+    codec: HeatmapCodec,
+    schema: KeypointSchema,
+    out_path: Path,
+    *,
+    version: str,
+    trained_on: str,
+    extra_metadata: dict[str, str] | None = None,
+    opset: int = 17,
+    parity_images: list[np.ndarray] | None = None,
+    padding: float = BOX_PADDING,
+    exporter: Exporter = "dynamo",
+    weights: WeightStorage = "float32",
+) -> ExportReport:
     """Export `model` to `out_path` (atomically), after checking ONNX Runtime against PyTorch.
 
     parity_images: person crops, each either a normalised (3, H, W) float32 network input at
@@ -100,8 +112,9 @@ def export_onnx(model: PoseNet, codec: HeatmapCodec, schema: KeypointSchema, out
     if opset < MIN_OPSET:
         raise ValueError(f"opset {opset} < {MIN_OPSET}")
     _check_compatible(model, codec, schema)
-    metadata = build_metadata(model, codec, schema, version=version, trained_on=trained_on, padding=padding,
-                              extra=extra_metadata)
+    metadata = build_metadata(
+        model, codec, schema, version=version, trained_on=trained_on, padding=padding, extra=extra_metadata
+    )
     cpu_model = copy.deepcopy(model).cpu().float().eval()
     deploy = deploy_copy(cpu_model)
     inputs = parity_inputs(parity_images, codec.input_size, model.mean, model.std)
@@ -131,22 +144,43 @@ def export_onnx(model: PoseNet, codec: HeatmapCodec, schema: KeypointSchema, out
     opset_used = next(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx"))
     record_path = out_path.with_suffix(".json")
     record = {
-        "onnx": out_path.name, "sha256": sha256, "size_bytes": len(data), "opset": opset_used, "exporter": used,
-        "parity": {"max_abs_diff": max_abs, "max_keypoint_diff_px": max_kp, "keypoints_compared": compared,
-                   "batches": [1, PARITY_BATCH], "real_images": parity_images is not None},
-        "weights": {"storage": weights, "rounding_max_abs_diff": rounding[0],
-                    "rounding_max_keypoint_diff_px": rounding[1]},
+        "onnx": out_path.name,
+        "sha256": sha256,
+        "size_bytes": len(data),
+        "opset": opset_used,
+        "exporter": used,
+        "parity": {
+            "max_abs_diff": max_abs,
+            "max_keypoint_diff_px": max_kp,
+            "keypoints_compared": compared,
+            "batches": [1, PARITY_BATCH],
+            "real_images": parity_images is not None,
+        },
+        "weights": {
+            "storage": weights,
+            "rounding_max_abs_diff": rounding[0],
+            "rounding_max_keypoint_diff_px": rounding[1],
+        },
         "metadata": metadata,
     }
     atomic_write_bytes(record_path, (json.dumps(record, indent=2) + "\n").encode())
-    report = ExportReport(out_path, sha256, len(data), max_abs, max_kp, opset_used, used, compared, record_path,
-                          weights, *rounding)
+    report = ExportReport(
+        out_path, sha256, len(data), max_abs, max_kp, opset_used, used, compared, record_path, weights, *rounding
+    )
     log.info("exported %s", {k: str(v) for k, v in asdict(report).items()})
     return report
 
 
-def build_metadata(model: PoseNet, codec: HeatmapCodec, schema: KeypointSchema, *, version: str, trained_on: str,
-                   padding: float = BOX_PADDING, extra: dict[str, str] | None = None) -> dict[str, str]:
+def build_metadata(
+    model: PoseNet,
+    codec: HeatmapCodec,
+    schema: KeypointSchema,
+    *,
+    version: str,
+    trained_on: str,
+    padding: float = BOX_PADDING,
+    extra: dict[str, str] | None = None,
+) -> dict[str, str]:
     """The `metadata_props` contract: everything a client needs to crop, normalise and decode."""
     config = model.config
     meta = {
@@ -197,8 +231,9 @@ def parity_inputs(images: list[np.ndarray] | None, size: Size, mean, std) -> np.
             affine = person_crop_affine(np.array([0, 0, w, h], np.float32), size, padding=1.0)
             inputs.append(normalize_crop(warp_image(img, affine, size), mean, std))
         else:
-            raise ValueError(f"parity image {i}: expected (3, H, W) float32 or HxWx3 uint8, got "
-                             f"{img.shape} {img.dtype}")
+            raise ValueError(
+                f"parity image {i}: expected (3, H, W) float32 or HxWx3 uint8, got {img.shape} {img.dtype}"
+            )
     return np.stack([inputs[i % len(inputs)] for i in range(PARITY_BATCH)])
 
 
@@ -225,23 +260,30 @@ def store_initializers_as_float16(proto: onnx.ModelProto, min_elements: int = 16
             raise ValueError(f"initializer {init.name} is not float16-exact (round the model first)")
         name = init.name
         init.CopyFrom(onnx.numpy_helper.from_array(half, f"{name}__float16"))
-        casts.append(onnx.helper.make_node("Cast", [f"{name}__float16"], [name], to=onnx.TensorProto.FLOAT,
-                                           name=f"{name}__to_float32"))
+        casts.append(
+            onnx.helper.make_node(
+                "Cast", [f"{name}__float16"], [name], to=onnx.TensorProto.FLOAT, name=f"{name}__to_float32"
+            )
+        )
     nodes = casts + list(graph.node)
     del graph.node[:]
     graph.node.extend(nodes)
 
 
-def compare_outputs(reference: torch.nn.Module, candidate, codec: HeatmapCodec,
-                    inputs: np.ndarray) -> tuple[float, float, int]:
+def compare_outputs(
+    reference: torch.nn.Module, candidate, codec: HeatmapCodec, inputs: np.ndarray
+) -> tuple[float, float, int]:
     """(max |Δheatmap|, max keypoint distance in input pixels, joints compared) of `candidate` (a module, or a
     callable on numpy batches) against `reference`, at batch 1 and the full batch."""
     max_abs, max_kp, compared = 0.0, 0.0, 0
     for batch in (inputs[:1], inputs):
         with torch.inference_mode():
             expected = reference(torch.from_numpy(np.ascontiguousarray(batch))).float().numpy()
-            got = (candidate(torch.from_numpy(np.ascontiguousarray(batch))).float().numpy()
-                   if isinstance(candidate, nn.Module) else candidate(batch))
+            got = (
+                candidate(torch.from_numpy(np.ascontiguousarray(batch))).float().numpy()
+                if isinstance(candidate, nn.Module)
+                else candidate(batch)
+            )
         if expected.shape[-2:] != (codec.heatmap_size.h, codec.heatmap_size.w):
             raise ValueError(f"model outputs heatmaps {expected.shape}, codec expects {codec.heatmap_size}")
         if got.shape != expected.shape:
@@ -256,8 +298,9 @@ def compare_outputs(reference: torch.nn.Module, candidate, codec: HeatmapCodec,
     return max_abs, max_kp, compared
 
 
-def check_parity(model: torch.nn.Module, onnx_model: bytes | str | Path, codec: HeatmapCodec,
-                 inputs: np.ndarray) -> tuple[float, float, int]:
+def check_parity(
+    model: torch.nn.Module, onnx_model: bytes | str | Path, codec: HeatmapCodec, inputs: np.ndarray
+) -> tuple[float, float, int]:
     """Compare `model` (CPU, eval) with ONNX Runtime (CPU) at batch 1 and the full batch.
 
     Returns (max |Δheatmap|, max keypoint distance in input pixels, joints compared); raises ExportParityError.
@@ -265,7 +308,8 @@ def check_parity(model: torch.nn.Module, onnx_model: bytes | str | Path, codec: 
     source = onnx_model if isinstance(onnx_model, bytes) else str(onnx_model)
     session = ort.InferenceSession(source, providers=["CPUExecutionProvider"])
     max_abs, max_kp, compared = compare_outputs(
-        model, lambda batch: session.run([OUTPUT_NAME], {INPUT_NAME: batch})[0], codec, inputs)
+        model, lambda batch: session.run([OUTPUT_NAME], {INPUT_NAME: batch})[0], codec, inputs
+    )
     if not np.isfinite(max_abs) or max_abs > HEATMAP_TOLERANCE or max_kp > KEYPOINT_TOLERANCE_PX:
         raise ExportParityError(
             f"ONNX Runtime vs PyTorch: max |Δheatmap| = {max_abs:.3g} (limit {HEATMAP_TOLERANCE}), "
@@ -276,8 +320,9 @@ def check_parity(model: torch.nn.Module, onnx_model: bytes | str | Path, codec: 
 
 def _check_compatible(model: PoseNet, codec: HeatmapCodec, schema: KeypointSchema) -> None:
     if model.config.num_keypoints != schema.num_keypoints:
-        raise ValueError(f"model has {model.config.num_keypoints} keypoints, schema {schema.name!r} has "
-                         f"{schema.num_keypoints}")
+        raise ValueError(
+            f"model has {model.config.num_keypoints} keypoints, schema {schema.name!r} has {schema.num_keypoints}"
+        )
     if not np.allclose(codec.stride, model.heatmap_stride):
         raise ValueError(f"codec stride {codec.stride.tolist()} != model heatmap_stride {model.heatmap_stride}")
 
@@ -314,9 +359,12 @@ def _to_onnx(model: torch.nn.Module, input_size: Size, opset: int, exporter: Exp
     if exporter == "dynamo":
         try:
             return _export_dynamo(model, example, opset), "dynamo"
-        except Exception as err:  # noqa: BLE001 - any exporter failure falls back, loudly
-            log.warning("dynamo ONNX exporter failed (%s: %s); falling back to the TorchScript exporter",
-                        type(err).__name__, err)
+        except Exception as err:
+            log.warning(
+                "dynamo ONNX exporter failed (%s: %s); falling back to the TorchScript exporter",
+                type(err).__name__,
+                err,
+            )
     return _export_torchscript(model, example, opset), "torchscript"
 
 
@@ -339,8 +387,16 @@ def _export_dynamo(model: torch.nn.Module, example: torch.Tensor, opset: int) ->
     with warnings.catch_warnings(), _quiet_exporter_logs():
         warnings.simplefilter("ignore")  # opset down-conversion notices and torch.export deprecations
         program = torch.onnx.export(
-            model, (example,), input_names=[INPUT_NAME], output_names=[OUTPUT_NAME], opset_version=opset,
-            dynamic_shapes=({0: batch},), dynamo=True, optimize=True, verbose=False, report=False,
+            model,
+            (example,),
+            input_names=[INPUT_NAME],
+            output_names=[OUTPUT_NAME],
+            opset_version=opset,
+            dynamic_shapes=({0: batch},),
+            dynamo=True,
+            optimize=True,
+            verbose=False,
+            report=False,
         )
     proto = program.model_proto
     for value in (*proto.graph.input, *proto.graph.output):  # torch.export names the axis "s0"-style
@@ -355,8 +411,14 @@ def _export_torchscript(model: torch.nn.Module, example: torch.Tensor, opset: in
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)  # "legacy TorchScript-based ONNX export"
         torch.onnx.export(
-            model, (example,), buffer, input_names=[INPUT_NAME], output_names=[OUTPUT_NAME], opset_version=opset,
-            dynamic_axes={INPUT_NAME: {0: BATCH_DIM}, OUTPUT_NAME: {0: BATCH_DIM}}, do_constant_folding=True,
+            model,
+            (example,),
+            buffer,
+            input_names=[INPUT_NAME],
+            output_names=[OUTPUT_NAME],
+            opset_version=opset,
+            dynamic_axes={INPUT_NAME: {0: BATCH_DIM}, OUTPUT_NAME: {0: BATCH_DIM}},
+            do_constant_folding=True,
             dynamo=False,
         )
     return onnx.load_from_string(buffer.getvalue())
@@ -366,6 +428,7 @@ def _check_io(proto: onnx.ModelProto, codec: HeatmapCodec, num_keypoints: int) -
     """The graph has exactly input (batch, 3, H, W) and output (batch, K, h, w) with the contract's names.
 
     Symbolic non-batch output dims are pinned to their static values (in place)."""
+
     def dims(value) -> list:
         return [d.dim_param or d.dim_value for d in value.type.tensor_type.shape.dim]
 
@@ -383,5 +446,3 @@ def _check_io(proto: onnx.ModelProto, codec: HeatmapCodec, num_keypoints: int) -
                 dim.dim_value = value
     if [o.name for o in outputs] != [OUTPUT_NAME] or dims(outputs[0]) != expected_out:
         raise RuntimeError(f"exported outputs {[(o.name, dims(o)) for o in outputs]}, expected {expected_out}")
-
-

@@ -6,6 +6,7 @@ Conventions (used everywhere in PoseLoop):
 - A crop is (centre, region size in source pixels, rotation in degrees counter-clockwise); its affine maps source
   pixels to crop pixels. Nothing here mutates its inputs.
 """
+
 from __future__ import annotations
 
 from typing import NamedTuple
@@ -86,8 +87,12 @@ def transform_points(points: np.ndarray, matrix: np.ndarray) -> np.ndarray:
 def warp_image(image: np.ndarray, matrix: np.ndarray, out: Size, border_value: float | tuple = 0) -> np.ndarray:
     """Crop/warp an HxWxC image with a 2x3 affine (bilinear, constant border)."""
     return cv2.warpAffine(
-        image, matrix.astype(np.float64), (out.w, out.h), flags=cv2.INTER_LINEAR,
-        borderMode=cv2.BORDER_CONSTANT, borderValue=border_value,
+        image,
+        matrix.astype(np.float64),
+        (out.w, out.h),
+        flags=cv2.INTER_LINEAR,
+        borderMode=cv2.BORDER_CONSTANT,
+        borderValue=border_value,
     )
 
 
@@ -97,8 +102,9 @@ def flip_keypoints(keypoints: np.ndarray, visibility: np.ndarray, width: int, fl
     return mirrored[flip_index], np.asarray(visibility)[flip_index]
 
 
-def person_crop_affine(box_xywh: np.ndarray, out: Size, padding: float = 1.25, scale: float = 1.0,
-                       rotation: float = 0.0) -> np.ndarray:
+def person_crop_affine(
+    box_xywh: np.ndarray, out: Size, padding: float = 1.25, scale: float = 1.0, rotation: float = 0.0
+) -> np.ndarray:
     """Affine from image pixels to the model-input crop of one person box (optionally rescaled/rotated)."""
     center, size = box_to_center_scale(box_xywh, out.aspect, padding)
     return crop_affine(center, size * scale, rotation, out)

@@ -9,6 +9,7 @@ the backbone itself is 73.3 M. Latency on the shared 2-core dev box, batch 8, be
 torch 2 threads: head alone 15.8 vs 7.4 ms, whole network 65 vs 54 ms; torch 1 thread: 31.5 vs
 8.3 ms, 80 vs 56 ms; ONNX Runtime 2 threads, whole network: 49 vs 24 ms.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -37,7 +38,9 @@ class DeconvHead(nn.Module):
     forward: list of 4 maps, (N, C_i, H/2**(i+2), W/2**(i+2)) -> (N, K, H/4, W/4).
     """
 
-    def __init__(self, in_channels: Sequence[int], num_keypoints: int, channels: int = 256, num_layers: int = 3) -> None:
+    def __init__(
+        self, in_channels: Sequence[int], num_keypoints: int, channels: int = 256, num_layers: int = 3
+    ) -> None:
         super().__init__()
         if not 1 <= num_layers <= 3:
             raise ValueError(f"num_layers must be 1..3 to end at stride 4, got {num_layers}")

@@ -4,6 +4,7 @@ Inputs are normalised outside the network, (x - mean) / std on RGB 0-255 with th
 `std`; heatmaps come out at stride 4, exactly (H/4, W/4) for H and W divisible by 32 (and for
 multiples of 16 such as 192x144, see DeconvHead).
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
@@ -12,7 +13,8 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from torch import Tensor, nn
 
-from models.backbones import BACKBONES, Registry, build_backbone
+from core.registry import Registry
+from models.backbones import BACKBONES, build_backbone
 from models.heads import AuxHeatmapHead, DeconvHead, LightHead
 
 
@@ -42,7 +44,7 @@ class ModelConfig(BaseModel):
         return stages
 
     @model_validator(mode="after")
-    def _valid_weights(self) -> "ModelConfig":
+    def _valid_weights(self) -> ModelConfig:
         if self.weights_path is not None and not self.pretrained:
             raise ValueError("weights_path is set but pretrained is False")
         if self.pretrained and self.weights_path is None and not BACKBONES.get(self.backbone).has_default_weights:

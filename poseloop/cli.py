@@ -1,11 +1,11 @@
 """`poseloop` command line: one entry point for training, evaluation, export, prediction and benchmarks."""
+
 from __future__ import annotations
 
 import json
 import os
 import sys
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -27,21 +27,32 @@ def _parse_box(text: str) -> list[float]:
 def train(
     config: Path = typer.Option(..., "--config", "-c", exists=True, help="YAML config (configs/*.yaml)."),
     set_: list[str] = typer.Option([], "--set", help="Override, e.g. --set optim.iterations=100 (repeatable)."),
-    device: Optional[str] = typer.Option(None, help="cpu / cuda (default: cuda when available)."),
+    device: str | None = typer.Option(None, help="cpu / cuda (default: cuda when available)."),
     resume: bool = typer.Option(True, help="Resume from <run>/last.pt when it exists."),
     export: bool = typer.Option(True, help="Export the best checkpoint to ONNX (with parity check) at the end."),
-    nproc: int = typer.Option(1, "--nproc", min=1, help="Data-parallel processes (one per GPU; gloo on CPU): "
-                              "re-runs this command under torchrun with DDP. optim.batch_size stays the global batch."),
+    nproc: int = typer.Option(
+        1,
+        "--nproc",
+        min=1,
+        help="Data-parallel processes (one per GPU; gloo on CPU): "
+        "re-runs this command under torchrun with DDP. optim.batch_size stays the global batch.",
+    ),
 ):
     """Train a model; best checkpoint chosen on the validation split only."""
     from training import distributed
 
     if nproc > 1 and not distributed.context_from_env().enabled:
-        args = ["train", "--config", str(config), *[x for s in set_ for x in ("--set", s)],
-                *(["--device", device] if device else []), "--resume" if resume else "--no-resume",
-                "--export" if export else "--no-export"]
+        args = [
+            "train",
+            "--config",
+            str(config),
+            *[x for s in set_ for x in ("--set", s)],
+            *(["--device", device] if device else []),
+            "--resume" if resume else "--no-resume",
+            "--export" if export else "--no-export",
+        ]
         raise typer.Exit(distributed.launch(nproc, "poseloop.cli", args))
-    from poseloop.workflows import export_checkpoint
+    from training.checkpoints import export_checkpoint
     from training.config import load_config
     from training.engine import Trainer
 
@@ -63,20 +74,27 @@ def train(
 @app.command("eval")
 def evaluate(
     checkpoint: Path = typer.Option(..., exists=True, help="Checkpoint (best.pt) written by `poseloop train`."),
-    split: str = typer.Option("val", help="val (LSP im0801-1000), train (the run's labeled records) or unseen "
-                                          "(labeled training records beyond its label budget)."),
-    flip: Optional[bool] = typer.Option(None, "--flip/--no-flip", help="Flip test (default: the run's setting)."),
-    refinement: Optional[str] = typer.Option(None, help="none / quarter / dark (default: the run's codec)."),
-    device: Optional[str] = typer.Option(None),
-    reliability: bool = typer.Option(False, help="LSP: also limb PCK by heatmap peak, i.e. how trustworthy the "
-                                                 "model's pseudo-labels are (use with --split unseen)."),
+    split: str = typer.Option(
+        "val",
+        help="val (LSP im0801-1000), train (the run's labeled records) or unseen "
+        "(labeled training records beyond its label budget).",
+    ),
+    flip: bool | None = typer.Option(None, "--flip/--no-flip", help="Flip test (default: the run's setting)."),
+    refinement: str | None = typer.Option(None, help="none / quarter / dark (default: the run's codec)."),
+    device: str | None = typer.Option(None),
+    reliability: bool = typer.Option(
+        False,
+        help="LSP: also limb PCK by heatmap peak, i.e. how trustworthy the "
+        "model's pseudo-labels are (use with --split unseen).",
+    ),
 ):
     """PCK@0.2 (LSP), PCKh@0.5 (MPII) or OKS AP (COCO) of a checkpoint, overall and per joint."""
-    from poseloop.workflows import evaluate_checkpoint
+    from training.checkpoints import evaluate_checkpoint
 
     try:
-        metrics = evaluate_checkpoint(checkpoint, split=split, flip_test=flip, refinement=refinement,
-                                      device=device, reliability=reliability)
+        metrics = evaluate_checkpoint(
+            checkpoint, split=split, flip_test=flip, refinement=refinement, device=device, reliability=reliability
+        )
     except ValueError as error:
         raise typer.BadParameter(str(error)) from None
     typer.echo(json.dumps(metrics, indent=2))
@@ -86,11 +104,11 @@ def evaluate(
 def export(
     checkpoint: Path = typer.Option(..., exists=True),
     out: Path = typer.Option(..., help="Output .onnx path."),
-    version: Optional[str] = typer.Option(None, help="Model version string stored in metadata."),
+    version: str | None = typer.Option(None, help="Model version string stored in metadata."),
     weights: str = typer.Option("float32", help="float32, or float16 storage (float32 compute, half the file)."),
 ):
     """Export a checkpoint to ONNX with the metadata contract; checks parity against PyTorch on real images."""
-    from poseloop.workflows import export_checkpoint
+    from training.checkpoints import export_checkpoint
 
     report = export_checkpoint(checkpoint, out, version=version, weights=weights)
     typer.echo(json.dumps({k: str(v) if isinstance(v, Path) else v for k, v in vars(report).items()}, indent=2))
@@ -102,27 +120,34 @@ def release(
     out: Path = typer.Option(Path("artifacts/lsp14-mbv2-128x96/v1"), help="Bundle directory (versioned path)."),
     version: str = typer.Option("lsp14-mbv2-128x96/v1", help="Version string stored in the ONNX metadata."),
     threads: int = typer.Option(2, min=1, help="ONNX Runtime threads for the speed figures."),
-    candidate: list[Path] = typer.Option([], exists=True, dir_okay=False,
-                                         help="best.pt of a run it was chosen against (repeatable; card table)."),
+    candidate: list[Path] = typer.Option(
+        [], exists=True, dir_okay=False, help="best.pt of a run it was chosen against (repeatable; card table)."
+    ),
 ):
     """Package a checkpoint as the bundled default model: float16-stored ONNX + checkpoint, validation PCK and
     ms/person measured on the shipped files, MODEL_CARD.md."""
     from poseloop.release import package
 
-    command = (f"poseloop release --checkpoint {checkpoint} --out {out} --version {version} --threads {threads}"
-               + "".join(f" --candidate {c}" for c in candidate))
+    command = (
+        f"poseloop release --checkpoint {checkpoint} --out {out} --version {version} --threads {threads}"
+        + "".join(f" --candidate {c}" for c in candidate)
+    )
     result = package(checkpoint, out, version, command, threads, candidates=candidate)
-    typer.echo(json.dumps({k: result[k] for k in ("version", "total_mb", "speed")} |
-                          {"pck_limbs": {m: result["validation"][m]["pck_limbs"] for m in ("no_flip", "flip")}},
-                          indent=2))
+    typer.echo(
+        json.dumps(
+            {k: result[k] for k in ("version", "total_mb", "speed")}
+            | {"pck_limbs": {m: result["validation"][m]["pck_limbs"] for m in ("no_flip", "flip")}},
+            indent=2,
+        )
+    )
 
 
 @app.command()
 def predict(
     image: Path = typer.Argument(..., exists=True, dir_okay=False),
     box: list[str] = typer.Option([], help="Person box x,y,w,h (repeatable); none = the whole image."),
-    model: Optional[Path] = typer.Option(None, help="ONNX model (default: $POSELOOP_MODEL or the bundled one)."),
-    render: Optional[Path] = typer.Option(None, help="Write a skeleton overlay PNG here."),
+    model: Path | None = typer.Option(None, help="ONNX model (default: $POSELOOP_MODEL or the bundled one)."),
+    render: Path | None = typer.Option(None, help="Write a skeleton overlay PNG here."),
     flip: bool = typer.Option(False, "--flip/--no-flip", help="Flip test."),
 ):
     """Print keypoints JSON for the people in IMAGE (ONNX Runtime; no torch)."""
@@ -134,28 +159,41 @@ def predict(
 
 @app.command()
 def serve(
-    registry: Optional[Path] = typer.Option(None, help="Model registry directory (default: $POSELOOP_REGISTRY_DIR "
-                                                      "or runs/registry)."),
-    model: Optional[Path] = typer.Option(None, exists=True, dir_okay=False,
-                                         help="Register and promote this ONNX when no version is active (default: the bundled model)."),
-    host: Optional[str] = typer.Option(None, help="Bind address (default 127.0.0.1)."),
-    port: Optional[int] = typer.Option(None, help="Port (default 8080)."),
-    backend: Optional[str] = typer.Option(None, help="embedded (in-process ONNX Runtime) or triton."),
-    triton_url: Optional[str] = typer.Option(None, help="External Triton (host:port); without it --backend triton "
-                                                        "starts and manages a local tritonserver."),
+    registry: Path | None = typer.Option(
+        None, help="Model registry directory (default: $POSELOOP_REGISTRY_DIR or runs/registry)."
+    ),
+    model: Path | None = typer.Option(
+        None,
+        exists=True,
+        dir_okay=False,
+        help="Register and promote this ONNX when no version is active (default: the bundled model).",
+    ),
+    host: str | None = typer.Option(None, help="Bind address (default 127.0.0.1)."),
+    port: int | None = typer.Option(None, help="Port (default 8080)."),
+    backend: str | None = typer.Option(None, help="embedded (in-process ONNX Runtime) or triton."),
+    triton_url: str | None = typer.Option(
+        None, help="External Triton (host:port); without it --backend triton starts and manages a local tritonserver."
+    ),
     dev: bool = typer.Option(False, "--dev", help="Development mode: generate and print one API token per role."),
-    env_file: Optional[Path] = typer.Option(None, exists=True, dir_okay=False,
-                                            help="File of POSELOOP_* settings (environment variables win)."),
+    env_file: Path | None = typer.Option(
+        None, exists=True, dir_okay=False, help="File of POSELOOP_* settings (environment variables win)."
+    ),
 ):
     """Run the HTTP API: POST /v1/pose, /v1/models, /v1/ops/*, /healthz, /readyz, /metrics, docs at /docs.
 
-    Settings come from POSELOOP_* environment variables (see serving/settings.py); these options override them.
+    Settings come from POSELOOP_* environment variables (see continual/settings.py); these options override them.
     """
+    from continual.settings import load_settings
     from poseloop.serve import run_server
-    from serving.settings import load_settings
 
-    overrides = {"registry_dir": registry, "bootstrap_model": model, "host": host, "port": port, "backend": backend,
-                 "triton_url": triton_url}
+    overrides = {
+        "registry_dir": registry,
+        "bootstrap_model": model,
+        "host": host,
+        "port": port,
+        "backend": backend,
+        "triton_url": triton_url,
+    }
     overrides = {k: v for k, v in overrides.items() if v is not None}
     if backend == "triton" and triton_url is None and "POSELOOP_TRITON_URL" not in os.environ:
         overrides["triton_managed"] = True
@@ -176,7 +214,7 @@ def bench_infer(
     seconds: float = typer.Option(3.0, help="Measurement time per row."),
 ):
     """persons/s and ms/person: PyTorch eager vs ONNX Runtime at batch 1 and 8."""
-    from poseloop.bench_infer import run_default_bench
+    from poseloop.bench.infer import run_default_bench
 
     rows = run_default_bench(threads=threads, seconds=seconds, out=out, command=" ".join(["poseloop", *sys.argv[1:]]))
     for row in rows:
@@ -187,12 +225,12 @@ def bench_infer(
 def bench_supervised(
     out: Path = typer.Option(Path("docs/benchmarks.md")),
     only: list[str] = typer.Option([], help="Run only rows whose label contains this text (repeatable)."),
-    threads: Optional[int] = typer.Option(None, help="torch intra-op threads (run several benches side by side)."),
+    threads: int | None = typer.Option(None, help="torch intra-op threads (run several benches side by side)."),
 ):
     """Supervised LSP PCK@0.2 for N = 100, 200, 800 labels, ImageNet vs random init (resumable, cached rows)."""
     import torch
 
-    from poseloop.bench_supervised import run_supervised_bench
+    from poseloop.bench.supervised import run_supervised_bench
 
     if threads:
         torch.set_num_threads(threads)
@@ -201,8 +239,9 @@ def bench_supervised(
 
 @bench_app.command("serve")
 def bench_serve(
-    model: Optional[Path] = typer.Option(None, exists=True, help="ONNX model (default: a random-init MobileNetV2 + "
-                                                                 "deconv head, exported here)."),
+    model: Path | None = typer.Option(
+        None, exists=True, help="ONNX model (default: a random-init MobileNetV2 + deconv head, exported here)."
+    ),
     backend: list[str] = typer.Option(["embedded", "triton"], help="Backends to run (repeatable)."),
     concurrency: list[int] = typer.Option([1, 4, 16, 64], help="Concurrent clients per row (repeatable)."),
     seconds: float = typer.Option(10.0, help="Measured seconds per row (after a 2 s warm-up)."),
@@ -210,11 +249,17 @@ def bench_serve(
     out: Path = typer.Option(Path("docs/benchmarks.md")),
 ):
     """HTTP /v1/pose throughput and p50/p95/p99 per backend and concurrency, vs raw in-process ONNX Runtime."""
-    from poseloop.bench_serve import run_default_serve_bench
+    from poseloop.bench.serve import run_default_serve_bench
 
-    result = run_default_serve_bench(model, backends=tuple(backend), concurrency=tuple(concurrency),
-                                     duration_s=seconds, threads=threads, out=out,
-                                     command=" ".join(["poseloop", *sys.argv[1:]]))
+    result = run_default_serve_bench(
+        model,
+        backends=tuple(backend),
+        concurrency=tuple(concurrency),
+        duration_s=seconds,
+        threads=threads,
+        out=out,
+        command=" ".join(["poseloop", *sys.argv[1:]]),
+    )
     typer.echo(json.dumps(result, indent=2))
 
 
@@ -224,12 +269,12 @@ def bench_ssl(
     out: Path = typer.Option(Path("docs/benchmarks.md")),
     results: Path = typer.Option(Path("docs/results"), help="Where row results (and runs/) are kept."),
     only: list[str] = typer.Option([], help="Run only these rows (method names; the init row always runs)."),
-    threads: Optional[int] = typer.Option(None, help="torch intra-op threads."),
+    threads: int | None = typer.Option(None, help="torch intra-op threads."),
 ):
     """Every semi-supervised preset on the LSP-SSL protocol: PCK@0.2, gap closure, wall time, collapse flag."""
     import torch
 
-    from poseloop.bench_ssl import run_ssl_bench
+    from poseloop.bench.ssl import run_ssl_bench
 
     if threads:
         torch.set_num_threads(threads)
@@ -249,8 +294,9 @@ def weights_fetch(quiet: bool = typer.Option(False, "--quiet")):
 
 @app.command()
 def up(
-    model: Optional[Path] = typer.Option(None, exists=True, dir_okay=False,
-                                         help="ONNX model for an empty registry (default: bundled, else bootstrap)."),
+    model: Path | None = typer.Option(
+        None, exists=True, dir_okay=False, help="ONNX model for an empty registry (default: bundled, else bootstrap)."
+    ),
     port: int = typer.Option(8080),
 ):
     """Run the whole stack: API + inference backend + training worker (+ Celery ingest worker and beat when
@@ -259,9 +305,9 @@ def up(
     On first start with an empty registry it installs a model: --model, $POSELOOP_MODEL, the bundled one, or a
     bootstrap model trained here in a few minutes on the LSP training split.
     """
+    from continual.settings import load_settings
     from poseloop.up import run_up
     from poseloop.workflows import ensure_first_model
-    from serving.settings import load_settings
 
     first = ensure_first_model(load_settings(dev=True).registry_dir, model)
     raise typer.Exit(run_up(port, str(first) if first else None))
@@ -269,13 +315,17 @@ def up(
 
 @app.command()
 def worker(
-    queue: str = typer.Option("train", "--queue", help="train (retrain jobs; GPU) or ingest (upload checks, "
-                              "scheduler ticks). Celery only: the embedded worker does both."),
+    queue: str = typer.Option(
+        "train",
+        "--queue",
+        help="train (retrain jobs; GPU) or ingest (upload checks, "
+        "scheduler ticks). Celery only: the embedded worker does both.",
+    ),
 ):
     """The training worker: Celery `train` worker when POSELOOP_BROKER_URL is set, else the embedded worker."""
     import logging
 
-    from serving.settings import load_settings
+    from continual.settings import load_settings
 
     if queue not in ("train", "ingest"):
         raise typer.BadParameter(f"queue {queue!r} is not train or ingest", param_hint="--queue")
@@ -286,11 +336,12 @@ def worker(
         argv = celery_worker_argv(queue)
         os.execv(argv[0], argv)
     if queue != "train":
-        raise typer.BadParameter("--queue ingest needs POSELOOP_BROKER_URL (the embedded worker does both)",
-                                 param_hint="--queue")
+        raise typer.BadParameter(
+            "--queue ingest needs POSELOOP_BROKER_URL (the embedded worker does both)", param_hint="--queue"
+        )
     import signal
 
-    from training.worker.embedded import run_embedded_worker
+    from poseloop.worker.embedded import run_embedded_worker
 
     def _stop(signum, _frame):  # interrupts a running job too: it is released and resumes from its checkpoint
         raise SystemExit(128 + signum)
@@ -304,8 +355,8 @@ def worker(
 @app.command()
 def beat():
     """Celery beat (Redis mode): the scheduler's periodic tick. Run exactly one per deployment."""
+    from continual.settings import load_settings
     from poseloop.up import celery_beat_argv
-    from serving.settings import load_settings
 
     settings = load_settings()
     if not settings.broker_url:
@@ -326,9 +377,9 @@ def triton_sync(
     import signal
     import threading
 
+    from continual.settings import load_settings
+    from models.registry import ModelRegistry
     from serving.app import triton_backend
-    from serving.registry import ModelRegistry
-    from serving.settings import load_settings
     from serving.triton.sync import TritonSync
 
     settings = load_settings()
@@ -336,8 +387,9 @@ def triton_sync(
         raise typer.BadParameter("set POSELOOP_TRITON_REPOSITORY (the server's --model-repository, shared with it)")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     backend = triton_backend(settings.model_copy(update={"triton_control": True}))  # it owns the repository
-    sync = TritonSync(ModelRegistry(settings.registry_dir, keep_last=settings.keep_versions), backend,
-                      settings.keep_versions)
+    sync = TritonSync(
+        ModelRegistry(settings.registry_dir, keep_last=settings.keep_versions), backend, settings.keep_versions
+    )
     with backend:
         if once:
             report = sync.once()
@@ -356,13 +408,17 @@ def ingest(
     url: str = typer.Option("http://127.0.0.1:8080", help="The PoseLoop API."),
     token: str = typer.Option(..., envvar="POSELOOP_TOKEN", help="API token with the `upload` role."),
     batch: int = typer.Option(32, min=1, help="Images per request."),
-    boxes: Optional[Path] = typer.Option(None, exists=True, dir_okay=False,
-                                         help="Person boxes (LSPET boxes.json or {name: boxes}); default: "
-                                              "SOURCE/boxes.json for a folder, if present."),
-    limit: Optional[int] = typer.Option(None, min=1, help="Upload at most this many images."),
+    boxes: Path | None = typer.Option(
+        None,
+        exists=True,
+        dir_okay=False,
+        help="Person boxes (LSPET boxes.json or {name: boxes}); default: SOURCE/boxes.json for a folder, if present.",
+    ),
+    limit: int | None = typer.Option(None, min=1, help="Upload at most this many images."),
 ):
     """Upload unlabeled images (video frames or a folder) to POST /v1/unlabeled for the next retrain."""
-    from poseloop.ingest import IngestError, ingest as run_ingest
+    from poseloop.ingest import IngestError
+    from poseloop.ingest import ingest as run_ingest
 
     try:
         summary = run_ingest(source, every, url, token, batch, boxes, limit)
@@ -376,22 +432,25 @@ def ingest(
 def demo(
     url: str = typer.Option("http://127.0.0.1:8080", help="A running stack (`poseloop up`)."),
     iterations: int = typer.Option(60, min=1, help="Retrain budget (steps); small so the demo takes minutes."),
-    margin: Optional[float] = typer.Option(None, help="Promotion margin override (default: the server's)."),
+    margin: float | None = typer.Option(None, help="Promotion margin override (default: the server's)."),
     out: Path = typer.Option(Path("runs/demo"), help="Where the render PNG goes."),
-    infer_token: Optional[str] = typer.Option(None, envvar="POSELOOP_INFER_TOKEN"),
-    upload_token: Optional[str] = typer.Option(None, envvar="POSELOOP_UPLOAD_TOKEN"),
-    ops_token: Optional[str] = typer.Option(None, envvar="POSELOOP_OPS_TOKEN"),
+    infer_token: str | None = typer.Option(None, envvar="POSELOOP_INFER_TOKEN"),
+    upload_token: str | None = typer.Option(None, envvar="POSELOOP_UPLOAD_TOKEN"),
+    ops_token: str | None = typer.Option(None, envvar="POSELOOP_OPS_TOKEN"),
 ):
     """Walk the loop against a running stack: pose + render, upload video frames and LSPET images, retrain with
     progress, the gate's decision, rollback, audit log. Tokens default to the dev tokens `poseloop up` wrote."""
+    from continual.settings import load_settings
     from poseloop.demo import DemoError, load_dev_tokens, run_demo
-    from serving.settings import load_settings
     from training.datasets import default_data_root
 
     try:
         given = {"infer": infer_token, "upload": upload_token, "ops": ops_token}
-        tokens = given if all(given.values()) else {**load_dev_tokens(load_settings().data_dir),
-                                                    **{k: v for k, v in given.items() if v}}
+        tokens = (
+            given
+            if all(given.values())
+            else {**load_dev_tokens(load_settings().data_dir), **{k: v for k, v in given.items() if v}}
+        )
         run_demo(url, tokens, default_data_root(), out, iterations, margin=margin)
     except DemoError as err:
         typer.echo(f"error: {err}", err=True)

@@ -4,6 +4,7 @@ Pose on a sample image (render PNG) → upload video frames and LSPET images →
 progress bar → the gate's decision and the new active version → rollback → the audit log. No torch here: it only
 talks HTTP, like any client.
 """
+
 from __future__ import annotations
 
 import json
@@ -25,14 +26,27 @@ class DemoError(RuntimeError):
 def load_dev_tokens(data_dir: Path) -> dict[str, str]:
     path = data_dir / TOKENS_FILE
     if not path.exists():
-        raise DemoError(f"{path} not found: start the stack with `poseloop up` (it writes dev tokens there) or "
-                        "pass --infer-token/--upload-token/--ops-token")
+        raise DemoError(
+            f"{path} not found: start the stack with `poseloop up` (it writes dev tokens there) or "
+            "pass --infer-token/--upload-token/--ops-token"
+        )
     return json.loads(path.read_text())
 
 
-def run_demo(url: str, tokens: dict[str, str], data_root: Path, out_dir: Path, iterations: int,
-             frames_every: int = 40, frame_limit: int = 20, lspet_limit: int = 40, margin: float | None = None,
-             say=print, overrides: list[str] | None = None, job_timeout_s: float = 3600) -> dict:
+def run_demo(
+    url: str,
+    tokens: dict[str, str],
+    data_root: Path,
+    out_dir: Path,
+    iterations: int,
+    frames_every: int = 40,
+    frame_limit: int = 20,
+    lspet_limit: int = 40,
+    margin: float | None = None,
+    say=print,
+    overrides: list[str] | None = None,
+    job_timeout_s: float = 3600,
+) -> dict:
     out_dir.mkdir(parents=True, exist_ok=True)
     hdr = {role: {"Authorization": f"Bearer {tok}"} for role, tok in tokens.items()}
     with httpx.Client(base_url=url, timeout=120) as http:
@@ -47,17 +61,27 @@ def run_demo(url: str, tokens: dict[str, str], data_root: Path, out_dir: Path, i
         render = _ok(http.post("/v1/pose/render", files={"image": image}, headers=hdr["infer"]), raw=True)
         (out_dir / "demo_pose.png").write_bytes(render.content)
         person = pose["persons"][0]
-        say(f"   pose on {sample.name}: {len(person['keypoints'])} keypoints, person score {person['score']:.2f} "
-            f"→ {out_dir / 'demo_pose.png'}")
+        say(
+            f"   pose on {sample.name}: {len(person['keypoints'])} keypoints, person score {person['score']:.2f} "
+            f"→ {out_dir / 'demo_pose.png'}"
+        )
         say("2. uploading unlabeled images")
         try:
             video = ingest(data_root / "wild" / "vtest.avi", frames_every, url, tokens["upload"], limit=frame_limit)
-            lspet = ingest(data_root / "lspet" / "images", 1, url, tokens["upload"], limit=lspet_limit,
-                           boxes=data_root / "lspet" / "boxes.json")
+            lspet = ingest(
+                data_root / "lspet" / "images",
+                1,
+                url,
+                tokens["upload"],
+                limit=lspet_limit,
+                boxes=data_root / "lspet" / "boxes.json",
+            )
         except IngestError as err:
             raise DemoError(str(err)) from None
-        say(f"   video frames: {video.accepted} new, {video.duplicates} already there; "
-            f"LSPET: {lspet.accepted} new, {lspet.duplicates} already there")
+        say(
+            f"   video frames: {video.accepted} new, {video.duplicates} already there; "
+            f"LSPET: {lspet.accepted} new, {lspet.duplicates} already there"
+        )
         stats = _ok(http.get("/v1/unlabeled/stats", headers=hdr["upload"]))
         say(f"   pool: {stats['total']} images, {stats['new_since_active']} new since the active model was trained")
         body = {"iterations": iterations, "reason": "poseloop demo", "overrides": overrides or []}
@@ -70,29 +94,42 @@ def run_demo(url: str, tokens: dict[str, str], data_root: Path, out_dir: Path, i
             raise DemoError(f"job {job['id']} ended {job['state']}: {job.get('error')}")
         gate = job["result"]["gate"]
         say(f"4. gate: {gate['decision']} — {gate['reason']}")
-        active = _wait_active(http, hdr["infer"], gate["candidate"] if gate["decision"] == "promoted" else start_version)
+        active = _wait_active(
+            http, hdr["infer"], gate["candidate"] if gate["decision"] == "promoted" else start_version
+        )
         say(f"   active version now {active}")
         rolled = None
         if gate["decision"] == "promoted":
             rolled = _ok(http.post("/v1/ops/rollback", json={"reason": "demo rollback"}, headers=hdr["ops"]))
-            say(f"5. rollback: active {rolled['active']} (was {rolled['previous']}), "
-                f"swap {rolled['timing_ms']['total']} ms")
+            say(
+                f"5. rollback: active {rolled['active']} (was {rolled['previous']}), "
+                f"swap {rolled['timing_ms']['total']} ms"
+            )
         else:
-            say("5. nothing to roll back: the gate kept the active version (run with --margin -100 to see a "
-                "promotion and its rollback)")
+            say(
+                "5. nothing to roll back: the gate kept the active version (run with --margin -100 to see a "
+                "promotion and its rollback)"
+            )
         events = _ok(http.get("/v1/ops/events", params={"limit": 8}, headers=hdr["ops"]))["events"]
         say("6. audit log (latest):")
         for e in events:
-            say(f"   {e['ts']}  {e['actor']:<22} {e['action']:<9} v{e['version']}  {e.get('from')} → {e.get('to')}"
-                f"  {e.get('reason') or ''}")
-    return {"start_version": start_version, "job": job["id"], "gate": gate,
-            "after_rollback": rolled["active"] if rolled else None}
+            say(
+                f"   {e['ts']}  {e['actor']:<22} {e['action']:<9} v{e['version']}  {e.get('from')} → {e.get('to')}"
+                f"  {e.get('reason') or ''}"
+            )
+    return {
+        "start_version": start_version,
+        "job": job["id"],
+        "gate": gate,
+        "after_rollback": rolled["active"] if rolled else None,
+    }
 
 
 def _ok(response: httpx.Response, raw: bool = False):
     if response.status_code >= 400:
-        raise DemoError(f"{response.request.method} {response.request.url.path}: {response.status_code} "
-                        f"{response.text[:300]}")
+        raise DemoError(
+            f"{response.request.method} {response.request.url.path}: {response.status_code} {response.text[:300]}"
+        )
     return response if raw else response.json()
 
 

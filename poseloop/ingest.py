@@ -7,6 +7,7 @@ folder's own boxes.json, in LSPET format {"boxes": {"name": [x, y, w, h]}} or a 
 path relative to the folder, then by file name (one [x, y, w, h] or a list of boxes per image).
 No torch import: this runs on any machine that can reach the API.
 """
+
 from __future__ import annotations
 
 import json
@@ -19,8 +20,8 @@ import cv2
 import httpx
 from tqdm import tqdm
 
-from serving.uploads import sidecar_boxes
-from serving.validation import InputError
+from continual.uploads import sidecar_boxes
+from core.inputs import InputError
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp"}
 JPEG_QUALITY = 95
@@ -43,8 +44,12 @@ class IngestSummary:
         self.rejected += response["rejected"]
 
     def to_dict(self) -> dict:
-        return {"accepted": self.accepted, "duplicates": self.duplicates, "rejected": len(self.rejected),
-                "rejections": self.rejected}
+        return {
+            "accepted": self.accepted,
+            "duplicates": self.duplicates,
+            "rejected": len(self.rejected),
+            "rejections": self.rejected,
+        }
 
 
 @dataclass(frozen=True)
@@ -54,8 +59,16 @@ class Item:
     boxes: object  # raw JSON boxes, checked by the server; None = the whole image
 
 
-def ingest(source: Path, every: int, url: str, token: str, batch: int = 32, boxes: Path | None = None,
-           limit: int | None = None, progress: bool = True) -> IngestSummary:
+def ingest(
+    source: Path,
+    every: int,
+    url: str,
+    token: str,
+    batch: int = 32,
+    boxes: Path | None = None,
+    limit: int | None = None,
+    progress: bool = True,
+) -> IngestSummary:
     """Upload every `every`th image of `source` (at most `limit`) in batches of `batch`; IngestError on failure."""
     if every < 1 or batch < 1 or (limit is not None and limit < 1):
         raise IngestError("--every, --batch and --limit must be >= 1")
@@ -72,8 +85,10 @@ def ingest(source: Path, every: int, url: str, token: str, batch: int = 32, boxe
         total = min(total, limit) if total is not None else limit
     summary = IngestSummary()
     headers = {"Authorization": f"Bearer {token}"}
-    with httpx.Client(base_url=url, headers=headers, timeout=TIMEOUT_S) as client, \
-            tqdm(total=total, unit="img", disable=not progress, desc=f"ingest {source.name}") as bar:
+    with (
+        httpx.Client(base_url=url, headers=headers, timeout=TIMEOUT_S) as client,
+        tqdm(total=total, unit="img", disable=not progress, desc=f"ingest {source.name}") as bar,
+    ):
         chunks = islice(items, limit)
         while chunk := list(islice(chunks, batch)):
             summary.add(_post(client, chunk, f"ingest:{source.name}"))

@@ -8,6 +8,7 @@ What it writes, all measured on the files it ships (not on the training checkpoi
 - MODEL_CARD.md: data, licences and citations, recipe and command, the figures above, known limits.
 The bundle must fit in `size_budget_mb` (it is committed to the repository).
 """
+
 from __future__ import annotations
 
 import json
@@ -21,20 +22,31 @@ LIMB_TARGET = 82.0
 MS_TARGET = 5.0
 
 
-def package(checkpoint: Path, out_dir: Path, version: str, command: str, threads: int = 2,
-            size_budget_mb: float = SIZE_BUDGET_MB, candidates: list[Path] = ()) -> dict:
+def package(
+    checkpoint: Path,
+    out_dir: Path,
+    version: str,
+    command: str,
+    threads: int = 2,
+    size_budget_mb: float = SIZE_BUDGET_MB,
+    candidates: list[Path] = (),
+) -> dict:
     """candidates: best.pt of the other runs the recipe was chosen against (their validation figures go in the
     card's selection table; the shipped checkpoint is listed too)."""
     import torch
 
-    from poseloop.benchdoc import git_commit, machine_description
-    from poseloop.workflows import export_checkpoint
+    from poseloop.bench.doc import git_commit, machine_description
+    from training.checkpoints import export_checkpoint
 
     out_dir.mkdir(parents=True, exist_ok=True)
     state = torch.load(checkpoint, map_location="cpu", weights_only=True)
     report = export_checkpoint(checkpoint, out_dir / "model.onnx", version=version, weights="float16")
-    compact = {**state, "model": {k: v.half() if v.is_floating_point() else v for k, v in state["model"].items()},
-               "weights_storage": "float16", "released_as": version}
+    compact = {
+        **state,
+        "model": {k: v.half() if v.is_floating_point() else v for k, v in state["model"].items()},
+        "weights_storage": "float16",
+        "released_as": version,
+    }
     torch.save(compact, out_dir / "checkpoint.pt")
     files = {p.name: p.stat().st_size for p in (out_dir / "model.onnx", out_dir / "checkpoint.pt")}
     total_mb = sum(files.values()) / 1e6
@@ -42,22 +54,41 @@ def package(checkpoint: Path, out_dir: Path, version: str, command: str, threads
         raise SystemExit(f"bundle is {total_mb:.1f} MB > {size_budget_mb} MB budget")
     config = state["config"]
     result = {
-        "version": version, "command": command, "source_checkpoint": str(checkpoint),
-        "source_step": state.get("step"), "source_git_commit": state.get("git_commit"),
-        "packaged_at_commit": git_commit(), "trained_on": state.get("trained_on"),
-        "recipe": {"method": config["method"]["name"], "init_checkpoint": config.get("init_checkpoint"),
-                   "iterations": config["optim"]["iterations"], "lr": config["optim"]["lr"],
-                   "batch_size": config["optim"]["batch_size"], "input_hw": [config["data"]["input_h"],
-                                                                             config["data"]["input_w"]],
-                   "backbone": config["model"]["backbone"], "head": config["model"]["head"]},
-        "files_bytes": files, "total_mb": round(total_mb, 2),
-        "export": {"parity_max_abs_diff": report.max_abs_diff, "parity_max_keypoint_px": report.max_keypoint_diff_px,
-                   "float16_rounding_max_abs_diff": report.rounding_max_abs_diff,
-                   "float16_rounding_max_keypoint_px": report.rounding_max_keypoint_diff_px},
-        "validation": {"split": "LSP im0801-1000 (200 persons)", **evaluate_onnx(out_dir / "model.onnx"),
-                       "checkpoint_best_metrics": state.get("metrics", {})},
-        "speed": {"machine": machine_description(), "threads": threads,
-                  **{f"batch{b}": onnx_speed(out_dir / "model.onnx", b, threads) for b in (1, 8)}},
+        "version": version,
+        "command": command,
+        "source_checkpoint": str(checkpoint),
+        "source_step": state.get("step"),
+        "source_git_commit": state.get("git_commit"),
+        "packaged_at_commit": git_commit(),
+        "trained_on": state.get("trained_on"),
+        "recipe": {
+            "method": config["method"]["name"],
+            "init_checkpoint": config.get("init_checkpoint"),
+            "iterations": config["optim"]["iterations"],
+            "lr": config["optim"]["lr"],
+            "batch_size": config["optim"]["batch_size"],
+            "input_hw": [config["data"]["input_h"], config["data"]["input_w"]],
+            "backbone": config["model"]["backbone"],
+            "head": config["model"]["head"],
+        },
+        "files_bytes": files,
+        "total_mb": round(total_mb, 2),
+        "export": {
+            "parity_max_abs_diff": report.max_abs_diff,
+            "parity_max_keypoint_px": report.max_keypoint_diff_px,
+            "float16_rounding_max_abs_diff": report.rounding_max_abs_diff,
+            "float16_rounding_max_keypoint_px": report.rounding_max_keypoint_diff_px,
+        },
+        "validation": {
+            "split": "LSP im0801-1000 (200 persons)",
+            **evaluate_onnx(out_dir / "model.onnx"),
+            "checkpoint_best_metrics": state.get("metrics", {}),
+        },
+        "speed": {
+            "machine": machine_description(),
+            "threads": threads,
+            **{f"batch{b}": onnx_speed(out_dir / "model.onnx", b, threads) for b in (1, 8)},
+        },
         "python": platform.python_version(),
         "selection": [_candidate_row(path) for path in [checkpoint, *candidates]],
     }
@@ -72,11 +103,16 @@ def _candidate_row(path: Path) -> dict:
     state = torch.load(path, map_location="cpu", weights_only=True)
     config = state["config"]
     used_unlabeled = config["method"]["name"] != "supervised"
-    return {"run": path.parent.name, "method": config["method"]["name"], "params": config["method"]["params"],
-            "unlabeled": config["data"]["unlabeled"] if used_unlabeled else None,
-            "iterations": config["optim"]["iterations"],
-            "best_step": state["step"], "pck_limbs": round(state["metrics"]["pck_limbs"], 2),
-            "pck_all": round(state["metrics"]["pck_all"], 2)}
+    return {
+        "run": path.parent.name,
+        "method": config["method"]["name"],
+        "params": config["method"]["params"],
+        "unlabeled": config["data"]["unlabeled"] if used_unlabeled else None,
+        "iterations": config["optim"]["iterations"],
+        "best_step": state["step"],
+        "pck_limbs": round(state["metrics"]["pck_limbs"], 2),
+        "pck_all": round(state["metrics"]["pck_all"], 2),
+    }
 
 
 def evaluate_onnx(onnx_path: Path, split: str = "val") -> dict[str, dict[str, float]]:
@@ -96,20 +132,22 @@ def evaluate_onnx(onnx_path: Path, split: str = "val") -> dict[str, dict[str, fl
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             return torch.from_numpy(backend.infer(x.detach().cpu().numpy()))
 
-    splits = build_splits(DataConfig(dataset="lsp", input_w=meta.input_size.w, input_h=meta.input_size.h,
-                                     padding=meta.padding))
+    splits = build_splits(
+        DataConfig(dataset="lsp", input_w=meta.input_size.w, input_h=meta.input_size.h, padding=meta.padding)
+    )
     records = {"val": splits.val, "train": splits.train}[split]
     results = {}
     for name, flip_test in (("no_flip", False), ("flip", True)):
-        metrics = evaluate_model(OnnxModule(), records, "lsp", meta.codec(), meta.mean, meta.std, meta.padding,
-                                 flip_test, 32)
+        metrics = evaluate_model(
+            OnnxModule(), records, "lsp", meta.codec(), meta.mean, meta.std, meta.padding, flip_test, 32
+        )
         results[name] = {k: round(v, 2) for k, v in metrics.items()}
     return results
 
 
 def onnx_speed(onnx_path: Path, batch: int, threads: int, seconds: float = 5.0) -> dict[str, float]:
     """ONNX Runtime ms/person at `batch` on `threads` threads, timed as `poseloop bench infer` times."""
-    from poseloop.bench_infer import measure_calls
+    from poseloop.bench.infer import measure_calls
     from serving.backends.onnxruntime import OnnxRuntimeBackend
 
     backend = OnnxRuntimeBackend(onnx_path, intra_op_threads=threads)
@@ -123,21 +161,33 @@ def model_card(r: dict) -> str:
 
     val, speed, rec = r["validation"], r["speed"], r["recipe"]
     flip, plain = val["flip"], val["no_flip"]
-    joints = "\n".join(f"| {name.replace('_', ' ')} | {plain[f'pck/{name}']:.1f} | {flip[f'pck/{name}']:.1f} |"
-                       for name in LSP14.keypoints)
-    stage2_data = (" labeled only" if rec["method"] == "supervised" else
-                   f" labeled + {rec['batch_size']} unlabeled LSPET crops per step (training/methods/{rec['method']}.py)")
-    selection = "\n".join(f"| {c['run']}{' (shipped)' if i == 0 else ''} | "
-                          f"{' '.join([c['method'], *(f'{k}={v}' for k, v in c['params'].items())])} | "
-                          f"{c['unlabeled'] or '-'} | {c['iterations']} | {c['best_step']} | {c['pck_limbs']:.2f} | "
-                          f"{c['pck_all']:.2f} |" for i, c in enumerate(r["selection"]))
-    unlabeled_data = ("""- Unlabeled: LSP Extended (LSPET), 5,000 images cropped with their person boxes (labels never read).
+    joints = "\n".join(
+        f"| {name.replace('_', ' ')} | {plain[f'pck/{name}']:.1f} | {flip[f'pck/{name}']:.1f} |"
+        for name in LSP14.keypoints
+    )
+    stage2_data = (
+        " labeled only"
+        if rec["method"] == "supervised"
+        else f" labeled + {rec['batch_size']} unlabeled LSPET crops per step (training/methods/{rec['method']}.py)"
+    )
+    selection = "\n".join(
+        f"| {c['run']}{' (shipped)' if i == 0 else ''} | "
+        f"{' '.join([c['method'], *(f'{k}={v}' for k, v in c['params'].items())])} | "
+        f"{c['unlabeled'] or '-'} | {c['iterations']} | {c['best_step']} | {c['pck_limbs']:.2f} | "
+        f"{c['pck_all']:.2f} |"
+        for i, c in enumerate(r["selection"])
+    )
+    unlabeled_data = (
+        """- Unlabeled: LSP Extended (LSPET), 5,000 images cropped with their person boxes (labels never read).
   S. Johnson and M. Everingham, "Learning Effective Human Pose Estimation from Inaccurate Annotation", CVPR 2011.
   Images from Flickr; no licence is stated: research use.
-""" if rec["method"] != "supervised" else "- No unlabeled data went into the shipped weights (see Selection).\n")
+"""
+        if rec["method"] != "supervised"
+        else "- No unlabeled data went into the shipped weights (see Selection).\n"
+    )
     limbs_ok = "reached" if flip["pck_limbs"] >= LIMB_TARGET else "**not reached**"
     ms_ok = "reached" if speed["batch8"]["ms_per_person"] <= MS_TARGET else "**not reached**"
-    return f"""# Model card: PoseLoop {r['version']}
+    return f"""# Model card: PoseLoop {r["version"]}
 
 PoseLoop's bundled default model: a single-person, top-down 2D pose estimator for the 14-joint LSP skeleton.
 `make up` / `poseloop up` and `poseloop serve` install it as registry version 1 when the registry is empty;
@@ -145,15 +195,15 @@ PoseLoop's bundled default model: a single-person, top-down 2D pose estimator fo
 below was measured by `poseloop release` on the shipped files (`release.json` holds them all).
 
 ## Model
-- Network: {rec['backbone']} (ImageNet-initialised) + {rec['head']} head (3 deconvolutions, 128 channels),
-  input {rec['input_hw'][0]}×{rec['input_hw'][1]} (H×W) person crop (box padded ×1.25), 14 heatmaps at stride 4,
+- Network: {rec["backbone"]} (ImageNet-initialised) + {rec["head"]} head (3 deconvolutions, 128 channels),
+  input {rec["input_hw"][0]}×{rec["input_hw"][1]} (H×W) person crop (box padded ×1.25), 14 heatmaps at stride 4,
   DARK decoding. Keypoint schema lsp14 (names, flip pairs, skeleton) is in the ONNX metadata.
-- Files: `model.onnx` ({r['files_bytes']['model.onnx'] / 1e6:.1f} MB, opset 17, float16-stored weights cast to
-  float32 at load: float32 compute) and `checkpoint.pt` ({r['files_bytes']['checkpoint.pt'] / 1e6:.1f} MB, the
-  same weights in float16 with the training config; retrain jobs start from it). Total {r['total_mb']} MB.
-- Export checks: ONNX Runtime vs PyTorch (rounded weights) max |Δheatmap| {r['export']['parity_max_abs_diff']:.2g},
-  keypoints within {r['export']['parity_max_keypoint_px']:.2g} px; float16 rounding itself moves heatmaps by at
-  most {r['export']['float16_rounding_max_abs_diff']:.2g} and keypoints by {r['export']['float16_rounding_max_keypoint_px']:.2g} px.
+- Files: `model.onnx` ({r["files_bytes"]["model.onnx"] / 1e6:.1f} MB, opset 17, float16-stored weights cast to
+  float32 at load: float32 compute) and `checkpoint.pt` ({r["files_bytes"]["checkpoint.pt"] / 1e6:.1f} MB, the
+  same weights in float16 with the training config; retrain jobs start from it). Total {r["total_mb"]} MB.
+- Export checks: ONNX Runtime vs PyTorch (rounded weights) max |Δheatmap| {r["export"]["parity_max_abs_diff"]:.2g},
+  keypoints within {r["export"]["parity_max_keypoint_px"]:.2g} px; float16 rounding itself moves heatmaps by at
+  most {r["export"]["float16_rounding_max_abs_diff"]:.2g} and keypoints by {r["export"]["float16_rounding_max_keypoint_px"]:.2g} px.
 
 ## Data, licences, citations
 - Labeled: Leeds Sports Pose (LSP), images im0001–0800 (the training part of the project's split of the LSP
@@ -165,13 +215,13 @@ below was measured by `poseloop release` on the shipped files (`release.json` ho
 - Because the data has no stated licence, treat the weights as research-use only.
 
 ## Recipe
-Trained on: {r['trained_on']}.
+Trained on: {r["trained_on"]}.
 1. Supervised: ImageNet MobileNetV2, 1,000 steps on 100 labels then 2,000 steps on all 800 labels
    (Adam 1e-3, batch 32, scale/rotation/flip augmentation): the LSP-SSL benchmark's `supervised_all` row,
    `poseloop bench ssl --profile full --only supervised_all`.
-2. Fine-tuning from step 1 (`{r['selection'][0]['run']}`): method `{rec['method']}`, {rec['iterations']} steps,
-   lr {rec['lr']}, batch {rec['batch_size']}{stage2_data}; best step on validation: {r['source_step']}.
-3. Packaging: `{r['command']}`.
+2. Fine-tuning from step 1 (`{r["selection"][0]["run"]}`): method `{rec["method"]}`, {rec["iterations"]} steps,
+   lr {rec["lr"]}, batch {rec["batch_size"]}{stage2_data}; best step on validation: {r["source_step"]}.
+3. Packaging: `{r["command"]}`.
 
 Selection, on LSP im0801–1000 only (best validation step of each run, PCK@0.2 with flip test):
 
@@ -185,23 +235,23 @@ Inference). The final model was not retrained on all 1,000 labels, so its valida
 ## Validation (LSP im0801–1000, 200 persons, PCK@0.2, torso = left shoulder ↔ right hip)
 | | no flip (what `/v1/pose` does by default) | flip test |
 |---|---|---|
-| 12 limb joints | {plain['pck_limbs']:.1f} | {flip['pck_limbs']:.1f} |
-| all 14 joints | {plain['pck_all']:.1f} | {flip['pck_all']:.1f} |
+| 12 limb joints | {plain["pck_limbs"]:.1f} | {flip["pck_limbs"]:.1f} |
+| all 14 joints | {plain["pck_all"]:.1f} | {flip["pck_all"]:.1f} |
 
 | joint | no flip | flip |
 |---|---|---|
 {joints}
 
-Target ≥ {LIMB_TARGET:.0f} PCK@0.2 on the 12 limb joints: {limbs_ok} ({flip['pck_limbs']:.1f} with flip test).
+Target ≥ {LIMB_TARGET:.0f} PCK@0.2 on the 12 limb joints: {limbs_ok} ({flip["pck_limbs"]:.1f} with flip test).
 For reference, MediaPipe BlazePose reports 79.5 (heavy) and 75.1 (full) on the LSP *test* limbs; this model's
 figure is on the validation split, a different (but same-distribution) set of 200 persons.
 
-## Speed (ONNX Runtime, CPU, {speed['threads']} intra-op threads)
-Machine: {speed['machine']}.
+## Speed (ONNX Runtime, CPU, {speed["threads"]} intra-op threads)
+Machine: {speed["machine"]}.
 | batch | ms/person (median) | best ms/person |
 |---|---|---|
-| 1 | {speed['batch1']['ms_per_person']:.2f} | {speed['batch1']['best_ms_per_person']:.2f} |
-| 8 | {speed['batch8']['ms_per_person']:.2f} | {speed['batch8']['best_ms_per_person']:.2f} |
+| 1 | {speed["batch1"]["ms_per_person"]:.2f} | {speed["batch1"]["best_ms_per_person"]:.2f} |
+| 8 | {speed["batch8"]["ms_per_person"]:.2f} | {speed["batch8"]["best_ms_per_person"]:.2f} |
 
 Target ≤ {MS_TARGET:.0f} ms/person at batch 8: {ms_ok}. Network only (flip test doubles it); end-to-end HTTP
 figures are in docs/benchmarks.md (Serving).

@@ -3,6 +3,7 @@
 Dev mode (POSELOOP_DEV=1 or `dev=True`, no tokens configured) prints one generated bearer token per role at
 start; use them as `Authorization: Bearer <token>`. They live as long as the process.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -15,7 +16,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from serving.settings import Settings
+from continual.settings import Settings
 
 
 @contextlib.contextmanager
@@ -30,14 +31,20 @@ def managed_triton(settings: Settings) -> Iterator[Settings]:
     from serving.triton.server import TritonServer
 
     repo = Path(settings.registry_dir) / "triton_repository"
-    server = TritonServer(repo, repository_secret=secrets.token_urlsafe(24),
-                          log_path=Path(settings.registry_dir) / "tritonserver.log")
+    server = TritonServer(
+        repo, repository_secret=secrets.token_urlsafe(24), log_path=Path(settings.registry_dir) / "tritonserver.log"
+    )
     server.start()
     print(f"tritonserver (managed) at {server.url}, repository {repo}", file=sys.stderr)
     try:
-        yield settings.model_copy(update={"triton_url": server.url, "triton_grpc_url": server.grpc_url,
-                                          "triton_repository": repo,
-                                          "triton_repository_secret": server.repository_secret})
+        yield settings.model_copy(
+            update={
+                "triton_url": server.url,
+                "triton_grpc_url": server.grpc_url,
+                "triton_repository": repo,
+                "triton_repository_secret": server.repository_secret,
+            }
+        )
     finally:
         server.stop()
 
@@ -70,15 +77,20 @@ def _run_uvicorn(settings: Settings) -> None:
         print("PoseLoop dev mode: generated API tokens (valid for this process only):", file=sys.stderr)
         for role, token in app.state.dev_tokens.items():
             print(f"  {role:<6} Authorization: Bearer {token}", file=sys.stderr)
-    print(f"PoseLoop API on http://{settings.host}:{settings.port} (docs: /docs, registry: {settings.registry_dir}, "
-          f"backend: {settings.backend})", file=sys.stderr)
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level="info", access_log=False,
-                timeout_graceful_shutdown=10)
+    print(
+        f"PoseLoop API on http://{settings.host}:{settings.port} (docs: /docs, registry: {settings.registry_dir}, "
+        f"backend: {settings.backend})",
+        file=sys.stderr,
+    )
+    uvicorn.run(
+        app, host=settings.host, port=settings.port, log_level="info", access_log=False, timeout_graceful_shutdown=10
+    )
 
 
 @contextlib.contextmanager
-def serve_in_subprocess(env: dict[str, str], port: int | None = None, ready_timeout_s: float = 60.0,
-                        log_path: Path | None = None) -> Iterator[tuple[str, subprocess.Popen]]:
+def serve_in_subprocess(
+    env: dict[str, str], port: int | None = None, ready_timeout_s: float = 60.0, log_path: Path | None = None
+) -> Iterator[tuple[str, subprocess.Popen]]:
     """`run_server(Settings())` in a child process configured by POSELOOP_* variables in `env` (merged over
     this environment), on 127.0.0.1:`port` (None = a free one). Yields (base URL, process) once /healthz
     answers; terminates it afterwards. For benchmarks and tests: the load generator runs in another process."""
@@ -86,10 +98,15 @@ def serve_in_subprocess(env: dict[str, str], port: int | None = None, ready_time
 
     port = port or _free_port()
     child_env = {**os.environ, "POSELOOP_HOST": "127.0.0.1", "POSELOOP_PORT": str(port), **env}
-    code = "from poseloop.serve import run_server; from serving.settings import Settings; run_server(Settings())"
+    code = "from poseloop.serve import run_server; from continual.settings import Settings; run_server(Settings())"
     out = open(log_path, "w") if log_path else subprocess.DEVNULL  # noqa: SIM115 - closed below
-    proc = subprocess.Popen([sys.executable, "-c", code], cwd=Path(__file__).resolve().parent.parent, env=child_env,
-                            stdout=out, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code],
+        cwd=Path(__file__).resolve().parent.parent,
+        env=child_env,
+        stdout=out,
+        stderr=subprocess.STDOUT,
+    )
     base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + ready_timeout_s

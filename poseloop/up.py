@@ -5,6 +5,7 @@ With POSELOOP_BROKER_URL: API + Celery `train` worker (solo, one job at a time) 
 exactly one `celery beat`. A child that dies is restarted (with backoff); Ctrl-C / SIGTERM stops every child
 (SIGTERM, then SIGKILL after a grace period).
 """
+
 from __future__ import annotations
 
 import json
@@ -18,11 +19,11 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from continual.settings import ROLES
 from poseloop.demo import TOKENS_FILE
-from serving.settings import ROLES
 
 GRACE_S = 15.0
-CELERY = [sys.executable, "-m", "celery", "-A", "training.worker.tasks"]
+CELERY = [sys.executable, "-m", "celery", "-A", "poseloop.worker.tasks"]
 
 
 @dataclass
@@ -40,8 +41,22 @@ def dev_tokens() -> dict[str, str]:
 def celery_worker_argv(queue: str) -> list[str]:
     """`train`: one job at a time (solo pool, prefetch 1: a GPU trains one model); `ingest`: light CPU checks."""
     if queue == "train":
-        return [*CELERY, "worker", "-Q", "train", "-P", "solo", "-c", "1", "-n", "train@%h",
-                "--prefetch-multiplier", "1", "--loglevel", "INFO"]
+        return [
+            *CELERY,
+            "worker",
+            "-Q",
+            "train",
+            "-P",
+            "solo",
+            "-c",
+            "1",
+            "-n",
+            "train@%h",
+            "--prefetch-multiplier",
+            "1",
+            "--loglevel",
+            "INFO",
+        ]
     return [*CELERY, "worker", "-Q", queue, "-c", "1", "-n", f"{queue}@%h", "--loglevel", "INFO"]
 
 
@@ -54,8 +69,12 @@ def stack(broker: bool, port: int) -> list[Child]:
     api = Child("api", [sys.executable, "-m", "poseloop.cli", "serve", "--port", str(port)])
     if not broker:
         return [api, Child("worker", [sys.executable, "-m", "poseloop.cli", "worker"])]
-    return [api, Child("train", celery_worker_argv("train")), Child("ingest", celery_worker_argv("ingest")),
-            Child("beat", celery_beat_argv(os.environ.get("POSELOOP_DATA_DIR", "runs/data")))]
+    return [
+        api,
+        Child("train", celery_worker_argv("train")),
+        Child("ingest", celery_worker_argv("ingest")),
+        Child("beat", celery_beat_argv(os.environ.get("POSELOOP_DATA_DIR", "runs/data"))),
+    ]
 
 
 class Supervisor:
@@ -70,8 +89,15 @@ class Supervisor:
             sys.stdout.flush()
 
     def _start(self, child: Child) -> None:
-        child.proc = subprocess.Popen(child.argv, env=self.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                      text=True, bufsize=1, start_new_session=True)
+        child.proc = subprocess.Popen(
+            child.argv,
+            env=self.env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            bufsize=1,
+            start_new_session=True,
+        )
         threading.Thread(target=self._pump, args=(child, child.proc), daemon=True).start()
 
     def _pump(self, child: Child, proc: subprocess.Popen) -> None:
@@ -121,16 +147,20 @@ def run_up(port: int, bootstrap_model: str | None) -> int:
     tokens = None
     if "POSELOOP_TOKENS" not in env:
         tokens = dev_tokens()
-        env["POSELOOP_TOKENS"] = json.dumps({tok: {"roles": [role], "name": f"dev-{role}"}
-                                             for role, tok in tokens.items()})
+        env["POSELOOP_TOKENS"] = json.dumps(
+            {tok: {"roles": [role], "name": f"dev-{role}"} for role, tok in tokens.items()}
+        )
         env["POSELOOP_DEV"] = "1"
     if bootstrap_model:
         env["POSELOOP_BOOTSTRAP_MODEL"] = bootstrap_model
     broker = bool(env.get("POSELOOP_BROKER_URL"))
     children = stack(broker, port)
-    print(f"PoseLoop: http://127.0.0.1:{port}  (docs /docs, metrics /metrics) — queue: "
-          f"{'Celery/Redis ' + env['POSELOOP_BROKER_URL'] if broker else 'embedded (SQLite job table)'} — "
-          f"processes: {', '.join(c.name for c in children)}", flush=True)
+    print(
+        f"PoseLoop: http://127.0.0.1:{port}  (docs /docs, metrics /metrics) — queue: "
+        f"{'Celery/Redis ' + env['POSELOOP_BROKER_URL'] if broker else 'embedded (SQLite job table)'} — "
+        f"processes: {', '.join(c.name for c in children)}",
+        flush=True,
+    )
     if tokens:
         data_dir = Path(env.get("POSELOOP_DATA_DIR", "runs/data"))
         data_dir.mkdir(parents=True, exist_ok=True)

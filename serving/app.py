@@ -1,11 +1,12 @@
 """The PoseLoop HTTP API: `create_app(settings, manager=None)` builds the FastAPI app.
 
 Request path of POST /v1/pose: read the body (size-limited) → decode and validate in a worker thread
-(serving.validation) → crops into the micro-batcher (serving.batching) → the version that ran the batch is
+(core.inputs) → crops into the micro-batcher (serving.batching) → the version that ran the batch is
 returned in the body and in `X-Model-Version`. Promotions and rollbacks go through serving.manager (hot swap).
 Every error is `{"error": {"code", "message"}}`; bad input is always a 4xx.
 This module, like all of serving/, never imports torch.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -25,21 +26,21 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from continual.queue import JobQueue
+from continual.settings import Settings
+from continual.uploads import UploadStore
+from core.inputs import InputError, PixelBudget, PoseInput, check_image, decode_pose_input
+from models.registry import ModelRegistry, RegistryError, VersionNotFound
 from serving.auth import AuthError, TokenAuth
 from serving.backends import VersionedBackend
 from serving.batching import BatchError, MicroBatcher, Overloaded, PoseResult
 from serving.manager import ModelManager, NoActiveModel, PromotionError
 from serving.metrics import Metrics, MetricsMiddleware
-from serving.queue import JobQueue
-from serving.registry import ModelRegistry, RegistryError, VersionNotFound
 from serving.render import render_poses
 from serving.routes import health, models, ops, pose, unlabeled
-from serving.settings import Settings
-from serving.uploads import UploadStore
-from serving.validation import InputError, PixelBudget, PoseInput, check_image, decode_pose_input
 
 if TYPE_CHECKING:
-    from serving.backends.triton import TritonBackend
+    from serving.triton.backend import TritonBackend
 
 log = logging.getLogger("poseloop.serving")
 READY_CACHE_S = 1.0
@@ -66,8 +67,14 @@ class Service:
 
     def __init__(self, settings: Settings, manager: ModelManager, auth: TokenAuth, metrics: Metrics) -> None:
         self.settings, self.manager, self.auth, self.metrics = settings, manager, auth, metrics
-        self.batcher = MicroBatcher(manager, settings.max_batch, settings.max_wait_ms, settings.max_queue,
-                                    on_batch=metrics.observe_batch, on_error=metrics.observe_backend_error)
+        self.batcher = MicroBatcher(
+            manager,
+            settings.max_batch,
+            settings.max_wait_ms,
+            settings.max_queue,
+            on_batch=metrics.observe_batch,
+            on_error=metrics.observe_backend_error,
+        )
         self.pixel_budget = PixelBudget(settings.pixel_budget)
         self.uploads = UploadStore(settings.data_dir / "uploads", settings.max_pixels, settings.max_boxes)
         self.queue = JobQueue(settings)
@@ -115,11 +122,16 @@ class Service:
         image, future, decoded = await run_in_threadpool(prepare)
         try:
             result: PoseResult = await asyncio.wait_for(asyncio.wrap_future(future), settings.request_timeout_s)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             raise Overloaded(f"no result within {settings.request_timeout_s} s; retry later") from None
         total = (time.perf_counter() - start) * 1e3
-        timing = {"total": total, "decode": (decoded - start) * 1e3, "queue": result.queue_ms,
-                  "inference": result.infer_ms, "batch_crops": result.batch_crops}
+        timing = {
+            "total": total,
+            "decode": (decoded - start) * 1e3,
+            "queue": result.queue_ms,
+            "inference": result.infer_ms,
+            "batch_crops": result.batch_crops,
+        }
         return PoseOutcome(result, image, {k: round(v, 3) for k, v in timing.items()})
 
     async def render(self, pose_input: PoseInput) -> tuple[bytes, str]:
@@ -148,9 +160,16 @@ class Service:
         self.metrics.promotions.labels(action, "ok").inc()
         self.metrics.hot_swap.observe(report.total_ms / 1e3)
         self.metrics.set_active(report.version)
-        return {"active": report.version, "previous": report.previous, "action": action,
-                "timing_ms": {"load": round(report.load_ms, 3), "flip": round(report.flip_ms, 4),
-                              "total": round(report.total_ms, 3)}}
+        return {
+            "active": report.version,
+            "previous": report.previous,
+            "action": action,
+            "timing_ms": {
+                "load": round(report.load_ms, 3),
+                "flip": round(report.flip_ms, 4),
+                "total": round(report.total_ms, 3),
+            },
+        }
 
     async def ready(self) -> tuple[bool, str | None, str]:
         """(ready, version, detail): a 16×16 image through the whole batching path within 5 s."""
@@ -164,7 +183,7 @@ class Service:
         try:
             future = self.batcher.submit(np.zeros((16, 16, 3), np.uint8), None)
             result = await asyncio.wait_for(asyncio.wrap_future(future), 5.0)
-        except Exception as err:  # noqa: BLE001 - any failure means not ready
+        except Exception as err:
             return False, version, f"probe inference failed: {type(err).__name__}: {err}"
         self._ready_at = time.monotonic()
         return True, result.version, "ok"
@@ -177,7 +196,7 @@ class Service:
             try:
                 if self.manager.sync():
                     self.metrics.set_active(self.manager.active_version)
-            except Exception:  # noqa: BLE001 - a registry hiccup must not kill the poller
+            except Exception:
                 log.exception("registry poll failed")
 
 
@@ -193,13 +212,21 @@ class SafeJSONResponse(JSONResponse):
 
 def triton_backend(settings: Settings) -> TritonBackend:
     """The TritonBackend the POSELOOP_TRITON_* settings describe (API replicas and `poseloop triton-sync`)."""
-    from serving.backends.triton import TritonBackend  # imported only when asked for
+    from serving.triton.backend import TritonBackend  # imported only when asked for
 
-    return TritonBackend(settings.triton_url, settings.triton_repository, settings.triton_model,
-                         settings.triton_repository_secret, keep_versions=settings.keep_versions,
-                         max_batch_size=settings.max_batch, intra_op_threads=settings.ort_threads,
-                         grpc_url=settings.triton_grpc_url, runtime=settings.triton_runtime,
-                         kind=settings.triton_kind, control=settings.triton_control)
+    return TritonBackend(
+        settings.triton_url,
+        settings.triton_repository,
+        settings.triton_model,
+        settings.triton_repository_secret,
+        keep_versions=settings.keep_versions,
+        max_batch_size=settings.max_batch,
+        intra_op_threads=settings.ort_threads,
+        grpc_url=settings.triton_grpc_url,
+        runtime=settings.triton_runtime,
+        kind=settings.triton_kind,
+        control=settings.triton_control,
+    )
 
 
 def build_backend(settings: Settings) -> VersionedBackend:
@@ -227,10 +254,19 @@ def bootstrap(manager: ModelManager, settings: Settings) -> None:
 
     model = settings.bootstrap_model
     digest = hashlib.sha256(model.read_bytes()).hexdigest()
-    known = [v for v in manager.registry.list()
-             if v.meta.get("files", {}).get("model.onnx", {}).get("sha256") == digest and v.state != "rejected"]
-    checkpoint = next((p for p in (model.with_name("best.pt"), model.with_name("checkpoint.pt"), model.with_suffix(".pt"))
-                       if p.exists()), None)
+    known = [
+        v
+        for v in manager.registry.list()
+        if v.meta.get("files", {}).get("model.onnx", {}).get("sha256") == digest and v.state != "rejected"
+    ]
+    checkpoint = next(
+        (
+            p
+            for p in (model.with_name("best.pt"), model.with_name("checkpoint.pt"), model.with_suffix(".pt"))
+            if p.exists()
+        ),
+        None,
+    )
     info = known[-1] if known else manager.registry.register(model, checkpoint_path=checkpoint, actor="bootstrap")
     manager.promote(info.version, "bootstrap", "bootstrap model at start")
 
@@ -255,8 +291,12 @@ def create_app(settings: Settings, manager: ModelManager | None = None) -> FastA
             if manager is None:
                 mgr.close()
 
-    app = FastAPI(title="PoseLoop", version="1", lifespan=lifespan,
-                  description="2D human pose estimation: keypoints JSON, COCO results, overlays; versioned models.")
+    app = FastAPI(
+        title="PoseLoop",
+        version="1",
+        lifespan=lifespan,
+        description="2D human pose estimation: keypoints JSON, COCO results, overlays; versioned models.",
+    )
     app.state.dev_tokens = dev_tokens
     for router in (pose.router, models.router, ops.router, health.router, unlabeled.router):
         app.include_router(router)
@@ -281,6 +321,7 @@ def _install_error_handlers(app: FastAPI) -> None:
         BatchError: lambda e: (500, "inference_failed", str(e), None),
     }
     for exc_type, convert in simple.items():
+
         async def handler(_request: Request, exc: Exception, convert=convert) -> JSONResponse:
             status, code, message, headers = convert(exc)
             return error_response(status, code, message, headers)
@@ -295,8 +336,12 @@ def _install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(StarletteHTTPException)
     async def _http(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
         codes = {404: "not_found", 405: "method_not_allowed", 400: "bad_request", 413: "request_too_large"}
-        return error_response(exc.status_code, codes.get(exc.status_code, f"http_{exc.status_code}"), str(exc.detail),
-                              getattr(exc, "headers", None))
+        return error_response(
+            exc.status_code,
+            codes.get(exc.status_code, f"http_{exc.status_code}"),
+            str(exc.detail),
+            getattr(exc, "headers", None),
+        )
 
     @app.exception_handler(Exception)
     async def _unexpected(_request: Request, exc: Exception) -> JSONResponse:
@@ -312,4 +357,3 @@ def _finite(value):
     if isinstance(value, (list, tuple)):
         return [_finite(v) for v in value]
     return value
-

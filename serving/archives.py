@@ -10,6 +10,7 @@ Members are never extracted by name (the store names files by content), so absol
 boxes.json: the shallowest member of that name (e.g. `boxes.json` or `lspet/boxes.json`); an image's boxes are
 looked up by its path relative to the directory holding boxes.json, then by its file name.
 """
+
 from __future__ import annotations
 
 import lzma
@@ -21,8 +22,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import BinaryIO
 
-from serving.uploads import sidecar_boxes
-from serving.validation import InputError, parse_json
+from continual.uploads import sidecar_boxes
+from core.inputs import InputError, parse_json
 
 BOXES_NAME = "boxes.json"
 MAX_BOXES_JSON = 64 << 20
@@ -53,8 +54,11 @@ class Archive:
             self.kind = "tar"
             boxes_member, self._boxes = self._scan_tar()
         else:
-            raise InputError(415, "unsupported_archive", f"'archive' {name!r} is not a tar, tar.gz or zip file "
-                             f"(starts with {head[:8].hex()})")
+            raise InputError(
+                415,
+                "unsupported_archive",
+                f"'archive' {name!r} is not a tar, tar.gz or zip file (starts with {head[:8].hex()})",
+            )
         self._boxes_member = boxes_member
         self._boxes_dir = posixpath.dirname(boxes_member) if boxes_member else ""
 
@@ -73,18 +77,25 @@ class Archive:
                 for member in tar:
                     count += 1
                     if count > self.limits.max_members:
-                        raise InputError(413, "too_many_files", f"'archive' has more than {self.limits.max_members} "
-                                         "entries (max_upload_files)")
+                        raise InputError(
+                            413,
+                            "too_many_files",
+                            f"'archive' has more than {self.limits.max_members} entries (max_upload_files)",
+                        )
                     self._check_expanded(member.offset_data + member.size)
                     name = _normalise(member.name)
-                    if member.isfile() and posixpath.basename(name) == BOXES_NAME and (
-                            boxes_member is None or name.count("/") < boxes_member.count("/")):
+                    if (
+                        member.isfile()
+                        and posixpath.basename(name) == BOXES_NAME
+                        and (boxes_member is None or name.count("/") < boxes_member.count("/"))
+                    ):
                         if member.size > MAX_BOXES_JSON:
                             raise _boxes_too_large(name, member.size)
                         boxes_member, boxes = name, self._read_boxes(tar.extractfile(member).read())
         except _TAR_ERRORS as err:
-            raise InputError(400, "malformed_archive", f"'archive' {self.name!r} is not a readable tar: "
-                             f"{type(err).__name__}: {err}") from None
+            raise InputError(
+                400, "malformed_archive", f"'archive' {self.name!r} is not a readable tar: {type(err).__name__}: {err}"
+            ) from None
         finally:
             self.file.seek(0)
         return boxes_member, boxes
@@ -110,19 +121,26 @@ class Archive:
     def _open_zip(self) -> zipfile.ZipFile:
         entries, directory_bytes = _zip_end_record(self.file)
         if entries > self.limits.max_members:
-            raise InputError(413, "too_many_files", f"'archive' has {entries} entries, limit "
-                             f"{self.limits.max_members} (max_upload_files)")
+            raise InputError(
+                413,
+                "too_many_files",
+                f"'archive' has {entries} entries, limit {self.limits.max_members} (max_upload_files)",
+            )
         if directory_bytes > (self.limits.max_members + 1) * _ZIP_DIR_BYTES_PER_ENTRY:
             raise InputError(413, "archive_too_large", f"'archive' central directory is {directory_bytes} bytes")
         try:
             archive = zipfile.ZipFile(self.file)
         except _ZIP_ERRORS as err:
-            raise InputError(400, "malformed_archive", f"'archive' {self.name!r} is not a readable zip: "
-                             f"{type(err).__name__}: {err}") from None
+            raise InputError(
+                400, "malformed_archive", f"'archive' {self.name!r} is not a readable zip: {type(err).__name__}: {err}"
+            ) from None
         infos = archive.infolist()
         if len(infos) > self.limits.max_members:
-            raise InputError(413, "too_many_files", f"'archive' has {len(infos)} entries, limit "
-                             f"{self.limits.max_members} (max_upload_files)")
+            raise InputError(
+                413,
+                "too_many_files",
+                f"'archive' has {len(infos)} entries, limit {self.limits.max_members} (max_upload_files)",
+            )
         self._check_expanded(sum(i.file_size for i in infos))
         return archive
 
@@ -142,8 +160,11 @@ class Archive:
             yield name, data
 
     def _zip_boxes(self) -> tuple[str | None, dict[str, object]]:
-        candidates = [i for i in self._zip.infolist()
-                      if not i.is_dir() and posixpath.basename(_normalise(i.filename)) == BOXES_NAME]
+        candidates = [
+            i
+            for i in self._zip.infolist()
+            if not i.is_dir() and posixpath.basename(_normalise(i.filename)) == BOXES_NAME
+        ]
         if not candidates:
             return None, {}
         info = min(candidates, key=lambda i: _normalise(i.filename).count("/"))
@@ -159,8 +180,9 @@ class Archive:
     # ------------------------------------------------------------------ shared
     def _check_expanded(self, size: int) -> None:
         if size > self.limits.max_expanded_bytes:
-            raise InputError(413, "archive_too_large", f"'archive' expands to more than "
-                             f"{self.limits.max_expanded_bytes} bytes")
+            raise InputError(
+                413, "archive_too_large", f"'archive' expands to more than {self.limits.max_expanded_bytes} bytes"
+            )
 
     def _read_boxes(self, raw: bytes) -> dict[str, object]:
         return sidecar_boxes(parse_json(raw, f"archive member {BOXES_NAME}"), f"archive member {BOXES_NAME}")
@@ -181,7 +203,7 @@ def _zip_end_record(file: BinaryIO) -> tuple[int, int]:
     pos = tail.rfind(b"PK\x05\x06")
     if pos < 0 or pos + 22 > len(tail):
         return 0, 0
-    return int.from_bytes(tail[pos + 10:pos + 12], "little"), int.from_bytes(tail[pos + 12:pos + 16], "little")
+    return int.from_bytes(tail[pos + 10 : pos + 12], "little"), int.from_bytes(tail[pos + 12 : pos + 16], "little")
 
 
 def _boxes_too_large(name: str, size: int) -> InputError:

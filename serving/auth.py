@@ -5,6 +5,7 @@ the role. Tokens are compared in constant time. The audit log names a caller by 
 settings give one, else by "token:<first 8 hex of its sha256>" (the token itself is never logged).
 Dev mode (POSELOOP_DEV=1, no tokens configured) generates one random token per role for this process.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -12,7 +13,7 @@ import hmac
 import secrets
 from dataclasses import dataclass
 
-from serving.settings import ROLES, Settings, TokenSpec
+from continual.settings import ROLES, Settings, TokenSpec
 
 
 class AuthError(Exception):
@@ -39,8 +40,10 @@ class TokenAuth:
         if settings.tokens:
             return cls(dict(settings.tokens)), {}
         if not settings.dev:
-            raise ValueError("no API tokens configured: set POSELOOP_TOKENS='{\"<token>\": [\"infer\"], ...}' "
-                             "or POSELOOP_DEV=1 for generated development tokens")
+            raise ValueError(
+                'no API tokens configured: set POSELOOP_TOKENS=\'{"<token>": ["infer"], ...}\' '
+                "or POSELOOP_DEV=1 for generated development tokens"
+            )
         generated = {role: f"dev-{role}-{secrets.token_urlsafe(18)}" for role in ROLES}
         return cls({tok: TokenSpec(roles=(role,), name=f"dev-{role}") for role, tok in generated.items()}), generated
 

@@ -12,6 +12,7 @@ Crops are prepared in the caller's thread with the version active at submit time
 preprocessing (input size, mean/std, padding) before the batch runs, the worker re-crops that request.
 A failing batch fails only its own requests (BatchError with the cause); the worker keeps running.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -25,8 +26,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from models.metadata import ModelMetadata
 from serving.manager import ActiveModel, ModelManager, NoActiveModel
-from serving.metadata import ModelMetadata
 from serving.pipeline import PersonPose, PreparedCrops
 
 log = logging.getLogger(__name__)
@@ -73,8 +74,15 @@ ErrorObserver = Callable[[str, BaseException], None]  # (version, error)
 class MicroBatcher:
     """Thread-safe: `submit` from any thread; one worker thread runs the batches (`start` / `close`)."""
 
-    def __init__(self, manager: ModelManager, max_batch: int = 16, max_wait_ms: float = 5.0, max_queue: int = 512,
-                 on_batch: BatchObserver | None = None, on_error: ErrorObserver | None = None) -> None:
+    def __init__(
+        self,
+        manager: ModelManager,
+        max_batch: int = 16,
+        max_wait_ms: float = 5.0,
+        max_queue: int = 512,
+        on_batch: BatchObserver | None = None,
+        on_error: ErrorObserver | None = None,
+    ) -> None:
         if max_batch < 1:
             raise ValueError(f"max_batch must be >= 1, got {max_batch}")
         self.manager = manager
@@ -144,7 +152,7 @@ class MicroBatcher:
                 return
             try:
                 self._run_batch(jobs)
-            except Exception as err:  # noqa: BLE001 - the worker must survive anything a batch does
+            except Exception as err:
                 log.exception("batch of %d requests failed", len(jobs))
                 if not isinstance(err, (BatchError, NoActiveModel)):
                     err = BatchError(f"{type(err).__name__}: {err}")
@@ -185,15 +193,18 @@ class MicroBatcher:
                     job.prepared = model.pipeline.prepare(job.image, job.boxes)
             crops = np.concatenate([job.prepared.crops for job in jobs])
             try:
-                heatmaps = np.concatenate([
-                    np.asarray(model.pipeline.backend.infer(crops[i:i + self.max_batch]), np.float32)
-                    for i in range(0, len(crops), self.max_batch)
-                ])
-            except Exception as err:  # noqa: BLE001
+                heatmaps = np.concatenate(
+                    [
+                        np.asarray(model.pipeline.backend.infer(crops[i : i + self.max_batch]), np.float32)
+                        for i in range(0, len(crops), self.max_batch)
+                    ]
+                )
+            except Exception as err:
                 if self.on_error:
                     self.on_error(model.version, err)
-                raise BatchError(f"inference on model version {model.version} failed: "
-                                 f"{type(err).__name__}: {err}") from err
+                raise BatchError(
+                    f"inference on model version {model.version} failed: {type(err).__name__}: {err}"
+                ) from err
             infer_s = time.perf_counter() - started
             if self.on_batch:
                 self.on_batch(model.version, len(jobs), len(crops), infer_s)
@@ -201,12 +212,20 @@ class MicroBatcher:
             for job in jobs:
                 n = job.crops
                 try:
-                    poses = model.pipeline.decode(heatmaps[offset:offset + n], job.prepared)
-                except Exception as err:  # noqa: BLE001 - one undecodable request fails alone
+                    poses = model.pipeline.decode(heatmaps[offset : offset + n], job.prepared)
+                except Exception as err:
                     _fail(job, BatchError(f"decoding with model version {model.version} failed: {err}"))
                 else:
-                    job.future.set_result(PoseResult(model.version, model.metadata, poses,
-                                                     (started - job.submitted) * 1e3, infer_s * 1e3, len(crops)))
+                    job.future.set_result(
+                        PoseResult(
+                            model.version,
+                            model.metadata,
+                            poses,
+                            (started - job.submitted) * 1e3,
+                            infer_s * 1e3,
+                            len(crops),
+                        )
+                    )
                 offset += n
 
 
@@ -218,5 +237,5 @@ def _fail(job: _Job, err: BaseException) -> None:
     if not job.future.done():
         try:
             job.future.set_exception(err)
-        except Exception:  # noqa: BLE001 - cancelled/finished concurrently
+        except Exception:
             pass

@@ -9,6 +9,7 @@ Requests take a `lease()` on the active model: the version they see stays loaded
 if two promotions happen meanwhile (its unload is deferred), so a batch always finishes on the version that
 started it and reports that version.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -20,10 +21,10 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
+from models.metadata import ModelMetadata
+from models.registry import ModelRegistry, RegistryError
 from serving.backends import BackendLoadError, VersionedBackend, VersionView
-from serving.metadata import ModelMetadata
 from serving.pipeline import PosePipeline
-from serving.registry import ModelRegistry, RegistryError
 
 log = logging.getLogger(__name__)
 SYNC_RETRY_S = 60.0
@@ -171,8 +172,9 @@ class ModelManager:
             flip_start = time.perf_counter()
             self._flip(model)
             end = time.perf_counter()
-        report = SwapReport(version, previous, (loaded - start) * 1e3, (end - flip_start) * 1e3,
-                            (end - start) * 1e3, action)
+        report = SwapReport(
+            version, previous, (loaded - start) * 1e3, (end - flip_start) * 1e3, (end - start) * 1e3, action
+        )
         self.last_swap = report
         log.info("%s %s → %s: load %.1f ms, flip %.3f ms", action, previous, version, report.load_ms, report.flip_ms)
         return report
@@ -207,7 +209,7 @@ class ModelManager:
             metadata = self.backend.load(version, onnx_path)
             try:
                 pipeline = PosePipeline(VersionView(self.backend, version, metadata))
-            except Exception as err:  # noqa: BLE001 - e.g. a decode mode this server cannot run
+            except Exception as err:
                 self.backend.unload(version)
                 raise BackendLoadError(f"version {version}: {type(err).__name__}: {err}") from err
             model = ActiveModel(version, metadata, pipeline)
@@ -251,5 +253,5 @@ class ModelManager:
                     return
             try:
                 self.backend.unload(version)
-            except Exception as err:  # noqa: BLE001 - a failed unload only costs memory
+            except Exception as err:
                 log.warning("unloading version %s failed: %s", version, err)

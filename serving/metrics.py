@@ -12,6 +12,7 @@
 `route` is the route template ("/v1/pose"), never the raw path, so label cardinality stays bounded; requests
 that match no route are counted under "unmatched". `model_version` is "none" when no model was involved.
 """
+
 from __future__ import annotations
 
 import time
@@ -28,22 +29,40 @@ class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
-        self.requests = Counter("poseloop_http_requests", "HTTP requests", ["route", "method", "status", "model_version"],
-                                registry=r)
-        self.latency = Histogram("poseloop_http_request_duration_seconds", "HTTP request latency",
-                                 ["route", "model_version"], buckets=LATENCY_BUCKETS, registry=r)
-        self.batch_crops = Histogram("poseloop_batch_crops", "person crops per backend batch", buckets=BATCH_BUCKETS,
-                                     registry=r)
-        self.batch_requests = Histogram("poseloop_batch_requests", "requests per backend batch",
-                                        buckets=BATCH_BUCKETS, registry=r)
-        self.batch_seconds = Histogram("poseloop_batch_inference_seconds", "backend time per batch",
-                                       ["model_version"], buckets=LATENCY_BUCKETS, registry=r)
+        self.requests = Counter(
+            "poseloop_http_requests", "HTTP requests", ["route", "method", "status", "model_version"], registry=r
+        )
+        self.latency = Histogram(
+            "poseloop_http_request_duration_seconds",
+            "HTTP request latency",
+            ["route", "model_version"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.batch_crops = Histogram(
+            "poseloop_batch_crops", "person crops per backend batch", buckets=BATCH_BUCKETS, registry=r
+        )
+        self.batch_requests = Histogram(
+            "poseloop_batch_requests", "requests per backend batch", buckets=BATCH_BUCKETS, registry=r
+        )
+        self.batch_seconds = Histogram(
+            "poseloop_batch_inference_seconds",
+            "backend time per batch",
+            ["model_version"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
         self.backend_errors = Counter("poseloop_backend_errors", "failed backend calls", ["model_version"], registry=r)
         self.promotions = Counter("poseloop_promotions", "promotions and rollbacks", ["action", "outcome"], registry=r)
-        self.hot_swap = Histogram("poseloop_hot_swap_seconds", "promote/rollback call duration (load + flip)",
-                                  buckets=(0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10, 30), registry=r)
-        self.active_model = Gauge("poseloop_active_model", "1 for the version this process serves", ["version"],
-                                  registry=r)
+        self.hot_swap = Histogram(
+            "poseloop_hot_swap_seconds",
+            "promote/rollback call duration (load + flip)",
+            buckets=(0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10, 30),
+            registry=r,
+        )
+        self.active_model = Gauge(
+            "poseloop_active_model", "1 for the version this process serves", ["version"], registry=r
+        )
         self._active: str | None = None
 
     def observe_request(self, route: str, method: str, status: int, version: str | None, seconds: float) -> None:
@@ -98,5 +117,6 @@ class MetricsMiddleware:
         finally:
             route = scope.get("route")
             template = getattr(route, "path", None) or "unmatched"
-            self.metrics.observe_request(template, scope.get("method", ""), info["status"], info["version"],
-                                         time.perf_counter() - start)
+            self.metrics.observe_request(
+                template, scope.get("method", ""), info["status"], info["version"], time.perf_counter() - start
+            )

@@ -4,6 +4,7 @@ Coordinates: boxes are [x, y, w, h] and keypoints (x, y) in source-image pixels 
 OpenCV's convention, see models.geometry). Crop, normalisation and decode use exactly the functions training
 uses (models.geometry, models.codec), parameterised by the model's metadata.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -62,7 +63,9 @@ class PosePipeline:
         self._std = np.asarray(meta.std, np.float32)
         self._padding = meta.padding
 
-    def predict(self, image: np.ndarray, boxes: Sequence[Sequence[float]] | np.ndarray | None = None) -> list[PersonPose]:
+    def predict(
+        self, image: np.ndarray, boxes: Sequence[Sequence[float]] | np.ndarray | None = None
+    ) -> list[PersonPose]:
         """Poses for each box (None = one box covering the whole image); [] for an empty box list."""
         prepared = self.prepare(image, boxes)
         if prepared.persons == 0:
@@ -99,8 +102,13 @@ class PosePipeline:
         crop_keypoints, scores = self.codec.decode(heatmaps)
         keypoints = self.codec.to_image(crop_keypoints, prepared.affines)
         return [
-            PersonPose(box=tuple(float(v) for v in box), score=float(s.mean()), keypoints=k, keypoint_scores=s,
-                       names=self.names)
+            PersonPose(
+                box=tuple(float(v) for v in box),
+                score=float(s.mean()),
+                keypoints=k,
+                keypoint_scores=s,
+                names=self.names,
+            )
             for box, k, s in zip(prepared.boxes, keypoints, scores)
         ]
 

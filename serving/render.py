@@ -1,4 +1,5 @@
 """Skeleton overlay for humans: one colour per limb, keypoint score as opacity (OpenCV only)."""
+
 from __future__ import annotations
 
 import colorsys
@@ -30,12 +31,21 @@ def render_poses(image_rgb: np.ndarray, poses: Sequence[PersonPose], skeleton: S
         points = np.asarray(pose.keypoints, np.float64)
         alpha = np.clip(np.nan_to_num(np.asarray(pose.keypoint_scores, np.float64)), 0.0, 1.0)
         for (a, b), colour in zip(skeleton, colours):
-            _blend(out, lambda img, o: cv2.line(img, _pt(points[a], o), _pt(points[b], o), colour, thickness,
-                                                cv2.LINE_AA),
-                   np.stack([points[a], points[b]]), thickness, min(alpha[a], alpha[b]))
+            _blend(
+                out,
+                lambda img, o: cv2.line(img, _pt(points[a], o), _pt(points[b], o), colour, thickness, cv2.LINE_AA),
+                np.stack([points[a], points[b]]),
+                thickness,
+                min(alpha[a], alpha[b]),
+            )
         for j, point in enumerate(points):
-            _blend(out, lambda img, o: cv2.circle(img, _pt(point, o), radius, (255, 255, 255), -1, cv2.LINE_AA),
-                   point[None], radius, alpha[j])
+            _blend(
+                out,
+                lambda img, o: cv2.circle(img, _pt(point, o), radius, (255, 255, 255), -1, cv2.LINE_AA),
+                point[None],
+                radius,
+                alpha[j],
+            )
     return out
 
 

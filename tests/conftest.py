@@ -1,5 +1,6 @@
 """Shared fixtures: the real dataset root (tests needing it skip cleanly when absent) and one small trained
 model (checkpoint + ONNX) that every continual-loop test starts from."""
+
 from __future__ import annotations
 
 from pathlib import Path

@@ -1,4 +1,5 @@
 """Paths under the shared dataset root for tests; a missing path skips the test with the reason."""
+
 from __future__ import annotations
 
 from pathlib import Path

@@ -2,6 +2,7 @@
 
 Each rank writes its method's parameters to OUT/rank<R>.pt, so the test can check the ranks stayed identical.
 """
+
 import sys
 from pathlib import Path
 
@@ -13,15 +14,26 @@ from training.engine import Trainer
 
 
 def main(out: str, method: str, iterations: int) -> None:
-    overrides = [f"name={method}", f"output_dir={out}", "model.pretrained=false", "data.input_h=96",
-                 "data.input_w=64", "data.label_budget=16", "optim.batch_size=8", f"optim.iterations={iterations}",
-                 "schedule.log_every=1", "schedule.val_every=1000", "schedule.checkpoint_every=1000",
-                 f"method.name={method}"]
+    overrides = [
+        f"name={method}",
+        f"output_dir={out}",
+        "model.pretrained=false",
+        "data.input_h=96",
+        "data.input_w=64",
+        "data.label_budget=16",
+        "optim.batch_size=8",
+        f"optim.iterations={iterations}",
+        "schedule.log_every=1",
+        "schedule.val_every=1000",
+        "schedule.checkpoint_every=1000",
+        f"method.name={method}",
+    ]
     if method != "supervised":
         overrides += ["data.unlabeled=lspet", "data.unlabeled_limit=32"]
     trainer = Trainer(load_config("configs/quick.yaml", overrides), device="cpu")
-    trainer.splits = trainer.splits.__class__(trainer.splits.train, trainer.splits.val[:8], trainer.splits.schema,
-                                              trainer.splits.description)
+    trainer.splits = trainer.splits.__class__(
+        trainer.splits.train, trainer.splits.val[:8], trainer.splits.schema, trainer.splits.description
+    )
     initial = {f"init:{k}": p.detach().clone() for k, p in trainer.method.student.named_parameters()}
     trainer.fit(progress=False)
     params = {k: p.detach().clone() for k, p in trainer.method.named_parameters()}

@@ -1,32 +1,47 @@
 """Helpers for the continual-loop tests: a small real trained model (checkpoint + ONNX), a registry with it
 active, LSPET images to upload, and settings pointing every store into one temporary directory."""
+
 from __future__ import annotations
 
 from pathlib import Path
 
-from serving.registry import ModelRegistry
-from serving.settings import load_settings
+from continual.settings import load_settings
+from models.registry import ModelRegistry
 
 REPO = Path(__file__).resolve().parent.parent
 # tiny but real: MobileNetV2 (ImageNet init) at 64x48, trained for a few steps on 32 LSP images
-SMALL_MODEL = ["data.input_h=64", "data.input_w=48", "data.label_budget=32", "optim.batch_size=8",
-               "model.head_channels=32", "eval.flip_test=false", "schedule.log_every=5"]
+SMALL_MODEL = [
+    "data.input_h=64",
+    "data.input_w=48",
+    "data.label_budget=32",
+    "optim.batch_size=8",
+    "model.head_channels=32",
+    "eval.flip_test=false",
+    "schedule.log_every=5",
+]
 # what every test retrain adds on top of the active model's config: small batches, a cheap unlabeled branch
 RETRAIN_OVERRIDES = ["optim.batch_size=4"]
 
 
 def train_small_model(out_dir: Path, iterations: int = 40) -> tuple[Path, Path]:
     """(model.onnx, best.pt) of a short supervised run; cached in `out_dir`."""
-    from poseloop.workflows import export_checkpoint
+    from training.checkpoints import export_checkpoint
     from training.config import load_config
     from training.engine import Trainer
 
     run_dir = out_dir / "small"
     onnx_path = run_dir / "model.onnx"
     if not onnx_path.exists():
-        cfg = load_config(REPO / "configs" / "quick.yaml",
-                          [*SMALL_MODEL, f"output_dir={out_dir}", "name=small", f"optim.iterations={iterations}",
-                           f"schedule.val_every={iterations}"])
+        cfg = load_config(
+            REPO / "configs" / "quick.yaml",
+            [
+                *SMALL_MODEL,
+                f"output_dir={out_dir}",
+                "name=small",
+                f"optim.iterations={iterations}",
+                f"schedule.val_every={iterations}",
+            ],
+        )
         Trainer(cfg).fit(progress=False)
         export_checkpoint(run_dir / "best.pt", onnx_path, version="small")
     return onnx_path, run_dir / "best.pt"
@@ -40,8 +55,7 @@ def install_active(registry_dir: Path, onnx_path: Path, checkpoint: Path) -> Mod
 
 
 def loop_settings(root: Path, **overrides):
-    return load_settings(registry_dir=root / "registry", data_dir=root / "data", dev=True, job_lease_s=30,
-                         **overrides)
+    return load_settings(registry_dir=root / "registry", data_dir=root / "data", dev=True, job_lease_s=30, **overrides)
 
 
 def lspet_images(data_root: Path, count: int) -> list[Path]:

@@ -3,6 +3,7 @@
 The SimpleBaseline init gives ~1e-15 heatmaps whose argmax is noise, so parity and keypoint comparisons on it would
 pass trivially. Here: unit-scale conv weights, non-trivial BN statistics, final layer rescaled to output std 0.3.
 """
+
 from __future__ import annotations
 
 import torch
@@ -12,11 +13,13 @@ from models.geometry import Size
 from models.network import ModelConfig, PoseNet, build_model
 
 
-def realistic_posenet(seed: int = 0, input_size: Size = Size(96, 128), head: str = "deconv",
-                      head_channels: int = 128) -> PoseNet:
+def realistic_posenet(
+    seed: int = 0, input_size: Size = Size(96, 128), head: str = "deconv", head_channels: int = 128
+) -> PoseNet:
     torch.manual_seed(seed)
-    model = build_model(ModelConfig(backbone="mobilenet_v2", pretrained=False, num_keypoints=14, head=head,
-                                    head_channels=head_channels))
+    model = build_model(
+        ModelConfig(backbone="mobilenet_v2", pretrained=False, num_keypoints=14, head=head, head_channels=head_channels)
+    )
     with torch.no_grad():
         for m in model.modules():
             if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)):

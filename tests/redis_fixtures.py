@@ -1,4 +1,5 @@
 """A real redis-server (AOF on, loopback, random port) and real Celery worker processes for the loop tests."""
+
 from __future__ import annotations
 
 import contextlib
@@ -29,9 +30,26 @@ class RedisServer:
 
     def start(self) -> None:
         self.proc = subprocess.Popen(
-            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.dir),
-             "--appendonly", "yes", "--appendfsync", "always", "--save", "", "--maxmemory-policy", "noeviction"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+            [
+                "redis-server",
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--dir",
+                str(self.dir),
+                "--appendonly",
+                "yes",
+                "--appendfsync",
+                "always",
+                "--save",
+                "",
+                "--maxmemory-policy",
+                "noeviction",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.STDOUT,
+        )
         client = redis.Redis(port=self.port)
         deadline = time.time() + 20
         while True:
@@ -59,7 +77,7 @@ def redis_server(tmp_path):
 
 
 class CeleryWorker:
-    """`celery -A training.worker.tasks worker` as the train worker runs in production (solo, one job)."""
+    """`celery -A poseloop.worker.tasks worker` as the train worker runs in production (solo, one job)."""
 
     def __init__(self, env: dict[str, str], log_path: Path) -> None:
         self.env, self.log_path = env, log_path
@@ -68,10 +86,34 @@ class CeleryWorker:
     def start(self) -> CeleryWorker:
         log = open(self.log_path, "a")  # noqa: SIM115 - the child owns it
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "celery", "-A", "training.worker.tasks", "worker", "-Q", "train,ingest",
-             "-P", "solo", "-c", "1", "--prefetch-multiplier", "1", "-n", f"test{time.time_ns()}@%h",
-             "--loglevel", "INFO", "--without-gossip", "--without-mingle"],
-            cwd=REPO, env={**os.environ, **self.env}, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+            [
+                sys.executable,
+                "-m",
+                "celery",
+                "-A",
+                "poseloop.worker.tasks",
+                "worker",
+                "-Q",
+                "train,ingest",
+                "-P",
+                "solo",
+                "-c",
+                "1",
+                "--prefetch-multiplier",
+                "1",
+                "-n",
+                f"test{time.time_ns()}@%h",
+                "--loglevel",
+                "INFO",
+                "--without-gossip",
+                "--without-mingle",
+            ],
+            cwd=REPO,
+            env={**os.environ, **self.env},
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         return self
 
     def kill9(self) -> None:
@@ -88,10 +130,17 @@ class CeleryWorker:
 
 
 def loop_env(root: Path, broker_url: str, **extra: str) -> dict[str, str]:
-    env = {"POSELOOP_REGISTRY_DIR": str(root / "registry"), "POSELOOP_DATA_DIR": str(root / "data"),
-           "POSELOOP_BROKER_URL": broker_url, "POSELOOP_VISIBILITY_TIMEOUT_S": "10", "POSELOOP_JOB_LEASE_S": "6",
-           "POSELOOP_RETRAIN_CHUNK_STEPS": "3", "POSELOOP_RETRAIN_MIN_NEW_IMAGES": "100000",
-           "POSELOOP_ORPHAN_AFTER_S": "0", "OMP_NUM_THREADS": "1"}
+    env = {
+        "POSELOOP_REGISTRY_DIR": str(root / "registry"),
+        "POSELOOP_DATA_DIR": str(root / "data"),
+        "POSELOOP_BROKER_URL": broker_url,
+        "POSELOOP_VISIBILITY_TIMEOUT_S": "10",
+        "POSELOOP_JOB_LEASE_S": "6",
+        "POSELOOP_RETRAIN_CHUNK_STEPS": "3",
+        "POSELOOP_RETRAIN_MIN_NEW_IMAGES": "100000",
+        "POSELOOP_ORPHAN_AFTER_S": "0",
+        "OMP_NUM_THREADS": "1",
+    }
     env.update(extra)
     return env
 

@@ -9,6 +9,7 @@ Two kinds of model:
     different seeds decode to different keypoints) through models.export.export_onnx (parity-checked).
     Used by the hot-swap test. Exports are cached per seed for the whole session.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -39,11 +40,18 @@ _EXPORT_CACHE: dict[int, Path] = {}
 def contract_metadata(version: str, input_size: Size = INPUT, decode: str = "quarter") -> dict[str, str]:
     codec = HeatmapCodec.for_input(input_size, 4, 2.0, decode)
     return {
-        **LSP14.to_metadata(), **codec.to_metadata(),
-        "poseloop.mean": "[123.675, 116.28, 103.53]", "poseloop.std": "[58.395, 57.12, 57.375]",
-        "poseloop.padding": "1.25", "poseloop.decode": decode, "poseloop.version": version,
-        "poseloop.trained_on": "synthetic", "poseloop.backbone": "tiny-conv", "poseloop.head": "none",
-        "poseloop.input_name": "input", "poseloop.output_name": "heatmaps",
+        **LSP14.to_metadata(),
+        **codec.to_metadata(),
+        "poseloop.mean": "[123.675, 116.28, 103.53]",
+        "poseloop.std": "[58.395, 57.12, 57.375]",
+        "poseloop.padding": "1.25",
+        "poseloop.decode": decode,
+        "poseloop.version": version,
+        "poseloop.trained_on": "synthetic",
+        "poseloop.backbone": "tiny-conv",
+        "poseloop.head": "none",
+        "poseloop.input_name": "input",
+        "poseloop.output_name": "heatmaps",
     }
 
 
@@ -59,7 +67,8 @@ def tiny_pose_onnx(path: Path, seed: int = 0, input_size: Size = INPUT, broken: 
     graph_h = h * 2 if broken == "shape" else h
     node = helper.make_node("Conv", ["input", "W", "B"], ["heatmaps"], kernel_shape=[4, 4], strides=[4, 4])
     graph = helper.make_graph(
-        [node], "tiny_pose",
+        [node],
+        "tiny_pose",
         [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 3, graph_h, w])],
         [helper.make_tensor_value_info("heatmaps", TensorProto.FLOAT, ["batch", k, graph_h // 4, w // 4])],
         [numpy_helper.from_array(weight, "W"), numpy_helper.from_array(bias, "B")],
@@ -87,8 +96,15 @@ def export_posenet(out_dir: Path, seed: int) -> Path:
         try:
             codec = HeatmapCodec.for_input(INPUT, 4, 2.0, "quarter")
             model = realistic_posenet(seed, INPUT, head="light", head_channels=32)
-            report = export_onnx(model, codec, LSP14, Path(out_dir) / f"posenet_{seed}.onnx",
-                                 version=f"seed-{seed}", trained_on="synthetic", exporter="torchscript")
+            report = export_onnx(
+                model,
+                codec,
+                LSP14,
+                Path(out_dir) / f"posenet_{seed}.onnx",
+                version=f"seed-{seed}",
+                trained_on="synthetic",
+                exporter="torchscript",
+            )
         finally:
             torch.set_num_threads(threads)
         _EXPORT_CACHE[seed] = report.path

@@ -1,5 +1,6 @@
 """HTTP API over a real uvicorn server (thread) with the embedded ONNX Runtime backend and tiny real models:
 auth, readiness, pose JSON / COCO / render, model listing, promotion and rollback, metrics."""
+
 from __future__ import annotations
 
 import base64
@@ -11,11 +12,11 @@ import httpx
 import numpy as np
 import pytest
 
+from continual.settings import Settings
+from models.registry import ModelRegistry
 from serving.app import create_app
 from serving.backends.onnxruntime import OnnxRuntimeBackend
 from serving.pipeline import PosePipeline
-from serving.registry import ModelRegistry
-from serving.settings import Settings
 from tests.serving_fixtures import auth, encode, sample_image, thread_server, tiny_pose_onnx
 
 INFER, OPS, UPLOAD = (secrets.token_urlsafe(16) for _ in range(3))
@@ -37,8 +38,13 @@ def models_dir(tmp_path_factory):
 def live(tmp_path_factory, models_dir):
     """(base URL, registry) of a server whose registry starts empty."""
     registry_dir = tmp_path_factory.mktemp("api_registry")
-    settings = Settings(registry_dir=registry_dir, ort_threads=1, registry_poll_s=0, max_wait_ms=2,
-                        tokens={INFER: ["infer"], OPS: {"roles": ["ops"], "name": "ops-bot"}, UPLOAD: ["upload"]})
+    settings = Settings(
+        registry_dir=registry_dir,
+        ort_threads=1,
+        registry_poll_s=0,
+        max_wait_ms=2,
+        tokens={INFER: ["infer"], OPS: {"roles": ["ops"], "name": "ops-bot"}, UPLOAD: ["upload"]},
+    )
     app = create_app(settings)
     with thread_server(app) as base:
         yield base, ModelRegistry(registry_dir), app
@@ -75,8 +81,12 @@ def test_empty_registry_not_ready_then_ready_after_promote(live, client, models_
 
 def test_auth_401_and_403(live, client) -> None:
     files = {"image": ("x.png", encode(IMAGE))}
-    for headers in ({}, {"Authorization": "Bearer nope-" + "x" * 20}, {"Authorization": "Basic abc"},
-                    {"Authorization": "Bearer"}):
+    for headers in (
+        {},
+        {"Authorization": "Bearer nope-" + "x" * 20},
+        {"Authorization": "Basic abc"},
+        {"Authorization": "Bearer"},
+    ):
         r = client.post("/v1/pose", files=files, headers=headers)
         assert r.status_code == 401 and r.json()["error"]["code"] == "unauthenticated"
         assert r.headers["www-authenticate"] == "Bearer"
@@ -91,8 +101,9 @@ def test_auth_401_and_403(live, client) -> None:
 
 
 def test_pose_json_matches_local_pipeline(live, client, models_dir) -> None:
-    r = client.post("/v1/pose", files={"image": ("x.png", encode(IMAGE)), "boxes": (None, json.dumps(BOXES))},
-                    headers=auth(INFER))
+    r = client.post(
+        "/v1/pose", files={"image": ("x.png", encode(IMAGE)), "boxes": (None, json.dumps(BOXES))}, headers=auth(INFER)
+    )
     assert r.status_code == 200, r.text
     doc = r.json()
     assert r.headers["x-model-version"] == doc["model_version"] == "1"
@@ -114,14 +125,19 @@ def test_pose_json_matches_local_pipeline(live, client, models_dir) -> None:
     (person,) = r.json()["persons"]
     assert person["box"] == [0.0, 0.0, 160.0, 120.0] and r.json()["image"]["id"] == 7
     # raw image body with boxes in the query; empty box list = no persons
-    r = client.post("/v1/pose", params={"boxes": "[]"}, content=encode(IMAGE),
-                    headers={**auth(INFER), "Content-Type": "image/png"})
+    r = client.post(
+        "/v1/pose", params={"boxes": "[]"}, content=encode(IMAGE), headers={**auth(INFER), "Content-Type": "image/png"}
+    )
     assert r.status_code == 200 and r.json()["persons"] == [] and r.headers["x-model-version"] == "1"
 
 
 def test_pose_coco_format(live, client) -> None:
-    r = client.post("/v1/pose", params={"format": "coco", "image_id": 42},
-                    files={"image": ("x.png", encode(IMAGE)), "boxes": (None, json.dumps(BOXES))}, headers=auth(INFER))
+    r = client.post(
+        "/v1/pose",
+        params={"format": "coco", "image_id": 42},
+        files={"image": ("x.png", encode(IMAGE)), "boxes": (None, json.dumps(BOXES))},
+        headers=auth(INFER),
+    )
     assert r.status_code == 200, r.text
     results = r.json()
     assert isinstance(results, list) and len(results) == 2 and r.headers["x-model-version"] == "1"
@@ -182,8 +198,11 @@ def test_metrics_per_version(live, client) -> None:
     client.post("/v1/pose", files={"image": ("x.png", encode(IMAGE))}, headers=auth(INFER))
     text = client.get("/metrics").text
     lines = [line for line in text.splitlines() if line.startswith("poseloop_http_requests_total{")]
-    served = {line.split('model_version="')[1].split('"')[0] for line in lines if 'route="/v1/pose"' in line
-              and 'status="200"' in line}
+    served = {
+        line.split('model_version="')[1].split('"')[0]
+        for line in lines
+        if 'route="/v1/pose"' in line and 'status="200"' in line
+    }
     assert {"1", "2"} <= served
     assert 'poseloop_http_request_duration_seconds_bucket{le="0.002",model_version="1",route="/v1/pose"}' in text
     assert "poseloop_batch_crops_count" in text and "poseloop_hot_swap_seconds_count" in text
@@ -212,7 +231,7 @@ def test_dev_mode_generates_tokens(tmp_path) -> None:
 
 
 def test_settings_from_env_and_env_file(tmp_path, monkeypatch) -> None:
-    from serving.settings import load_settings
+    from continual.settings import load_settings
 
     env_file = tmp_path / "poseloop.env"
     env_file.write_text(f"POSELOOP_MAX_BOXES=3\nPOSELOOP_PORT=9001\nPOSELOOP_TOKENS={json.dumps({INFER: ['infer']})}\n")
@@ -248,8 +267,8 @@ def test_api_process_never_imports_torch(tmp_path) -> None:
 import sys
 from starlette.testclient import TestClient
 from serving.app import create_app
-from serving.settings import Settings
-import poseloop.serve, poseloop.bench_serve, serving.backends.triton
+from continual.settings import Settings
+import poseloop.serve, poseloop.bench.serve, serving.triton.backend
 settings = Settings(registry_dir={str(tmp_path / "reg")!r}, bootstrap_model={str(model)!r}, dev=True,
                     registry_poll_s=0)
 app = create_app(settings)
@@ -267,7 +286,7 @@ sys.exit(1 if bad else 0)
 
 
 def test_pixel_budget_admits_within_limit_and_times_out() -> None:
-    from serving.validation import PixelBudget
+    from core.inputs import PixelBudget
 
     budget = PixelBudget(100)
     budget.acquire(60, 1)

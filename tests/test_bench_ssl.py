@@ -1,11 +1,12 @@
 """`poseloop bench ssl --profile quick`: every preset runs through the real engine on real LSP + LSPET data."""
+
 import json
 import re
 
 import pytest
 
-from poseloop.bench_ssl import METHODS, run_ssl_bench
-from poseloop.benchruns import _train_time_s, load_results, save_result
+from poseloop.bench.runs import _train_time_s, load_results, save_result
+from poseloop.bench.ssl import METHODS, run_ssl_bench
 
 
 def test_quick_profile_runs_every_preset(tmp_path, data_root):
@@ -16,8 +17,9 @@ def test_quick_profile_runs_every_preset(tmp_path, data_root):
         assert row["done"] and 0.0 <= row["metrics"]["pck_limbs"] <= 100.0
         assert row["metrics"]["collapse"] is None
         people = row["metrics"]["per_person"]  # re-scored from best.pt: the same figure validation logged
-        assert 100 * sum(people["limbs_correct"]) / sum(people["limbs_counted"]) == \
-            pytest.approx(row["metrics"]["pck_limbs"], abs=1e-6)
+        assert 100 * sum(people["limbs_correct"]) / sum(people["limbs_counted"]) == pytest.approx(
+            row["metrics"]["pck_limbs"], abs=1e-6
+        )
     by_method = {r["method"]: r["metrics"] for r in results.values()}
     for dual in ("posedual", "dsph"):  # both nets averaged, reported on their own row
         assert 0.0 <= by_method[dual]["ensemble_pck_limbs"] <= 100.0
@@ -44,7 +46,12 @@ def test_only_upper_row_skips_the_init_row(tmp_path, data_root):
 
 def test_train_time_sums_the_segments_of_a_resumed_run(tmp_path):
     """A resumed run restarts its clock: the table must add the segments, not show the last one."""
-    lines = [{"step": 20, "time_s": 100.0}, {"step": 20, "val/pck_limbs": 40.0}, {"step": 40, "time_s": 300.0},
-             {"step": 60, "time_s": 50.0}, {"step": 80, "time_s": 120.0}]  # paused after step 40, resumed
+    lines = [
+        {"step": 20, "time_s": 100.0},
+        {"step": 20, "val/pck_limbs": 40.0},
+        {"step": 40, "time_s": 300.0},
+        {"step": 60, "time_s": 50.0},
+        {"step": 80, "time_s": 120.0},
+    ]  # paused after step 40, resumed
     (tmp_path / "metrics.jsonl").write_text("\n".join(json.dumps(line) for line in lines) + "\n")
     assert _train_time_s(tmp_path) == pytest.approx(420.0)

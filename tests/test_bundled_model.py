@@ -2,6 +2,7 @@
 
 Checks run on the shipped files. Those that need ../shared skip cleanly without it; the rest always run.
 """
+
 from __future__ import annotations
 
 import json
@@ -13,11 +14,11 @@ import httpx
 import numpy as np
 import pytest
 
+from models.metadata import REQUIRED_KEYS
+from models.registry import ModelRegistry
 from poseloop.workflows import BUNDLED_MODEL_DIR, default_model_path, predict_image
 from serving.backends.onnxruntime import OnnxRuntimeBackend
-from serving.metadata import REQUIRED_KEYS
 from serving.pipeline import PosePipeline
-from serving.registry import ModelRegistry
 from tests.serving_fixtures import auth, thread_server
 
 BUNDLES = sorted(BUNDLED_MODEL_DIR.glob("*/v*/model.onnx"))
@@ -38,8 +39,10 @@ def val_people(data_root):
     from training.data import build_splits
 
     records = build_splits(DataConfig(dataset="lsp")).val[:24]
-    return [(cv2.cvtColor(cv2.imread(str(r.image_path)), cv2.COLOR_BGR2RGB), [float(v) for v in r.box],
-             r.keypoints) for r in records]
+    return [
+        (cv2.cvtColor(cv2.imread(str(r.image_path)), cv2.COLOR_BGR2RGB), [float(v) for v in r.box], r.keypoints)
+        for r in records
+    ]
 
 
 def _pck_limbs(pred: np.ndarray, gt: np.ndarray) -> float:
@@ -89,8 +92,12 @@ def test_sensible_keypoints_on_real_people(val_people, release) -> None:
     assert _pck_limbs(pred, gt) >= 45.0  # the card reports the full 200 persons; 24 are a noisy sample
     for pose, (_, box, _) in zip(poses, val_people):
         x, y, w, h = box
-        inside = ((pose.keypoints[:, 0] > x - 0.5 * w) & (pose.keypoints[:, 0] < x + 1.5 * w)
-                  & (pose.keypoints[:, 1] > y - 0.5 * h) & (pose.keypoints[:, 1] < y + 1.5 * h))
+        inside = (
+            (pose.keypoints[:, 0] > x - 0.5 * w)
+            & (pose.keypoints[:, 0] < x + 1.5 * w)
+            & (pose.keypoints[:, 1] > y - 0.5 * h)
+            & (pose.keypoints[:, 1] < y + 1.5 * h)
+        )
         assert inside.mean() >= 0.9
     upright = [p for p, (_, _, kp) in zip(poses, val_people) if kp[13, 1] < kp[[0, 5], 1].min()]
     assert upright and np.mean([p.keypoints[13, 1] < p.keypoints[[0, 5], 1].mean() for p in upright]) >= 0.8
@@ -98,8 +105,8 @@ def test_sensible_keypoints_on_real_people(val_people, release) -> None:
 
 def test_predict_and_first_start_use_it(val_people, tmp_path, monkeypatch) -> None:
     """`poseloop predict` without --model, and an API whose registry is empty, both serve the bundle (as v1)."""
+    from continual.settings import Settings
     from serving.app import create_app
-    from serving.settings import Settings
 
     monkeypatch.delenv("POSELOOP_MODEL", raising=False)
     image, box, gt = val_people[0]
@@ -110,13 +117,22 @@ def test_predict_and_first_start_use_it(val_people, tmp_path, monkeypatch) -> No
     assert len(result["persons"][0]["keypoints"]) == 14
 
     token = secrets.token_urlsafe(16)
-    settings = Settings(registry_dir=tmp_path / "registry", bootstrap_model=default_model_path(), ort_threads=1,
-                        registry_poll_s=0, tokens={token: ["infer"]})
+    settings = Settings(
+        registry_dir=tmp_path / "registry",
+        bootstrap_model=default_model_path(),
+        ort_threads=1,
+        registry_poll_s=0,
+        tokens={token: ["infer"]},
+    )
     with thread_server(create_app(settings)) as base, httpx.Client(base_url=base, timeout=60) as client:
         active = client.get("/v1/models/active", headers=auth(token)).json()
         assert active["version"] == "1" and active["status"] == "active" and len(active["keypoints"]) == 14
-        r = client.post("/v1/pose", files={"image": ("p.jpg", path.read_bytes())},
-                        data={"boxes": json.dumps([box])}, headers=auth(token))
+        r = client.post(
+            "/v1/pose",
+            files={"image": ("p.jpg", path.read_bytes())},
+            data={"boxes": json.dumps([box])},
+            headers=auth(token),
+        )
         assert r.status_code == 200, r.text
         served = np.array([[k["x"], k["y"]] for k in r.json()["persons"][0]["keypoints"]])
     local = np.array([[k["x"], k["y"]] for k in result["persons"][0]["keypoints"]])

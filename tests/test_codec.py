@@ -1,4 +1,5 @@
 """Heatmap codec: encode→decode round trips, refinements, flip-back, metadata."""
+
 import numpy as np
 import pytest
 
@@ -14,7 +15,7 @@ def _roundtrip(refinement, margin, n=700, seed=0):
     w, h = CODEC.heatmap_size
     hm_pts = rng.uniform([margin, margin], [w - 1 - margin, h - 1 - margin], (n, 2))
     kpts = hm_pts * CODEC.stride
-    heatmaps = np.stack([CODEC.encode(kpts[i:i + 14], np.ones(14))[0] for i in range(0, n, 14)])
+    heatmaps = np.stack([CODEC.encode(kpts[i : i + 14], np.ones(14))[0] for i in range(0, n, 14)])
     pred, scores = CODEC.decode(heatmaps, refinement)
     err = np.abs(pred.reshape(-1, 2) - kpts) / CODEC.stride
     return err, scores

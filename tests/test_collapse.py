@@ -4,6 +4,7 @@ From the same supervised start, naive symmetric consistency between two equally 
 both) drifts the unlabeled heatmaps to background and the guard stops the run and marks it unpromotable, while
 easy→hard training (detached easy-view teacher) on the same data and budget stays healthy.
 """
+
 import json
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -15,9 +16,18 @@ from training.config import load_config
 from training.engine import Trainer
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs" / "ssl"
-SMALL = ["data.input_h=64", "data.input_w=48", "data.label_budget=16", "data.unlabeled_limit=64",
-         "optim.batch_size=8", "schedule.log_every=10", "schedule.val_every=100000", "eval.flip_test=false",
-         "model.head_channels=64", "optim.milestones=[0.99,0.995]"]
+SMALL = [
+    "data.input_h=64",
+    "data.input_w=48",
+    "data.label_budget=16",
+    "data.unlabeled_limit=64",
+    "optim.batch_size=8",
+    "schedule.log_every=10",
+    "schedule.val_every=100000",
+    "eval.flip_test=false",
+    "model.head_channels=64",
+    "optim.milestones=[0.99,0.995]",
+]
 
 
 def _peaks(run_dir: Path) -> list[float]:
@@ -32,24 +42,35 @@ def restore_threads():
     torch.set_num_threads(before)
 
 
-def test_naive_consistency_collapses_and_the_guard_fires_while_easy_to_hard_does_not(tmp_path, data_root,
-                                                                                     restore_threads):
+def test_naive_consistency_collapses_and_the_guard_fires_while_easy_to_hard_does_not(
+    tmp_path, data_root, restore_threads
+):
     common = [f"output_dir={tmp_path}", *SMALL]
-    warm = load_config(CONFIGS / "supervised.yaml",
-                       [*common, "name=warm", "optim.iterations=150", "data.unlabeled=null"])
+    warm = load_config(
+        CONFIGS / "supervised.yaml", [*common, "name=warm", "optim.iterations=150", "data.unlabeled=null"]
+    )
     start = Trainer(warm).fit(progress=False).run_dir / "best.pt"
 
     def consistency(name: str, iterations: int, *extra: str):
-        cfg = load_config(CONFIGS / "posecons.yaml", [*common, f"name={name}", f"optim.iterations={iterations}",
-                                                        "method.params.guard_min_steps=50",
-                                                        "method.params.guard_window=25", *extra])
+        cfg = load_config(
+            CONFIGS / "posecons.yaml",
+            [
+                *common,
+                f"name={name}",
+                f"optim.iterations={iterations}",
+                "method.params.guard_min_steps=50",
+                "method.params.guard_window=25",
+                *extra,
+            ],
+        )
         return Trainer(cfg, init_checkpoint=str(start)).fit(progress=False)
 
     # both runs at once, one core each (the CI box has two); each is seeded, neither depends on the other
     torch.set_num_threads(1)
     with ThreadPoolExecutor(2) as pool:
-        naive_run = pool.submit(consistency, "naive", 450, "method.params.naive_symmetric=true",
-                                "schedule.val_every=100")
+        naive_run = pool.submit(
+            consistency, "naive", 450, "method.params.naive_symmetric=true", "schedule.val_every=100"
+        )
         healthy_run = pool.submit(consistency, "easy_to_hard", 400)
         naive, healthy = naive_run.result(), healthy_run.result()
     assert naive.stopped_reason and "collapse" in naive.stopped_reason and naive.steps < 450

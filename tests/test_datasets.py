@@ -1,4 +1,5 @@
 """Dataset loaders and records. Data tests read ../shared/datasets and skip when it is absent."""
+
 from __future__ import annotations
 
 import json
@@ -9,6 +10,7 @@ import numpy as np
 import pytest
 from scipy.io import loadmat
 
+from tests.data_paths import DATA, data_path
 from training.datasets import (
     PersonRecord,
     box_from_keypoints,
@@ -21,9 +23,6 @@ from training.datasets import (
     lsp_split,
     read_image_size,
 )
-
-from tests.data_paths import DATA, data_path  # noqa: E402
-
 
 # ---------------------------------------------------------------- records and boxes
 
@@ -67,7 +66,18 @@ def test_default_data_root_env_override(monkeypatch, tmp_path):
 # Hand count from fixtures/coco/test_coco.json: 4 images, 14 annotations, none crowd, all area > 0;
 # 1202706 (image 40083) and 508900 (image 196141) have num_keypoints 0 -> 12 instances, in this order.
 COCO_FIXTURE_IDS = [
-    442619, 198196, 230195, 460541, 488308, 1717641, 1724673, 437295, 467657, 531914, 533949, 543117,
+    442619,
+    198196,
+    230195,
+    460541,
+    488308,
+    1717641,
+    1724673,
+    437295,
+    467657,
+    531914,
+    533949,
+    543117,
 ]
 
 
@@ -101,20 +111,35 @@ def test_coco_fixture_budget_is_deterministic_prefix():
 def _coco_ann(ann_id, image_id, num_keypoints=2, area=100.0, iscrowd=0):
     kpts = [0.0] * 51
     for j in range(num_keypoints):
-        kpts[3 * j: 3 * j + 3] = [10.0 + j, 20.0 + j, 2]
-    return {"id": ann_id, "image_id": image_id, "category_id": 1, "iscrowd": iscrowd, "area": area,
-            "bbox": [5, 5, 40, 60], "num_keypoints": num_keypoints, "keypoints": kpts}
+        kpts[3 * j : 3 * j + 3] = [10.0 + j, 20.0 + j, 2]
+    return {
+        "id": ann_id,
+        "image_id": image_id,
+        "category_id": 1,
+        "iscrowd": iscrowd,
+        "area": area,
+        "bbox": [5, 5, 40, 60],
+        "num_keypoints": num_keypoints,
+        "keypoints": kpts,
+    }
 
 
 def test_coco_synthetic_filters_crowd_empty_and_zero_area(tmp_path):
     # images listed 20 then 10; annotations interleaved: order must follow the images list
     data = {
-        "images": [{"id": 20, "file_name": "b.jpg", "width": 64, "height": 96},
-                   {"id": 10, "file_name": "a.jpg", "width": 64, "height": 96}],
+        "images": [
+            {"id": 20, "file_name": "b.jpg", "width": 64, "height": 96},
+            {"id": 10, "file_name": "a.jpg", "width": 64, "height": 96},
+        ],
         "categories": [{"id": 1, "name": "person", "keypoints": [f"k{i}" for i in range(17)], "skeleton": []}],
         "annotations": [
-            _coco_ann(1, 10), _coco_ann(2, 20), _coco_ann(3, 10, iscrowd=1), _coco_ann(4, 20, num_keypoints=0),
-            _coco_ann(5, 10, area=0.0), _coco_ann(6, 20, num_keypoints=1), _coco_ann(7, 10),
+            _coco_ann(1, 10),
+            _coco_ann(2, 20),
+            _coco_ann(3, 10, iscrowd=1),
+            _coco_ann(4, 20, num_keypoints=0),
+            _coco_ann(5, 10, area=0.0),
+            _coco_ann(6, 20, num_keypoints=1),
+            _coco_ann(7, 10),
         ],
     }
     ann = tmp_path / "ann.json"
@@ -175,8 +200,12 @@ def test_lsp_splits_and_budget(lsp_all):
     budget = lsp_split(root, "train", label_budget=100)
     assert [r.record_id for r in budget] == [r.record_id for r in train[:100]]
     np.testing.assert_array_equal(budget[99].keypoints, train[99].keypoints)
-    for bad in [dict(split="val", label_budget=10), dict(split="train", label_budget=0),
-                dict(split="train", label_budget=801), dict(split="test")]:
+    for bad in [
+        dict(split="val", label_budget=10),
+        dict(split="train", label_budget=0),
+        dict(split="train", label_budget=801),
+        dict(split="test"),
+    ]:
         with pytest.raises(ValueError):
             lsp_split(root, **bad)
 

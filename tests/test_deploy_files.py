@@ -7,6 +7,7 @@ named volume, PVC, ConfigMap, Secret key, probe port and Service target exists; 
 NGC image matches a real ONNX export's I/O. Nothing here needs Docker or a cluster: `docker compose config` and
 `kubectl kustomize` run only when those tools are installed (neither is on the CI box).
 """
+
 from __future__ import annotations
 
 import http.server
@@ -31,10 +32,10 @@ ENV_EXAMPLE = DEPLOY / ".env.example"
 K8S = DEPLOY / "k8s"
 HEALTHCHECK = DEPLOY / "docker" / "healthcheck.py"
 
-# POSELOOP_* variables that are not serving.settings.Settings fields but are read elsewhere (keep this small).
+# POSELOOP_* variables that are not continual.settings.Settings fields but are read elsewhere (keep this small).
 NON_SETTINGS = {
-    "POSELOOP_TAG",    # compose: image tag
-    "POSELOOP_DATA",   # training.datasets.default_data_root
+    "POSELOOP_TAG",  # compose: image tag
+    "POSELOOP_DATA",  # training.datasets.default_data_root
     "POSELOOP_CACHE",  # models.pretrained.cache_dir
 }
 # Settings fields the deployment relies on that the Python side is adding with this issue.
@@ -49,7 +50,7 @@ WORKLOADS = ("Deployment", "StatefulSet")
 
 
 def settings_fields() -> set[str]:
-    from serving.settings import Settings
+    from continual.settings import Settings
 
     return set(Settings.model_fields)
 
@@ -105,15 +106,18 @@ def argv_problems(argv: list[str], where: str) -> list[str]:
     if command is None:
         return [f"{where}: `poseloop {argv[0]}` is not a CLI command (have: {sorted(commands)})"]
     options = {opt for param in command.params for opt in (*param.opts, *param.secondary_opts)}
-    return [f"{where}: `poseloop {argv[0]}` has no option {token.split('=')[0]} (has: {sorted(options)})"
-            for token in argv[1:] if token.startswith("--") and token.split("=")[0] not in options]
+    return [
+        f"{where}: `poseloop {argv[0]}` has no option {token.split('=')[0]} (has: {sorted(options)})"
+        for token in argv[1:]
+        if token.startswith("--") and token.split("=")[0] not in options
+    ]
 
 
 def settings_problems(env: dict[str, str], where: str) -> list[str]:
     """Validate a POSELOOP_* environment through Settings (as the processes would read it)."""
     from pydantic import ValidationError
 
-    from serving.settings import Settings
+    from continual.settings import Settings
 
     saved = {k: v for k, v in os.environ.items() if k.startswith("POSELOOP_")}
     try:
@@ -132,8 +136,11 @@ def settings_problems(env: dict[str, str], where: str) -> list[str]:
 
 def unknown_poseloop_vars(names, where: str) -> list[str]:
     known = {f"POSELOOP_{f.upper()}" for f in settings_fields() | NEW_FIELDS} | NON_SETTINGS
-    return [f"{where}: {n} is neither a Settings field nor in NON_SETTINGS" for n in names
-            if n.startswith("POSELOOP_") and n not in known]
+    return [
+        f"{where}: {n} is neither a Settings field nor in NON_SETTINGS"
+        for n in names
+        if n.startswith("POSELOOP_") and n not in known
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -153,8 +160,11 @@ def compose(raw_compose, example_env) -> dict[str, Any]:
 
 def poseloop_services(compose: dict[str, Any]) -> dict[str, dict[str, Any]]:
     """Services that run the PoseLoop image through its ENTRYPOINT (not the volume-ownership init)."""
-    return {name: svc for name, svc in compose["services"].items()
-            if str(svc.get("image", "")).startswith(POSELOOP_IMAGES) and "entrypoint" not in svc}
+    return {
+        name: svc
+        for name, svc in compose["services"].items()
+        if str(svc.get("image", "")).startswith(POSELOOP_IMAGES) and "entrypoint" not in svc
+    }
 
 
 def command_argv(command: Any) -> list[str]:
@@ -163,8 +173,13 @@ def command_argv(command: Any) -> list[str]:
 
 def gpu_devices(service: dict[str, Any]) -> list[dict[str, Any]]:
     devices = (((service.get("deploy") or {}).get("resources") or {}).get("reservations") or {}).get("devices") or []
-    return [d for d in devices if d.get("driver") == "nvidia" and "gpu" in d.get("capabilities", [])
-            and (d.get("count") == "all" or int(d.get("count", 0)) >= 1 or d.get("device_ids"))]
+    return [
+        d
+        for d in devices
+        if d.get("driver") == "nvidia"
+        and "gpu" in d.get("capabilities", [])
+        and (d.get("count") == "all" or int(d.get("count", 0)) >= 1 or d.get("device_ids"))
+    ]
 
 
 def restricted(flag: str, argv: list[str]) -> tuple[set[str], str, str] | None:
@@ -186,8 +201,12 @@ def test_compose_config_renders_with_docker_compose(tmp_path) -> None:
         pytest.skip("`docker compose` is not installed here; the structural checks below still run")
     shutil.copytree(DEPLOY, tmp_path / "deploy", ignore=shutil.ignore_patterns(".env"))
     shutil.copy(ENV_EXAMPLE, tmp_path / "deploy" / ".env")
-    result = subprocess.run([docker, "compose", "-f", str(tmp_path / "deploy" / "docker-compose.yml"), "config",
-                             "--quiet"], capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [docker, "compose", "-f", str(tmp_path / "deploy" / "docker-compose.yml"), "config", "--quiet"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == 0, result.stderr
 
 
@@ -195,14 +214,15 @@ def test_compose_file_matches_the_compose_spec_schema() -> None:
     tool = shutil.which("check-jsonschema")
     if not tool:
         pytest.skip("check-jsonschema is not installed (pip install check-jsonschema)")
-    result = subprocess.run([tool, "--builtin-schema", "vendor.compose-spec", str(COMPOSE_FILE)],
-                            capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [tool, "--builtin-schema", "vendor.compose-spec", str(COMPOSE_FILE)], capture_output=True, text=True, timeout=60
+    )
     assert result.returncode == 0, result.stdout + result.stderr
 
 
 def test_compose_services_replicas_and_load_balancer(compose) -> None:
     services = compose["services"]
-    assert COMPOSE_SERVICES <= set(services), COMPOSE_SERVICES - set(services)
+    assert set(services) >= COMPOSE_SERVICES, COMPOSE_SERVICES - set(services)
     assert services["api"]["deploy"]["replicas"] >= 2
     assert not services["api"].get("ports"), "API replicas must not bind a fixed host port; `lb` publishes one"
     assert services["beat"]["deploy"]["replicas"] == 1
@@ -216,7 +236,7 @@ def test_compose_services_replicas_and_load_balancer(compose) -> None:
     assert f"proxy_pass http://${variable};" in conf
     assert "listen 8080;" in conf
     max_body = int(re.search(r"client_max_body_size (\d+)m;", conf).group(1)) * 1024 * 1024
-    from serving.settings import Settings
+    from continual.settings import Settings
 
     assert max_body >= Settings.model_fields["max_upload_bytes"].default, "nginx would cut off allowed uploads"
 
@@ -291,8 +311,13 @@ def test_compose_commands_are_cli_commands(compose) -> None:
     problems = []
     for name, service in poseloop_services(compose).items():
         problems += argv_problems(command_argv(service.get("command")), f"compose {name}")
-    expected = {"api": ["serve", "--host", "0.0.0.0", "--port", "8080"], "worker": ["worker"],
-                "ingest-worker": ["worker", "--queue", "ingest"], "beat": ["beat"], "triton-sync": ["triton-sync"]}
+    expected = {
+        "api": ["serve", "--host", "0.0.0.0", "--port", "8080"],
+        "worker": ["worker"],
+        "ingest-worker": ["worker", "--queue", "ingest"],
+        "beat": ["beat"],
+        "triton-sync": ["triton-sync"],
+    }
     for name, argv in expected.items():
         assert command_argv(compose["services"][name]["command"]) == argv, name
     assert not problems, "\n".join(problems)
@@ -314,8 +339,9 @@ def test_compose_service_environments_validate(compose, example_env) -> None:
 def test_env_example_documents_every_setting() -> None:
     text = ENV_EXAMPLE.read_text()
     names = env_names(text)
-    missing = sorted(f"POSELOOP_{f.upper()}" for f in settings_fields() | NEW_FIELDS
-                     if f"POSELOOP_{f.upper()}" not in names)
+    missing = sorted(
+        f"POSELOOP_{f.upper()}" for f in settings_fields() | NEW_FIELDS if f"POSELOOP_{f.upper()}" not in names
+    )
     assert not missing, f"not in .env.example: {missing}"
     assert not unknown_poseloop_vars(names, ".env.example")
     assert {"TRITON_TAG", "POSELOOP_TAG", "FLOWER_BASIC_AUTH", "LB_PORT"} <= set(names)
@@ -327,7 +353,7 @@ def test_env_example_documents_every_setting() -> None:
 
 
 def test_env_example_loads_through_settings(example_env) -> None:
-    from serving.settings import MIN_TOKEN_LENGTH, Settings
+    from continual.settings import MIN_TOKEN_LENGTH, Settings
 
     assert not settings_problems(example_env, ".env.example")
     settings = Settings(_env_file=ENV_EXAMPLE)  # the pydantic-settings dotenv path itself
@@ -375,13 +401,16 @@ def test_dockerfile_targets_user_healthcheck_and_sources() -> None:
         assert "poseloop weights fetch --quiet" in "\n".join(stages[build])
     copied = re.search(r"cp -a (.+?) /app/", "\n".join(stages["source"])).group(1).split()
     pyproject = (ROOT / "pyproject.toml").read_text()
-    packages = re.search(r'include = \[(.*?)\]', pyproject).group(1).replace('"', "").replace("*", "").split(", ")
+    packages = re.search(r"include = \[(.*?)\]", pyproject).group(1).replace('"', "").replace("*", "").split(", ")
     assert set(packages) | {"pyproject.toml", "README.md", "configs", "deploy"} <= set(copied)
     for path in copied:
         assert (ROOT / path).exists(), f"the Dockerfile copies {path}, which is not in the repository"
     assert "mkdir -p /app/artifacts" in text and "if [ -d artifacts ]" in text  # builds with or without it
-    ignored = {line.strip() for line in (ROOT / ".dockerignore").read_text().splitlines()
-               if line.strip() and not line.startswith("#")}
+    ignored = {
+        line.strip()
+        for line in (ROOT / ".dockerignore").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    }
     assert {".venv", "runs", ".git", "**/__pycache__", ".pytest_cache", ".hypothesis", "deploy/.env"} <= ignored
     assert "docs" in ignored or "docs/results/runs" in ignored
     assert not ignored & set(copied), f"the Dockerfile copies paths .dockerignore drops: {ignored & set(copied)}"
@@ -399,10 +428,14 @@ def test_healthcheck_script(tmp_path, monkeypatch) -> None:
             (root / str(pid) / "cmdline").write_bytes("\0".join(argv).encode() + b"\0")
         return root
 
-    worker = ["/opt/venv/bin/python", "-m", "celery", "-A", "training.worker.tasks", "worker", "-Q", "train"]
+    worker = ["/opt/venv/bin/python", "-m", "celery", "-A", "poseloop.worker.tasks", "worker", "-Q", "train"]
     assert health.serve_port(proc(["docker-init", "--"], worker)) is None
-    assert health.serve_port(proc(["/opt/venv/bin/python", "/opt/venv/bin/poseloop", "serve", "--host", "0.0.0.0",
-                                   "--port", "9001"])) == 9001
+    assert (
+        health.serve_port(
+            proc(["/opt/venv/bin/python", "/opt/venv/bin/poseloop", "serve", "--host", "0.0.0.0", "--port", "9001"])
+        )
+        == 9001
+    )
     assert health.serve_port(proc(["python", "-m", "poseloop.cli", "serve", "--port=9002"])) == 9002
     monkeypatch.setenv("POSELOOP_PORT", "9003")
     assert health.serve_port(proc(["/opt/venv/bin/poseloop", "serve"])) == 9003
@@ -416,7 +449,7 @@ def test_healthcheck_script(tmp_path, monkeypatch) -> None:
     assert health.main() == 1  # an API that does not answer is unhealthy
 
     class Healthz(http.server.BaseHTTPRequestHandler):
-        def do_GET(self):  # noqa: N802 - http.server API
+        def do_GET(self):
             self.send_response(200 if self.path == "/healthz" else 404)
             self.end_headers()
 
@@ -517,9 +550,11 @@ def test_k8s_probes_target_declared_ports(k8s_docs) -> None:
                 assert ok, f"{workload}/{c['name']} {kind} port {port!r} is not a declared container port"
     api = next(c for c in containers(pod_specs(k8s_docs)["poseloop-api"]) if c["name"] == "api")
     http_port = {p["name"]: p["containerPort"] for p in api["ports"]}["http"]
-    assert http_port == 8080 and ["--port", "8080"] == api["args"][-2:]
-    assert (api["readinessProbe"]["httpGet"]["path"], api["livenessProbe"]["httpGet"]["path"]) == ("/readyz",
-                                                                                                  "/healthz")
+    assert http_port == 8080 and api["args"][-2:] == ["--port", "8080"]
+    assert (api["readinessProbe"]["httpGet"]["path"], api["livenessProbe"]["httpGet"]["path"]) == (
+        "/readyz",
+        "/healthz",
+    )
     triton = next(c for c in containers(pod_specs(k8s_docs)["poseloop-triton"]) if c["name"] == "triton")
     assert triton["readinessProbe"]["httpGet"]["path"] == "/v2/health/ready"
     assert triton["livenessProbe"]["httpGet"]["path"] == "/v2/health/live"
@@ -534,8 +569,9 @@ def test_k8s_services_select_pods_with_their_target_ports(k8s_docs) -> None:
         ports = [p for pod in matched for c in containers(pod) for p in c.get("ports", [])]
         for port in service["spec"]["ports"]:
             target = port.get("targetPort", port["port"])
-            assert any(p.get("name") == target or p["containerPort"] == target for p in ports), \
+            assert any(p.get("name") == target or p["containerPort"] == target for p in ports), (
                 f"Service {name} targetPort {target!r} matches no container port"
+            )
     for workload, pod in pods.items():  # selectors match their own templates
         spec = next(d for d in k8s_docs if d["metadata"]["name"] == workload)["spec"]
         assert spec["selector"]["matchLabels"].items() <= pod["metadata"]["labels"].items(), workload
@@ -547,8 +583,11 @@ def test_k8s_replicas_gpus_hpa_and_security(k8s_docs) -> None:
     assert beat["replicas"] == 1 and beat["strategy"]["type"] == "Recreate"
     assert deployments["poseloop-api"]["spec"]["replicas"] >= 2
     for name in ("poseloop-worker", "poseloop-triton"):
-        gpu = [c for c in containers(deployments[name]["spec"]["template"])
-               if int(c.get("resources", {}).get("limits", {}).get("nvidia.com/gpu", 0)) >= 1]
+        gpu = [
+            c
+            for c in containers(deployments[name]["spec"]["template"])
+            if int(c.get("resources", {}).get("limits", {}).get("nvidia.com/gpu", 0)) >= 1
+        ]
         assert gpu, f"{name} requests no GPU"
     worker = containers(deployments["poseloop-worker"]["spec"]["template"])[0]
     assert worker["image"].startswith("poseloop-gpu:")
@@ -564,8 +603,9 @@ def test_k8s_replicas_gpus_hpa_and_security(k8s_docs) -> None:
         for c in containers(pod):
             if c["image"].startswith(POSELOOP_IMAGES):
                 security = {**pod["spec"].get("securityContext", {}), **c.get("securityContext", {})}
-                assert security.get("runAsNonRoot") is True and security.get("runAsUser") == 1000, \
+                assert security.get("runAsNonRoot") is True and security.get("runAsUser") == 1000, (
                     f"{workload}/{c['name']} is not pinned to the non-root uid 1000"
+                )
 
 
 def test_k8s_referenced_objects_exist(k8s_docs) -> None:
@@ -573,7 +613,8 @@ def test_k8s_referenced_objects_exist(k8s_docs) -> None:
     for workload, pod in pod_specs(k8s_docs).items():
         volumes = {v["name"]: v for v in pod["spec"].get("volumes", [])}
         templates = next(d for d in k8s_docs if d["metadata"]["name"] == workload)["spec"].get(
-            "volumeClaimTemplates", [])
+            "volumeClaimTemplates", []
+        )
         for v in volumes.values():
             if "persistentVolumeClaim" in v:
                 assert v["persistentVolumeClaim"]["claimName"] in pvcs, f"{workload}: PVC {v} missing"
@@ -591,7 +632,7 @@ def test_k8s_referenced_objects_exist(k8s_docs) -> None:
                 if "secretRef" in source:
                     assert source["secretRef"]["name"] in secrets
             for env in c.get("env", []):
-                ref = (env.get("valueFrom") or {})
+                ref = env.get("valueFrom") or {}
                 if "secretKeyRef" in ref:
                     secret = secrets[ref["secretKeyRef"]["name"]]
                     assert ref["secretKeyRef"]["key"] in secret.get("stringData", secret.get("data", {}))
@@ -615,8 +656,11 @@ def test_k8s_triton_pod_has_the_sync_sidecar(k8s_docs) -> None:
     argv = triton.get("command", []) + triton["args"]
     assert argv[0] == "tritonserver" and "--model-control-mode=explicit" in argv
     for flag in ("http-restricted-api", "grpc-restricted-protocol"):
-        assert restricted(flag, argv) == (set(RESTRICTED_APIS), REPOSITORY_SECRET_HEADER,
-                                          "$(POSELOOP_TRITON_REPOSITORY_SECRET)"), flag
+        assert restricted(flag, argv) == (
+            set(RESTRICTED_APIS),
+            REPOSITORY_SECRET_HEADER,
+            "$(POSELOOP_TRITON_REPOSITORY_SECRET)",
+        ), flag
     repository = next(a.split("=", 1)[1] for a in argv if a.startswith("--model-repository="))
     triton_mounts = {m["mountPath"]: m["name"] for m in triton["volumeMounts"]}
     sync_mounts = {m["mountPath"]: m["name"] for m in sync["volumeMounts"]}
@@ -703,14 +747,21 @@ def onnx_model(tmp_path_factory) -> Path:
     torch.set_num_threads(1)
     try:
         codec = HeatmapCodec.for_input(Size(96, 128), 4, sigma=2.0, refinement="quarter")
-        return export_onnx(realistic_posenet(0), codec, LSP14, tmp_path_factory.mktemp("deploy") / "model.onnx",
-                           version="deploy-test", trained_on="t", exporter="torchscript").path
+        return export_onnx(
+            realistic_posenet(0),
+            codec,
+            LSP14,
+            tmp_path_factory.mktemp("deploy") / "model.onnx",
+            version="deploy-test",
+            trained_on="t",
+            exporter="torchscript",
+        ).path
     finally:
         torch.set_num_threads(threads)
 
 
 def test_production_triton_config_matches_the_onnx_io(onnx_model, tmp_path) -> None:
-    from serving.metadata import ModelMetadata
+    from models.metadata import ModelMetadata
     from serving.triton.repository import config_mismatches, onnxruntime_config, parse_pbtxt, render_pbtxt
 
     meta = ModelMetadata.from_onnx(onnx_model)
@@ -723,7 +774,7 @@ def test_production_triton_config_matches_the_onnx_io(onnx_model, tmp_path) -> N
 
     wrong = parse_pbtxt(text)
     wrong["output"][0]["dims"][0] = str(int(wrong["output"][0]["dims"][0]) + 3)  # e.g. COCO-17 vs LSP-14
-    wrong["input"][0]["dims"] = ["3", "256", "192"]                              # another input size
+    wrong["input"][0]["dims"] = ["3", "256", "192"]  # another input size
     problems = config_mismatches(render_pbtxt(wrong), onnx_model)
     assert any(p.startswith("output 'heatmaps'") for p in problems), problems
     assert any(p.startswith("input 'input'") for p in problems), problems
@@ -733,7 +784,7 @@ def test_bundled_model_matches_the_production_config() -> None:
     bundled = sorted((ROOT / "artifacts").glob("*/v*/model.onnx"))
     if not bundled:
         pytest.skip("no bundled model under artifacts/ yet")
-    from serving.metadata import ModelMetadata
+    from models.metadata import ModelMetadata
     from serving.triton.repository import config_mismatches, onnxruntime_config
 
     for model in bundled:

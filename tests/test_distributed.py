@@ -1,4 +1,5 @@
 """Data-parallel training (torchrun + DDP, gloo on CPU): same global batch → same losses; ranks stay identical."""
+
 import json
 import os
 import subprocess
@@ -86,12 +87,30 @@ def test_train_cli_nproc_relaunches_under_torchrun(tmp_path, data_root):
     """`poseloop train --nproc 2` runs two ranks; only rank 0 prints the summary and writes the run directory."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     env.pop("WORLD_SIZE", None)
-    sets = [f"output_dir={tmp_path}", "model.pretrained=false", "data.input_h=96", "data.input_w=64",
-            "data.label_budget=16", "optim.iterations=2", "schedule.val_every=1000", "schedule.log_every=1"]
-    argv = [sys.executable, "-m", "poseloop.cli", "train", "-c", "configs/quick.yaml", "--nproc", "2", "--no-export",
-            *[x for s in sets for x in ("--set", s)]]
+    sets = [
+        f"output_dir={tmp_path}",
+        "model.pretrained=false",
+        "data.input_h=96",
+        "data.input_w=64",
+        "data.label_budget=16",
+        "optim.iterations=2",
+        "schedule.val_every=1000",
+        "schedule.log_every=1",
+    ]
+    argv = [
+        sys.executable,
+        "-m",
+        "poseloop.cli",
+        "train",
+        "-c",
+        "configs/quick.yaml",
+        "--nproc",
+        "2",
+        "--no-export",
+        *[x for s in sets for x in ("--set", s)],
+    ]
     done = subprocess.run(argv, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert done.stdout.count('"run_dir"') == 1 and json.loads(done.stdout[done.stdout.index("{"):])["steps"] == 2
+    assert done.stdout.count('"run_dir"') == 1 and json.loads(done.stdout[done.stdout.index("{") :])["steps"] == 2
     run = tmp_path / "quick"
     assert (run / "last.pt").exists() and len(_losses(run)) == 2

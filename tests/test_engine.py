@@ -1,4 +1,5 @@
 """The training loop on real LSP crops: learns, validates, checkpoints, resumes exactly, plots."""
+
 import json
 
 import pytest
@@ -11,10 +12,23 @@ CONFIG = "configs/quick.yaml"
 
 
 def _config(tmp_path, name, iterations, extra=()):
-    return load_config(CONFIG, [f"name={name}", f"output_dir={tmp_path}", "model.pretrained=false",
-                                "data.input_h=96", "data.input_w=64", "data.label_budget=8",
-                                "optim.batch_size=4", f"optim.iterations={iterations}", "schedule.log_every=1",
-                                "schedule.val_every=1000", "schedule.checkpoint_every=3", *extra])
+    return load_config(
+        CONFIG,
+        [
+            f"name={name}",
+            f"output_dir={tmp_path}",
+            "model.pretrained=false",
+            "data.input_h=96",
+            "data.input_w=64",
+            "data.label_budget=8",
+            "optim.batch_size=4",
+            f"optim.iterations={iterations}",
+            "schedule.log_every=1",
+            "schedule.val_every=1000",
+            "schedule.checkpoint_every=3",
+            *extra,
+        ],
+    )
 
 
 def _small_val(trainer):

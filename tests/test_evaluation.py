@@ -1,4 +1,5 @@
 """PCK, PCKh and COCO keypoint AP: hand-computed examples and the COCO fixture."""
+
 from __future__ import annotations
 
 import json
@@ -9,6 +10,7 @@ import numpy as np
 import pytest
 
 from models.schemas import LSP14, LSP_TORSO, MPII16
+from tests.data_paths import data_path
 from training.datasets import load_coco_keypoints, load_mpii
 from training.evaluation import (
     coco_keypoint_ap,
@@ -22,8 +24,6 @@ from training.evaluation import (
     to_coco_results,
     torso_size,
 )
-
-from tests.data_paths import data_path  # noqa: E402
 
 
 def offsets(gt: np.ndarray, d: np.ndarray) -> np.ndarray:
@@ -116,7 +116,11 @@ def test_confidence_reliability_bins_and_thresholds_by_hand():
     counted[0, 0] = False  # an uncounted joint (peak 0.05) must drop out everywhere
     out = confidence_reliability(correct, counted, scores, thresholds=(0.5, 0.9, 1.0), bins=3)
     assert out["joints"] == 9 and out["pck"] == pytest.approx(100 * 5 / 9)
-    assert [b["pck"] for b in out["quantile_bins"]] == [0.0, pytest.approx(200 / 3), 100.0]  # peaks 0.15-0.35 / 0.45-0.65 / 0.75-0.95
+    assert [b["pck"] for b in out["quantile_bins"]] == [
+        0.0,
+        pytest.approx(200 / 3),
+        100.0,
+    ]  # peaks 0.15-0.35 / 0.45-0.65 / 0.75-0.95
     assert sum(b["share"] for b in out["quantile_bins"]) == pytest.approx(1.0)
     half, high, none = out["thresholds"]
     assert (half["kept"], half["pck_kept"], half["pck_dropped"]) == (pytest.approx(5 / 9), 100.0, 0.0)
@@ -151,7 +155,7 @@ def lsp_person(torso: float) -> np.ndarray:
 
 
 def test_torso_size_uses_left_shoulder_right_hip():
-    assert LSP_TORSO == (LSP14.index("left_shoulder"), LSP14.index("right_hip"))
+    assert (LSP14.index("left_shoulder"), LSP14.index("right_hip")) == LSP_TORSO
     gt = np.stack([lsp_person(10.0), lsp_person(25.0)])
     np.testing.assert_allclose(torso_size(gt, *LSP_TORSO), [10.0, 25.0])
 
@@ -218,8 +222,12 @@ def test_mpii_box_fallback_equals_head_segment_on_fixture():
 
 def _gt_results(records) -> list[dict]:
     return [
-        {"image_id": r.image_id, "category_id": 1,
-         "keypoints": np.c_[r.keypoints, r.visibility].reshape(-1).tolist(), "score": 1.0}
+        {
+            "image_id": r.image_id,
+            "category_id": 1,
+            "keypoints": np.c_[r.keypoints, r.visibility].reshape(-1).tolist(),
+            "score": 1.0,
+        }
         for r in records
     ]
 
@@ -251,8 +259,9 @@ def test_coco_ap_is_100_for_ground_truth_and_drops_when_perturbed():
 def test_coco_ap_image_subset_and_results_helper():
     ann = data_path("fixtures", "coco", "test_coco.json")
     records = [r for r in load_coco_keypoints(ann, ann.parent) if r.image_id == 197388]
-    results = to_coco_results([r.image_id for r in records], np.stack([r.keypoints for r in records]),
-                              np.ones((len(records), 17)))
+    results = to_coco_results(
+        [r.image_id for r in records], np.stack([r.keypoints for r in records]), np.ones((len(records), 17))
+    )
     assert results[0]["keypoints"][:3] == [*records[0].keypoints[0].tolist(), 1.0] and results[0]["score"] == 1.0
     assert coco_keypoint_ap(results, ann, image_ids=[197388])["AP"] == pytest.approx(100.0)
     assert coco_keypoint_ap(results, ann)["AP"] < 100.0  # the other images' people are missed

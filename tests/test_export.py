@@ -1,4 +1,5 @@
 """ONNX export: graph contract, metadata round trip, dynamic batch, PyTorch ↔ ONNX Runtime parity."""
+
 from __future__ import annotations
 
 import copy
@@ -16,15 +17,17 @@ from torch import nn
 import models.export as export_module
 from models.codec import HeatmapCodec
 from models.export import (
-    HEATMAP_TOLERANCE, KEYPOINT_TOLERANCE_PX, ExportParityError, build_metadata, export_onnx,
+    HEATMAP_TOLERANCE,
+    KEYPOINT_TOLERANCE_PX,
+    ExportParityError,
+    build_metadata,
+    export_onnx,
 )
 from models.geometry import Size, normalize_crop, person_crop_affine, warp_image
-from models.network import ModelConfig, build_model
+from models.metadata import REQUIRED_KEYS, MetadataError, ModelMetadata
 from models.schemas import COCO17, LSP14
-from serving.metadata import REQUIRED_KEYS, MetadataError, ModelMetadata
+from tests.model_fixtures import realistic_posenet as realistic_model
 from training.datasets import load_lsp
-
-from tests.model_fixtures import realistic_posenet as realistic_model  # noqa: E402
 
 INPUT = Size(96, 128)  # w, h: non-square on purpose
 CODEC = HeatmapCodec.for_input(INPUT, 4, sigma=2.0, refinement="quarter")
@@ -39,8 +42,9 @@ def model() -> nn.Module:
 def exported(model, tmp_path_factory):
     """The default path: dynamo exporter, synthetic parity batch (~10 s on 2 cores, most of the budget)."""
     out = tmp_path_factory.mktemp("export") / "pose.onnx"
-    report = export_onnx(model, CODEC, LSP14, out, version="test-1", trained_on="lsp:none",
-                         extra_metadata={"poseloop.note": "unit test"})
+    report = export_onnx(
+        model, CODEC, LSP14, out, version="test-1", trained_on="lsp:none", extra_metadata={"poseloop.note": "unit test"}
+    )
     return report
 
 
@@ -129,8 +133,16 @@ def lsp_crops(root, count: int, mean, std) -> list[np.ndarray]:
 
 def test_parity_on_lsp_person_crops(model, tmp_path, data_root) -> None:
     crops = lsp_crops(data_root, 8, model.mean, model.std)
-    report = export_onnx(model, CODEC, LSP14, tmp_path / "lsp.onnx", version="t", trained_on="t",
-                         parity_images=crops, exporter="torchscript")
+    report = export_onnx(
+        model,
+        CODEC,
+        LSP14,
+        tmp_path / "lsp.onnx",
+        version="t",
+        trained_on="t",
+        parity_images=crops,
+        exporter="torchscript",
+    )
     assert report.exporter == "torchscript"
     assert report.max_abs_diff <= HEATMAP_TOLERANCE and report.max_keypoint_diff_px <= KEYPOINT_TOLERANCE_PX
     assert report.keypoints_compared > 100
@@ -142,8 +154,9 @@ def test_mismatching_onnx_raises_and_writes_nothing(model, tmp_path, monkeypatch
     with torch.no_grad():
         other.head.final_layer.bias.add_(1e-3)  # a 10x-tolerance shift of every heatmap
     real_to_onnx = export_module._to_onnx
-    monkeypatch.setattr(export_module, "_to_onnx",
-                        lambda _model, *args: real_to_onnx(copy.deepcopy(other).eval(), *args))
+    monkeypatch.setattr(
+        export_module, "_to_onnx", lambda _model, *args: real_to_onnx(copy.deepcopy(other).eval(), *args)
+    )
     model.train()
     out = tmp_path / "bad.onnx"
     try:
@@ -165,8 +178,16 @@ def test_rejects_inconsistent_inputs(model, tmp_path) -> None:
 def test_float16_storage_halves_the_file_and_keeps_float32_compute(model, exported, tmp_path) -> None:
     """weights="float16": float16 initializers + Casts; parity is exact against the rounded model, and the rounding
     itself changes heatmaps by a small, reported amount compared with the float32 export."""
-    report = export_onnx(model, CODEC, LSP14, tmp_path / "half.onnx", version="test-half", trained_on="lsp:none",
-                         exporter="torchscript", weights="float16")
+    report = export_onnx(
+        model,
+        CODEC,
+        LSP14,
+        tmp_path / "half.onnx",
+        version="test-half",
+        trained_on="lsp:none",
+        exporter="torchscript",
+        weights="float16",
+    )
     assert report.weights == "float16" and report.size_bytes < 0.55 * exported.size_bytes
     assert report.max_abs_diff <= 1e-4  # ONNX Runtime vs the rounded PyTorch model
     assert 0 < report.rounding_max_abs_diff < 0.05  # outputs have std 0.3 (keypoints of a random net are argmax

@@ -1,12 +1,21 @@
 """Property tests for the pure geometry: crops, inverses, flips — always on non-square sizes."""
+
 import cv2
 import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from models.geometry import (
-    Size, box_to_center_scale, compose_affine, crop_affine, flip_affine, flip_keypoints, invert_affine,
-    person_crop_affine, transform_points, warp_image,
+    Size,
+    box_to_center_scale,
+    compose_affine,
+    crop_affine,
+    flip_affine,
+    flip_keypoints,
+    invert_affine,
+    person_crop_affine,
+    transform_points,
+    warp_image,
 )
 from models.schemas import COCO17, LSP14, MPII16
 

@@ -7,6 +7,7 @@ start and its response (from the client-side timeline of promote calls); and its
 that version computes locally, so the label is truthful. Three differently initialised exported MobileNetV2
 models make every version's keypoints distinguishable.
 """
+
 from __future__ import annotations
 
 import json
@@ -20,13 +21,13 @@ import httpx
 import numpy as np
 import pytest
 
+from models.registry import ModelRegistry
 from serving.backends import VersionView
 from serving.backends.embedded import EmbeddedBackend
 from serving.backends.onnxruntime import OnnxRuntimeBackend
 from serving.batching import BatchError, MicroBatcher
 from serving.manager import ModelManager
 from serving.pipeline import PosePipeline
-from serving.registry import ModelRegistry
 from tests.serving_fixtures import auth, encode, export_posenet, process_server, sample_image, tiny_pose_onnx
 
 INFER, OPS = secrets.token_urlsafe(16), secrets.token_urlsafe(16)
@@ -73,14 +74,19 @@ def references(paths) -> dict[str, list[tuple[np.ndarray, np.ndarray]]]:
             out[version] = []
             for image, boxes in REQUESTS:
                 poses = pipeline.predict(image, boxes)
-                out[version].append((np.stack([p.keypoints for p in poses]), np.stack([p.keypoint_scores for p in poses])))
+                out[version].append(
+                    (np.stack([p.keypoints for p in poses]), np.stack([p.keypoint_scores for p in poses]))
+                )
     return out
 
 
-def client_loop(client: httpx.Client, stop: threading.Event, started: threading.Event, samples: list[Sample],
-                seed: int) -> None:
-    bodies = [{"files": {"image": ("x.png", encode(img)), **({"boxes": (None, json.dumps(b))} if b else {})}}
-              for img, b in REQUESTS]
+def client_loop(
+    client: httpx.Client, stop: threading.Event, started: threading.Event, samples: list[Sample], seed: int
+) -> None:
+    bodies = [
+        {"files": {"image": ("x.png", encode(img)), **({"boxes": (None, json.dumps(b))} if b else {})}}
+        for img, b in REQUESTS
+    ]
     rng = np.random.default_rng(seed)
     with client:
         while not stop.is_set():
@@ -120,8 +126,13 @@ def test_hot_swap_under_load_is_lossless_and_labels_are_truthful(registry_with_v
             if a < b:
                 assert max(np.abs(refs[a][i][0] - refs[b][i][0]).max() for i in range(len(REQUESTS))) > 2.0
 
-    env = {"POSELOOP_REGISTRY_DIR": str(registry.root), "POSELOOP_ORT_THREADS": "1", "POSELOOP_REGISTRY_POLL_S": "0",
-           "POSELOOP_TOKENS": json.dumps({INFER: ["infer"], OPS: ["ops"]}), "POSELOOP_MAX_WAIT_MS": "5"}
+    env = {
+        "POSELOOP_REGISTRY_DIR": str(registry.root),
+        "POSELOOP_ORT_THREADS": "1",
+        "POSELOOP_REGISTRY_POLL_S": "0",
+        "POSELOOP_TOKENS": json.dumps({INFER: ["infer"], OPS: ["ops"]}),
+        "POSELOOP_MAX_WAIT_MS": "5",
+    }
     timeline: list[tuple[str, float, float]] = []
     swaps: list[dict] = []
     with process_server(env) as (base, _proc), httpx.Client(base_url=base, timeout=60, headers=auth(OPS)) as ops:
@@ -140,8 +151,10 @@ def test_hot_swap_under_load_is_lossless_and_labels_are_truthful(registry_with_v
         stop, samples = threading.Event(), []
         started = [threading.Event() for _ in range(CLIENTS)]
         clients = [httpx.Client(base_url=base, timeout=30, headers=auth(INFER)) for _ in range(CLIENTS)]
-        threads = [threading.Thread(target=client_loop, args=(c, stop, e, samples, i))
-                   for i, (c, e) in enumerate(zip(clients, started))]
+        threads = [
+            threading.Thread(target=client_loop, args=(c, stop, e, samples, i))
+            for i, (c, e) in enumerate(zip(clients, started))
+        ]
         for t in threads:
             t.start()
         try:

@@ -1,11 +1,12 @@
 """The job table: idempotency, single flight, leases (worker death), chunk release, cancel, orphan sweep."""
+
 import sqlite3
 import threading
 import time
 
 import pytest
 
-from serving.jobs import JobNotFound, JobStore, LeaseLost
+from continual.jobs import JobNotFound, JobStore, LeaseLost
 
 
 @pytest.fixture
@@ -97,7 +98,7 @@ def test_processes_opening_a_new_database_at_once_all_succeed(tmp_path):
     connection holds one: the old one-shot PRAGMA failed ~4% of the time with 4 openers (CI saw it)."""
     import threading
 
-    from serving.sqlite import open_wal
+    from core.sqlite import open_wal
 
     for round_ in range(60):
         path, barrier, errors = tmp_path / f"db{round_}.sqlite", threading.Barrier(4), []
@@ -106,7 +107,7 @@ def test_processes_opening_a_new_database_at_once_all_succeed(tmp_path):
             barrier.wait()
             try:
                 open_wal(path, "CREATE TABLE IF NOT EXISTS t (a INTEGER);")
-            except Exception as err:  # noqa: BLE001 - collected and asserted below
+            except Exception as err:
                 errors.append(err)
 
         threads = [threading.Thread(target=open_it) for _ in range(4)]

@@ -1,5 +1,6 @@
 """Bad input against a LIVE server process: a corpus of malformed requests (plus hypothesis-generated ones) must
 each get a 4xx JSON error naming the problem — never a 5xx — while the process stays up with bounded RSS."""
+
 from __future__ import annotations
 
 import base64
@@ -15,7 +16,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from serving.registry import ModelRegistry
+from models.registry import ModelRegistry
 from tests.serving_fixtures import auth, encode, process_server, rss_kib, sample_image, tiny_pose_onnx
 
 TOKEN = secrets.token_urlsafe(16)
@@ -42,13 +43,18 @@ def png_bomb(side: int = 30000) -> bytes:
 def jpeg_with_size(width: int, height: int) -> bytes:
     data = bytearray(JPEG)
     sof = data.find(b"\xff\xc0")
-    data[sof + 5:sof + 9] = struct.pack(">HH", height, width)
+    data[sof + 5 : sof + 9] = struct.pack(">HH", height, width)
     return bytes(data)
 
 
 def webp_canvas(width: int, height: int) -> bytes:
-    vp8x = b"VP8X" + struct.pack("<I", 10) + b"\x00" * 4 + (width - 1).to_bytes(3, "little") + (
-        height - 1).to_bytes(3, "little")
+    vp8x = (
+        b"VP8X"
+        + struct.pack("<I", 10)
+        + b"\x00" * 4
+        + (width - 1).to_bytes(3, "little")
+        + (height - 1).to_bytes(3, "little")
+    )
     body = b"WEBP" + vp8x + b"\x00" * 16
     return b"RIFF" + struct.pack("<I", len(body)) + body
 
@@ -139,8 +145,9 @@ def corpus() -> list[tuple[str, dict]]:
         "json no image": body(b'{"boxes": []}', "application/json"),
         "json image number": body(b'{"image": 12}', "application/json"),
         "json image bad base64": body(b'{"image": "!!!not base64!!!"}', "application/json"),
-        "json base64 of garbage": body(json.dumps({"image": base64.b64encode(b"garbage" * 9).decode()}).encode(),
-                                       "application/json"),
+        "json base64 of garbage": body(
+            json.dumps({"image": base64.b64encode(b"garbage" * 9).decode()}).encode(), "application/json"
+        ),
         "json data url not base64": body(b'{"image": "data:image/png,abc"}', "application/json"),
         "json negative image_id": body(json.dumps({"image": b64, "image_id": -3}).encode(), "application/json"),
         "json string image_id": body(json.dumps({"image": b64, "image_id": "abc"}).encode(), "application/json"),
@@ -162,8 +169,12 @@ def corpus() -> list[tuple[str, dict]]:
     return list(cases.items())
 
 
-QUERY_CASES = [({"format": "xml"}, "invalid_request"), ({"image_id": "-1"}, "invalid_request"),
-               ({"image_id": "abc"}, "invalid_request"), ({"boxes": "[[0,0,0,0]]"}, "invalid_boxes")]
+QUERY_CASES = [
+    ({"format": "xml"}, "invalid_request"),
+    ({"image_id": "-1"}, "invalid_request"),
+    ({"image_id": "abc"}, "invalid_request"),
+    ({"boxes": "[[0,0,0,0]]"}, "invalid_boxes"),
+]
 
 
 @pytest.fixture(scope="module")
@@ -171,9 +182,13 @@ def server(tmp_path_factory):
     root = tmp_path_factory.mktemp("malformed")
     registry = ModelRegistry(root / "registry")
     registry.set_active(registry.register(tiny_pose_onnx(root / "m.onnx", seed=5), actor="test").version, actor="test")
-    env = {"POSELOOP_REGISTRY_DIR": str(root / "registry"), "POSELOOP_TOKENS": json.dumps({TOKEN: ["infer"],
-                                                                                          OPS: ["ops"]}),
-           "POSELOOP_MAX_IMAGE_BYTES": str(MAX_BYTES), "POSELOOP_ORT_THREADS": "1", "POSELOOP_REGISTRY_POLL_S": "0"}
+    env = {
+        "POSELOOP_REGISTRY_DIR": str(root / "registry"),
+        "POSELOOP_TOKENS": json.dumps({TOKEN: ["infer"], OPS: ["ops"]}),
+        "POSELOOP_MAX_IMAGE_BYTES": str(MAX_BYTES),
+        "POSELOOP_ORT_THREADS": "1",
+        "POSELOOP_REGISTRY_POLL_S": "0",
+    }
     with process_server(env) as (base, proc), httpx.Client(base_url=base, timeout=30, headers=auth(TOKEN)) as client:
         yield client, proc
 
@@ -187,12 +202,17 @@ def check_4xx(response: httpx.Response, name: str) -> None:
 def test_valid_variants_are_accepted(server) -> None:
     """Grey, alpha, 16-bit, BMP and WebP inputs are converted to RGB uint8 and answered."""
     client, _ = server
-    grey16 = (IMAGE[..., 0].astype(np.uint16) * 257)
+    grey16 = IMAGE[..., 0].astype(np.uint16) * 257
     rgba = cv2.cvtColor(IMAGE, cv2.COLOR_RGB2RGBA)
-    variants = {"grey": cv2.imencode(".png", IMAGE[..., 1])[1].tobytes(),
-                "grey16": cv2.imencode(".png", grey16)[1].tobytes(), "rgba": cv2.imencode(".png", rgba)[1].tobytes(),
-                "bmp": encode(IMAGE, ".bmp"), "webp": encode(IMAGE, ".webp"), "jpeg": JPEG,
-                "jpeg + trailing bytes": JPEG + b"\x00" * 64}
+    variants = {
+        "grey": cv2.imencode(".png", IMAGE[..., 1])[1].tobytes(),
+        "grey16": cv2.imencode(".png", grey16)[1].tobytes(),
+        "rgba": cv2.imencode(".png", rgba)[1].tobytes(),
+        "bmp": encode(IMAGE, ".bmp"),
+        "webp": encode(IMAGE, ".webp"),
+        "jpeg": JPEG,
+        "jpeg + trailing bytes": JPEG + b"\x00" * 64,
+    }
     for name, data in variants.items():
         r = client.post("/v1/pose", files={"image": ("x", data)})
         assert r.status_code == 200, f"{name}: {r.text}"
@@ -238,13 +258,15 @@ def test_malformed_corpus_gets_4xx_and_server_survives(server) -> None:
 
 
 @settings(max_examples=40, deadline=None, database=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(data=st.one_of(
-    st.binary(max_size=2048),
-    st.integers(1, len(PNG) - 1).map(lambda n: PNG[:n]),
-    st.integers(1, len(JPEG) - 1).map(lambda n: JPEG[:n]),
-    st.binary(min_size=1, max_size=512).map(lambda b: PNG[:33] + b),
-    st.binary(min_size=1, max_size=512).map(lambda b: JPEG[:300] + b),
-))
+@given(
+    data=st.one_of(
+        st.binary(max_size=2048),
+        st.integers(1, len(PNG) - 1).map(lambda n: PNG[:n]),
+        st.integers(1, len(JPEG) - 1).map(lambda n: JPEG[:n]),
+        st.binary(min_size=1, max_size=512).map(lambda b: PNG[:33] + b),
+        st.binary(min_size=1, max_size=512).map(lambda b: JPEG[:300] + b),
+    )
+)
 def test_fuzzed_images_never_5xx(server, data) -> None:
     client, proc = server
     response = client.post("/v1/pose", files={"image": ("x", data)})

@@ -1,5 +1,6 @@
 """Every training preset: builds from its registry name, computes a finite loss, and its unsupervised terms train
 the student(s) — never a teacher (the USB MeanTeacher bug: a consistency loss that is silently zero)."""
+
 import pytest
 import torch
 from torch import nn
@@ -12,8 +13,9 @@ SSL_PRESETS = ["posecons", "posedual", "dsph", "trs", "akm", "continual"]
 
 def _student(aux=()):
     torch.manual_seed(0)
-    return _heatmap_scale(build_model(ModelConfig(pretrained=False, num_keypoints=14, head_channels=32,
-                                                  aux_stages=aux)))
+    return _heatmap_scale(
+        build_model(ModelConfig(pretrained=False, num_keypoints=14, head_channels=32, aux_stages=aux))
+    )
 
 
 def _heatmap_scale(net):
@@ -39,8 +41,9 @@ def _warm_bn(net, images):
 
 def _batches(n=4, h=64, w=48):
     g = torch.Generator().manual_seed(1)
-    labeled = LabeledBatch(torch.randn(n, 3, h, w, generator=g), torch.rand(n, 14, h // 4, w // 4, generator=g),
-                           torch.zeros(n, 14))  # zero weights: any gradient must come from unlabeled terms
+    labeled = LabeledBatch(
+        torch.randn(n, 3, h, w, generator=g), torch.rand(n, 14, h // 4, w // 4, generator=g), torch.zeros(n, 14)
+    )  # zero weights: any gradient must come from unlabeled terms
     return labeled, UnlabeledBatch(torch.randn(n, 3, h, w, generator=g))
 
 

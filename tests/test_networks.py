@@ -1,4 +1,5 @@
 """Backbones, heads and PoseNet with random weights: shapes, names, configs, ONNX export (offline)."""
+
 from __future__ import annotations
 
 import typing
@@ -12,7 +13,8 @@ import pytest
 import torch
 from torch import nn
 
-from models.backbones import BACKBONES, Registry, build_backbone
+from core.registry import Registry
+from models.backbones import BACKBONES, build_backbone
 from models.backbones.efficientnet_lite import SameConv2d, same_padding
 from models.heads import AuxHeatmapHead, DeconvHead, LightHead
 from models.network import HEADS, ModelConfig, PoseNet, build_model
@@ -133,8 +135,16 @@ def test_torchvision_key_names() -> None:
     expected = {
         "resnet18": (120, ["layer2.0.downsample.1.running_mean", "layer4.1.bn2.running_var"]),
         "resnet50": (318, ["layer1.0.downsample.0.weight", "layer3.5.conv3.weight", "layer4.2.bn3.bias"]),
-        "mobilenet_v2": (312, ["features.1.conv.0.0.weight", "features.1.conv.2.running_mean",
-                               "features.17.conv.1.1.weight", "features.17.conv.3.bias", "features.18.1.weight"]),
+        "mobilenet_v2": (
+            312,
+            [
+                "features.1.conv.0.0.weight",
+                "features.1.conv.2.running_mean",
+                "features.17.conv.1.1.weight",
+                "features.17.conv.3.bias",
+                "features.18.1.weight",
+            ],
+        ),
     }
     for name, (count, keys) in expected.items():
         state = build_backbone(name, pretrained=False).state_dict()
@@ -255,8 +265,13 @@ def test_onnx_export_matches_torch(tmp_path, backbone: str, head: str) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # legacy-exporter deprecation and size-to-int tracer warnings
         torch.onnx.export(
-            model, (torch.randn(2, 3, H, W),), str(path), dynamo=False, opset_version=17,
-            input_names=["input"], output_names=["heatmaps"],
+            model,
+            (torch.randn(2, 3, H, W),),
+            str(path),
+            dynamo=False,
+            opset_version=17,
+            input_names=["input"],
+            output_names=["heatmaps"],
             dynamic_axes={"input": {0: "batch"}, "heatmaps": {0: "batch"}},
         )
     proto = onnx.load(str(path))

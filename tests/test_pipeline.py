@@ -1,5 +1,6 @@
 """Serving pipeline over ONNX Runtime: parity with PyTorch on the same crops, coordinate mapping, flip test,
 JSON shape, image loading (EXIF), rendering, and the no-torch rule for serving/."""
+
 from __future__ import annotations
 
 import json
@@ -18,11 +19,10 @@ from torch import nn
 from models.codec import HeatmapCodec
 from models.export import export_onnx
 from models.geometry import Size, flip_keypoints, normalize_crop, person_crop_affine, warp_image
-from models.network import ModelConfig, build_model
+from models.metadata import MetadataError, ModelMetadata
 from models.schemas import LSP14
 from serving.backends import InferenceBackend
 from serving.backends.onnxruntime import OnnxRuntimeBackend
-from serving.metadata import MetadataError, ModelMetadata
 from serving.pipeline import PersonPose, PosePipeline, load_image_rgb, to_json
 from serving.render import render_poses
 from training.inference import predict_heatmaps
@@ -130,8 +130,9 @@ class GaussianBackend:
         mirrored_kp, _ = flip_keypoints(kp, ones, INPUT.w, LSP14.flip_index)
         n = len(batch) // 2
         has_mirrors = len(batch) % 2 == 0 and np.array_equal(batch[n:], batch[:n, ..., ::-1])
-        return np.stack([self.codec.encode(mirrored_kp if has_mirrors and i >= n else kp, ones)[0]
-                         for i in range(len(batch))])
+        return np.stack(
+            [self.codec.encode(mirrored_kp if has_mirrors and i >= n else kp, ones)[0] for i in range(len(batch))]
+        )
 
     def close(self) -> None:
         pass
@@ -256,7 +257,7 @@ def test_serving_never_imports_torch() -> None:
     runtime only present elsewhere (triton_python_backend_utils inside tritonserver) are skipped."""
     code = (
         "import importlib, pkgutil, sys\n"
-        "import serving, serving.metadata, serving.pipeline, serving.render, serving.backends.onnxruntime\n"
+        "import serving, models.metadata, serving.pipeline, serving.render, serving.backends.onnxruntime\n"
         "for info in pkgutil.walk_packages(serving.__path__, 'serving.'):\n"
         "    try:\n"
         "        importlib.import_module(info.name)\n"

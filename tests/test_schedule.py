@@ -1,12 +1,13 @@
 """The scheduler's retrain decision and its orphan sweep (embedded mode: no broker)."""
+
 import cv2
 import numpy as np
 
-from serving.queue import JobQueue
-from serving.registry import ModelRegistry
-from serving.schedule import retrain_reason, tick
-from serving.settings import load_settings
-from serving.uploads import UploadStore
+from continual.queue import JobQueue
+from continual.schedule import retrain_reason, tick
+from continual.settings import load_settings
+from continual.uploads import UploadStore
+from models.registry import ModelRegistry
 from tests.serving_fixtures import tiny_pose_onnx
 
 
@@ -31,8 +32,9 @@ def test_retrain_after_enough_new_images_since_the_active_models_pool(tmp_path):
 
 
 def test_tick_submits_once_and_resends_orphans(tmp_path):
-    settings = load_settings(registry_dir=tmp_path / "reg", data_dir=tmp_path / "data", retrain_min_new_images=1,
-                             orphan_after_s=0)
+    settings = load_settings(
+        registry_dir=tmp_path / "reg", data_dir=tmp_path / "data", retrain_min_new_images=1, orphan_after_s=0
+    )
     registry = ModelRegistry(settings.registry_dir)
     registry.set_active(registry.register(tiny_pose_onnx(tmp_path / "a.onnx"), actor="t").version, "t")
     store = UploadStore(settings.data_dir / "uploads")
@@ -46,7 +48,7 @@ def test_tick_submits_once_and_resends_orphans(tmp_path):
 
 
 def test_ingest_checks_make_thumbnails_and_teacher_confidence(tmp_path):
-    from serving.ingest_checks import check_pending
+    from poseloop.worker.checks import check_pending
 
     registry = ModelRegistry(tmp_path / "reg")
     store = UploadStore(tmp_path / "up")
@@ -56,7 +58,7 @@ def test_ingest_checks_make_thumbnails_and_teacher_confidence(tmp_path):
     registry.set_active(registry.register(tiny_pose_onnx(tmp_path / "a.onnx"), actor="t").version, "t")
     assert check_pending(store, registry) == 2 and check_pending(store, registry) == 0
     stats = store.stats(0)
-    assert stats["checked"] == 2 and 0 < stats["mean_teacher_confidence"]
+    assert stats["checked"] == 2 and stats["mean_teacher_confidence"] > 0
     for record in store.snapshot():
         thumb = cv2.imread(str(store.thumbnail_path(record.sha256)))
         assert thumb is not None and max(thumb.shape[:2]) <= 160

@@ -1,4 +1,5 @@
 """`poseloop serve --backend triton` (no --triton-url) starts and owns a real tritonserver; pose goes through it."""
+
 import os
 import signal
 import subprocess
@@ -17,9 +18,26 @@ def test_serve_with_managed_triton(tmp_path):
     model = tiny_pose_onnx(tmp_path / "m.onnx")
     port = free_port()
     env = {**os.environ, "POSELOOP_TOKENS": '{"infer-token-0123456789": ["infer"]}', "POSELOOP_ORT_THREADS": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "poseloop.cli", "serve", "--backend", "triton", "--model",
-                             str(model), "--port", str(port), "--registry", str(tmp_path / "reg")],
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "poseloop.cli",
+            "serve",
+            "--backend",
+            "triton",
+            "--model",
+            str(model),
+            "--port",
+            str(port),
+            "--registry",
+            str(tmp_path / "reg"),
+        ],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     base = f"http://127.0.0.1:{port}"
     try:
         wait_http(base + "/healthz", timeout=90, proc=proc)
@@ -27,8 +45,12 @@ def test_serve_with_managed_triton(tmp_path):
         while httpx.get(base + "/readyz").status_code != 200:
             assert time.monotonic() < deadline, "never ready"
             time.sleep(0.5)
-        r = httpx.post(base + "/v1/pose", headers={"Authorization": "Bearer infer-token-0123456789"},
-                       files={"image": ("a.png", encode(sample_image()), "image/png")}, timeout=30)
+        r = httpx.post(
+            base + "/v1/pose",
+            headers={"Authorization": "Bearer infer-token-0123456789"},
+            files={"image": ("a.png", encode(sample_image()), "image/png")},
+            timeout=30,
+        )
         assert r.status_code == 200, r.text
         assert r.headers["X-Model-Version"] == "1" and len(r.json()["persons"]) == 1
         assert (tmp_path / "reg" / "triton_repository" / "poseloop" / "1" / "model.onnx").exists()

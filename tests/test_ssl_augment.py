@@ -3,6 +3,7 @@
 Points are (x, y) = (column, row); masks are indexed mask[row, col]. Joint-based tests place joints near the
 bottom-left corner and the right edge, where the reference code's H/W and x/y swaps show up.
 """
+
 import math
 
 import pytest
@@ -11,13 +12,28 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from training.ssl.augment import (
-    AUGMENTS, AugmentPath, adaptive_keypoint_mask, affine_theta, apply_path, check_path, cut_occlude, cutmix, cutout,
-    joint_cutout, keypoint_mix, mixup, photometric, random_affine, relative_responses, warp, warp_points,
+    AUGMENTS,
+    AugmentPath,
+    adaptive_keypoint_mask,
+    affine_theta,
+    apply_path,
+    check_path,
+    cut_occlude,
+    cutmix,
+    cutout,
+    joint_cutout,
+    keypoint_mix,
+    mixup,
+    photometric,
+    random_affine,
+    relative_responses,
+    warp,
+    warp_points,
 )
 
 torch.set_num_threads(1)
-H, W = 128, 96          # input crop: tall on purpose
-HH, HW = 32, 24         # its heatmap (stride 4)
+H, W = 128, 96  # input crop: tall on purpose
+HH, HW = 32, 24  # its heatmap (stride 4)
 MEAN, STD = (123.675, 116.28, 103.53), (58.395, 57.12, 57.375)
 FAST = settings(max_examples=25, deadline=None)
 
@@ -65,8 +81,15 @@ def test_identity_theta_is_identity():
     assert torch.allclose(warp_points(pts, eye, (W, H)), pts, atol=1e-5)
 
 
-@given(scale=st.floats(0.75, 1.25), rot=st.floats(-60, 60), tx=st.floats(-0.1, 0.1), ty=st.floats(-0.1, 0.1),
-       px=st.floats(18, 30), py=st.floats(24, 40), rigid=st.booleans())
+@given(
+    scale=st.floats(0.75, 1.25),
+    rot=st.floats(-60, 60),
+    tx=st.floats(-0.1, 0.1),
+    ty=st.floats(-0.1, 0.1),
+    px=st.floats(18, 30),
+    py=st.floats(24, 40),
+    rigid=st.booleans(),
+)
 @example(scale=0.75, rot=60.0, tx=0.1, ty=-0.1, px=29.5, py=39.6, rigid=True)
 @FAST
 def test_warped_heatmap_peak_lands_on_warp_points(scale, rot, tx, ty, px, py, rigid):
@@ -129,19 +152,27 @@ CORNER_JOINTS = torch.tensor([[[10.0, 120.0], [93.0, 40.0]]])  # bottom-left of 
 def test_masks_cover_joints_and_not_the_transposed_location(fn):
     images = torch.ones(1, 3, H, W)
     if fn == "joint_cutout":
-        out, mask = joint_cutout(images, CORNER_JOINTS, num_joints=2, half_size=(12, 12), jitter_std=0.0,
-                                 generator=gen())
+        out, mask = joint_cutout(
+            images, CORNER_JOINTS, num_joints=2, half_size=(12, 12), jitter_std=0.0, generator=gen()
+        )
     else:  # both joints equally easy: max_masks=2 of K=2 joints
-        out, mask, counts = adaptive_keypoint_mask(images, CORNER_JOINTS, torch.tensor([[0.9, 0.9001]]),
-                                                   tau=0.0, max_masks=2, half_size=(12, 12), generator=gen())
+        out, mask, counts = adaptive_keypoint_mask(
+            images,
+            CORNER_JOINTS,
+            torch.tensor([[0.9, 0.9001]]),
+            tau=0.0,
+            max_masks=2,
+            half_size=(12, 12),
+            generator=gen(),
+        )
         assert counts.tolist() == [2]
     m = mask[0, 0]
-    assert m[120, 10] == 1 and m[40, 93] == 1            # mask[row = y, col = x]
-    assert m[93, 40] == 0 and m[10, 120 % W] == 0         # never at (row = x, col = y)
+    assert m[120, 10] == 1 and m[40, 93] == 1  # mask[row = y, col = x]
+    assert m[93, 40] == 0 and m[10, 120 % W] == 0  # never at (row = x, col = y)
     rows, cols = torch.nonzero(m, as_tuple=True)
     expected = torch.zeros(H, W)
-    expected[120 - 12:, :10 + 13] = 1                    # box clipped by the bottom edge (rows) ...
-    expected[40 - 12:40 + 13, 93 - 12:] = 1              # ... and by the right edge (columns)
+    expected[120 - 12 :, : 10 + 13] = 1  # box clipped by the bottom edge (rows) ...
+    expected[40 - 12 : 40 + 13, 93 - 12 :] = 1  # ... and by the right edge (columns)
     assert torch.equal(m, expected)
     assert torch.equal(out, images * (1 - mask))
 
@@ -150,8 +181,9 @@ def test_masks_cover_joints_and_not_the_transposed_location(fn):
 @FAST
 def test_joint_cutout_centre_of_mass_is_the_joint(x, y, half):
     joints = torch.tensor([[[x, y]]])
-    _, mask = joint_cutout(torch.ones(1, 3, H, W), joints, num_joints=1, half_size=(half, half), jitter_std=0.0,
-                           generator=gen())
+    _, mask = joint_cutout(
+        torch.ones(1, 3, H, W), joints, num_joints=1, half_size=(half, half), jitter_std=0.0, generator=gen()
+    )
     rows, cols = torch.nonzero(mask[0, 0], as_tuple=True)
     assert abs(cols.float().mean() - x) <= 0.5 and abs(rows.float().mean() - y) <= 0.5
     assert len(rows) == (2 * half + 1) ** 2
@@ -178,8 +210,9 @@ def test_joint_cutout_picks_valid_joints_without_replacement(seed, num):
     n, k = 32, 8
     joints = spread_joints(n, k, seed)
     valid = torch.rand(n, k, generator=gen(seed + 1)) < 0.6
-    _, mask = joint_cutout(torch.ones(n, 3, H, W), joints, valid, num_joints=num, half_size=(10, 14),
-                           jitter_std=0.0, generator=gen(seed))
+    _, mask = joint_cutout(
+        torch.ones(n, 3, H, W), joints, valid, num_joints=num, half_size=(10, 14), jitter_std=0.0, generator=gen(seed)
+    )
     hit = covered(mask, joints)
     assert not (hit & ~valid).any()
     assert torch.equal(hit.sum(1), valid.sum(1).clamp(max=num))  # distinct joints: min(num, #valid) covered
@@ -188,8 +221,9 @@ def test_joint_cutout_picks_valid_joints_without_replacement(seed, num):
 
 def test_joint_cutout_jitter_is_centred_on_the_joint():
     joints = torch.tensor([[[48.0, 64.0]]]).expand(400, 1, 2)
-    _, mask = joint_cutout(torch.ones(400, 1, H, W), joints, num_joints=1, half_size=(10, 10), jitter_std=10.0,
-                           generator=gen(5))
+    _, mask = joint_cutout(
+        torch.ones(400, 1, H, W), joints, num_joints=1, half_size=(10, 10), jitter_std=10.0, generator=gen(5)
+    )
     rows, cols = torch.meshgrid(torch.arange(H).float(), torch.arange(W).float(), indexing="ij")
     area = mask.sum((1, 2, 3))
     com = torch.stack([(mask[:, 0] * cols).sum((1, 2)) / area, (mask[:, 0] * rows).sum((1, 2)) / area], -1)
@@ -206,7 +240,7 @@ def test_cut_occlude_pastes_another_image_centred_on_this_joint():
         (dx, dy), (sx, sy) = joints[i, 0].long().tolist(), joints[j, 0].long().tolist()
         rows, cols = torch.nonzero(mask[i, 0], as_tuple=True)
         assert mask[i, 0, dy, dx] == 1
-        assert torch.all(out[i, 0, rows, cols] == j + 1)                         # content of the other image
+        assert torch.all(out[i, 0, rows, cols] == j + 1)  # content of the other image
         assert torch.equal(out[i, 1, rows, cols] - 1 - rows, torch.full_like(rows, sy - dy).float())
         assert torch.equal(out[i, 2, rows, cols] - 1 - cols, torch.full_like(cols, sx - dx).float())
         # both boxes clipped consistently: offsets = the part of ±12 valid at the source AND the destination
@@ -215,7 +249,7 @@ def test_cut_occlude_pastes_another_image_centred_on_this_joint():
         assert (cols - dx).min() == lo_x and (cols - dx).max() == hi_x
         assert (rows - dy).min() == lo_y and (rows - dy).max() == hi_y
         assert len(rows) == (hi_x - lo_x + 1) * (hi_y - lo_y + 1)
-        assert mask[i, 0, dx % H, dy % W] == 0                                    # nothing at (row = x, col = y)
+        assert mask[i, 0, dx % H, dy % W] == 0  # nothing at (row = x, col = y)
     assert torch.equal(out[mask.expand_as(out) == 0], images[mask.expand_as(out) == 0])
     assert (out != 0).all()  # nothing silently zeroed at the borders
 
@@ -270,6 +304,7 @@ def test_keypoint_mix_swaps_in_a_different_joint_of_another_image(seed):
 # ---------------------------------------------------------------- random boxes
 def hole_centres(mask: torch.Tensor, half: int) -> torch.Tensor:
     """Centres (N, 2) of single boxes of a known half-size, recovered from their (possibly clipped) extent."""
+
     def centre(hit: torch.Tensor) -> torch.Tensor:  # (N, L) bool along one axis
         first = hit.float().argmax(1)
         last = hit.shape[1] - 1 - hit.flip(1).float().argmax(1)
@@ -307,8 +342,9 @@ def test_cutmix_copies_the_same_location_of_another_image():
 
 
 # ---------------------------------------------------------------- adaptive keypoint masking
-@given(peaks=st.lists(st.floats(0, 1), min_size=12, max_size=12), valid=st.lists(st.booleans(), min_size=12,
-                                                                                   max_size=12))
+@given(
+    peaks=st.lists(st.floats(0, 1), min_size=12, max_size=12), valid=st.lists(st.booleans(), min_size=12, max_size=12)
+)
 @FAST
 def test_relative_responses_formula(peaks, valid):
     p = torch.tensor(peaks).view(2, 6)
@@ -331,10 +367,11 @@ def test_akm_counts_follow_the_share_of_easy_joints_and_masks_sit_on_easy_joints
     peaks = torch.full((6, k), 0.3)
     for i, e in enumerate(easy_counts):
         peaks[i, torch.randperm(k, generator=gen(i))[:e]] = 0.9
-    peaks[4, 0] = 0.5          # sample 4: all joints easy at tau=0.5 (r = 0 only for this one → not easy)
-    peaks[5] *= 0.15           # sample 5: max peak 0.135 < 0.2 → extremely difficult
-    out, mask, counts = adaptive_keypoint_mask(torch.ones(6, 3, H, W), joints, peaks, tau=0.5, max_masks=5,
-                                               min_masks=1, half_size=(10, 14), generator=gen())
+    peaks[4, 0] = 0.5  # sample 4: all joints easy at tau=0.5 (r = 0 only for this one → not easy)
+    peaks[5] *= 0.15  # sample 5: max peak 0.135 < 0.2 → extremely difficult
+    out, mask, counts = adaptive_keypoint_mask(
+        torch.ones(6, 3, H, W), joints, peaks, tau=0.5, max_masks=5, min_masks=1, half_size=(10, 14), generator=gen()
+    )
     assert counts.tolist() == [1, 2, 3, 4, 5, 1]  # round(5·#easy/10); [4]: 9 easy → round(4.5) = 5; [5]: min
     easy = relative_responses(peaks) >= 0.5
     hit = covered(mask, joints)
@@ -369,8 +406,9 @@ def test_photometric_stays_in_range_and_is_identity_at_zero_strength():
 
 
 # ---------------------------------------------------------------- paths, determinism, purity
-@pytest.mark.parametrize("name", sorted(set(AUGMENTS.names()) - {"none"}) + ["cut_occlude+cutout",
-                                                                             "joint_cutout+cutmix"])
+@pytest.mark.parametrize(
+    "name", sorted(set(AUGMENTS.names()) - {"none"}) + ["cut_occlude+cutout", "joint_cutout+cutmix"]
+)
 def test_paths_are_deterministic_and_pure(name):
     images = torch.randn(4, 3, 64, 48, generator=gen())
     joints = torch.rand(4, 5, 2, generator=gen(1)) * torch.tensor([48.0, 64.0])

@@ -1,4 +1,5 @@
 """Collapse monitor: per-step statistics and the sticky, resumable guard."""
+
 import io
 import math
 
@@ -37,8 +38,7 @@ def test_collapse_stats_mean_peak_low_fraction_and_agreement():
 def _stream(kind: str, steps: int, seed: int = 0):
     """Per-step stats of synthetic unlabeled predictions (2 crops, 4 joints, noisy Gaussians)."""
     g = torch.Generator().manual_seed(seed)
-    ys, xs = torch.meshgrid(torch.arange(H, dtype=torch.float32), torch.arange(W, dtype=torch.float32),
-                            indexing="ij")
+    ys, xs = torch.meshgrid(torch.arange(H, dtype=torch.float32), torch.arange(W, dtype=torch.float32), indexing="ij")
     for t in range(steps):
         if kind == "healthy":
             amp = 0.6 + 0.1 * torch.randn(2, 4, 1, 1, generator=g)

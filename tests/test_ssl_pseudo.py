@@ -1,13 +1,22 @@
 """Pseudo-label processing: peaks, confidence weights, view max, threshold-and-refine, cross-student selection."""
+
 import numpy as np
 import pytest
 import torch
 
 from models.codec import HeatmapCodec
 from models.geometry import Size
-from training.ssl.pseudo import (PseudoLabels, aggregate_views, confidence_weights, cross_student_uncertainty,
-                                 peaks, render_gaussians, select_by_uncertainty, subpixel_peaks,
-                                 threshold_and_refine)
+from training.ssl.pseudo import (
+    PseudoLabels,
+    aggregate_views,
+    confidence_weights,
+    cross_student_uncertainty,
+    peaks,
+    render_gaussians,
+    select_by_uncertainty,
+    subpixel_peaks,
+    threshold_and_refine,
+)
 
 torch.set_num_threads(1)
 CODEC = HeatmapCodec.for_input(Size(96, 128))  # heatmap w=24, h=32 (non-square)

@@ -1,4 +1,5 @@
 """Top-down samples: image crop and heatmap targets agree; flips swap joints; evaluation crops are deterministic."""
+
 import numpy as np
 import torch
 
@@ -46,7 +47,7 @@ def test_augmented_crop_and_targets_agree(tmp_path):
             # the dot drawn for the joint that now *bears label j* sits where its target peaks
             original = LSP14.flip_index[j] if ds.crop_params(0).flip else j
             xi, yi = int(round(x)), int(round(y))
-            patch = img[0, max(yi - 2, 0):yi + 3, max(xi - 2, 0):xi + 3]
+            patch = img[0, max(yi - 2, 0) : yi + 3, max(xi - 2, 0) : xi + 3]
             assert np.abs(patch.max() - 10 * (original + 1)) < 6, (epoch, j)
     assert 0 < flipped_seen < 6
 
@@ -63,8 +64,7 @@ def test_eval_crop_is_deterministic_and_keypoints_follow_affine(tmp_path):
 
 def test_lsp_targets_on_real_data(data_root):
     records = lsp_split(data_root, "train", label_budget=4)
-    ds = TopDownDataset(records, CODEC, (123.675, 116.28, 103.53), (58.395, 57.12, 57.375),
-                        augment=AugmentConfig())
+    ds = TopDownDataset(records, CODEC, (123.675, 116.28, 103.53), (58.395, 57.12, 57.375), augment=AugmentConfig())
     item = ds[3]
     assert item["target_weight"].sum() >= 10  # most LSP joints land inside the padded crop
     assert torch.isfinite(item["image"]).all()

@@ -5,6 +5,7 @@ under client load (load-in-place, never unload first), a broken candidate, and c
 The server tests skip, with the reason, when no tritonserver can run on this machine; the config tests
 (no server needed) always run.
 """
+
 from __future__ import annotations
 
 import random
@@ -23,11 +24,18 @@ import onnxruntime as ort
 import pytest
 from onnx import helper, numpy_helper
 
-from serving.backends.triton import BackendLoadError, TritonBackend, TritonInferError
-from serving.metadata import ModelMetadata
+from models.metadata import ModelMetadata
+from serving.triton.backend import BackendLoadError, TritonBackend, TritonInferError
 from serving.triton.repository import (
-    ModelIO, config_mismatches, onnxruntime_config, parse_pbtxt, production_config_matches_onnx,
-    python_backend_config, read_config, render_pbtxt, version_dirs,
+    ModelIO,
+    config_mismatches,
+    onnxruntime_config,
+    parse_pbtxt,
+    production_config_matches_onnx,
+    python_backend_config,
+    read_config,
+    render_pbtxt,
+    version_dirs,
 )
 from serving.triton.server import REPOSITORY_SECRET_HEADER, TritonServer, TritonUnavailable, find_tritonserver
 
@@ -63,8 +71,7 @@ def export_random_model(seed: int, path: Path) -> Path:
         model.head.final_layer.weight.mul_(scale)
         model.head.final_layer.bias.mul_(scale)
     codec = HeatmapCodec.for_input(Size(W, H), 4, sigma=2.0, refinement="quarter")
-    return export_onnx(model, codec, LSP14, path, version=f"seed{seed}", trained_on="t",
-                       exporter="torchscript").path
+    return export_onnx(model, codec, LSP14, path, version=f"seed{seed}", trained_on="t", exporter="torchscript").path
 
 
 def offset_model(source: Path, path: Path, offset: float) -> Path:
@@ -106,8 +113,12 @@ def onnx_files(tmp_path_factory) -> dict[str, Path]:
         v2 = export_random_model(2, root / "v2.onnx")
     finally:
         torch.set_num_threads(threads)
-    return {"1": v1, "2": v2, "3": offset_model(v1, root / "v3.onnx", 0.5),
-            "broken": broken_graph_model(v1, root / "broken.onnx")}
+    return {
+        "1": v1,
+        "2": v2,
+        "3": offset_model(v1, root / "v3.onnx", 0.5),
+        "broken": broken_graph_model(v1, root / "broken.onnx"),
+    }
 
 
 @pytest.fixture(scope="module")
@@ -140,8 +151,15 @@ def server(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def backend(server):
-    client = TritonBackend(server.url, server.repo, MODEL, server.repository_secret, keep_versions=2,
-                           max_batch_size=8, grpc_url=server.grpc_url)
+    client = TritonBackend(
+        server.url,
+        server.repo,
+        MODEL,
+        server.repository_secret,
+        keep_versions=2,
+        max_batch_size=8,
+        grpc_url=server.grpc_url,
+    )
     yield client
     client.close()
 
@@ -150,8 +168,15 @@ class Traffic:
     """Client threads sending requests continuously to the versions currently routed to, checking every
     response against the local onnxruntime output of the version it asked for."""
 
-    def __init__(self, backend: TritonBackend, inputs: np.ndarray, expected: dict[str, np.ndarray],
-                 versions: list[str], threads: int = 4, pause_s: float = 0.005) -> None:
+    def __init__(
+        self,
+        backend: TritonBackend,
+        inputs: np.ndarray,
+        expected: dict[str, np.ndarray],
+        versions: list[str],
+        threads: int = 4,
+        pause_s: float = 0.005,
+    ) -> None:
         self.backend, self.inputs, self.expected = backend, inputs, expected
         self.pause_s = pause_s
         self._versions = list(versions)
@@ -179,12 +204,12 @@ class Traffic:
             start = rng.randrange(len(self.inputs) - n + 1)
             sent = time.monotonic()
             try:
-                out = self.backend.infer(version, self.inputs[start:start + n])
-            except Exception as err:  # noqa: BLE001 - every failure is counted
+                out = self.backend.infer(version, self.inputs[start : start + n])
+            except Exception as err:
                 self.failures.append(f"v{version}: {err!r}")
             else:
                 self.max_latency_s = max(self.max_latency_s, time.monotonic() - sent)
-                diff = float(np.abs(out - self.expected[version][start:start + n]).max())
+                diff = float(np.abs(out - self.expected[version][start : start + n]).max())
                 if diff > TOLERANCE:
                     self.wrong.append((version, diff))
                 self.done.append((time.monotonic(), version))
@@ -310,9 +335,11 @@ def test_hot_swap_under_load(backend, onnx_files, inputs, expected, server) -> N
         backend.unload("1")
         t5 = time.monotonic()
         time.sleep(0.3)
-    print(f"load-in-place v2: {t1 - t0:.2f} s, v3: {t3 - t2:.2f} s, unload v1: {t5 - t4:.2f} s; "
-          f"{len(traffic.done)} requests, {Counter(v for _, v in traffic.done)}, "
-          f"max latency {traffic.max_latency_s:.2f} s")
+    print(
+        f"load-in-place v2: {t1 - t0:.2f} s, v3: {t3 - t2:.2f} s, unload v1: {t5 - t4:.2f} s; "
+        f"{len(traffic.done)} requests, {Counter(v for _, v in traffic.done)}, "
+        f"max latency {traffic.max_latency_s:.2f} s"
+    )
     assert traffic.failures == []
     assert traffic.wrong == []
     assert traffic.served(t0, t1)["1"] > 0  # v1 kept answering while v2 loaded
@@ -323,8 +350,9 @@ def test_hot_swap_under_load(backend, onnx_files, inputs, expected, server) -> N
     assert parse_pbtxt(read_config(server.repo, MODEL))["version_policy"] == {"specific": {"versions": ["2", "3"]}}
 
 
-def test_broken_candidate_is_refused_and_old_versions_keep_serving(backend, onnx_files, inputs, expected,
-                                                                   server, tmp_path) -> None:
+def test_broken_candidate_is_refused_and_old_versions_keep_serving(
+    backend, onnx_files, inputs, expected, server, tmp_path
+) -> None:
     before = backend.loaded_versions()
     config_before = read_config(server.repo, MODEL)
     truncated = tmp_path / "truncated.onnx"
@@ -362,11 +390,12 @@ def test_external_repository_mode(server, onnx_files, inputs, expected) -> None:
         anonymous.loaded_versions()  # no secret, no repository API
 
 
-def test_triton_sync_owns_the_repository_and_followers_serve_what_it_loads(server, onnx_files, inputs, expected,
-                                                                            tmp_path) -> None:
+def test_triton_sync_owns_the_repository_and_followers_serve_what_it_loads(
+    server, onnx_files, inputs, expected, tmp_path
+) -> None:
     """The scale-out pattern: a sync process loads every servable registry version into its server; an API-side
     backend with control=False never touches the repository, it serves a version once the sync made it READY."""
-    from serving.registry import ModelRegistry
+    from models.registry import ModelRegistry
     from serving.triton.sync import TritonSync
 
     registry = ModelRegistry(tmp_path / "registry")
@@ -411,13 +440,15 @@ def _alive(pid: int) -> bool:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return False
-    return stat[stat.rfind(")") + 2:].split()[0] != "Z"  # zombies are dead
+    return stat[stat.rfind(")") + 2 :].split()[0] != "Z"  # zombies are dead
 
 
 def test_triton_modules_never_import_torch() -> None:
-    code = ("import sys\nimport serving.triton.repository, serving.triton.server, serving.backends.triton\n"
-            "bad = sorted(m for m in sys.modules if m == 'torch' or m.startswith('torch.'))\n"
-            "print(bad)\nsys.exit(1 if bad else 0)\n")
+    code = (
+        "import sys\nimport serving.triton.repository, serving.triton.server, serving.triton.backend\n"
+        "bad = sorted(m for m in sys.modules if m == 'torch' or m.startswith('torch.'))\n"
+        "print(bad)\nsys.exit(1 if bad else 0)\n"
+    )
     repo = Path(__file__).resolve().parents[1]
     result = subprocess.run([sys.executable, "-c", code], cwd=repo, capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stdout + result.stderr

@@ -1,5 +1,6 @@
 """Unlabeled uploads: the UploadStore on disk, POST /v1/unlabeled and its stats over a real uvicorn server, and
 `poseloop ingest` from a real video and a folder of real LSPET images against that server."""
+
 from __future__ import annotations
 
 import hashlib
@@ -16,12 +17,12 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
+from continual.settings import Settings
+from continual.uploads import UploadStore
+from core.inputs import InputError
+from models.registry import ModelRegistry
 from poseloop.cli import app as cli_app
 from serving.app import create_app
-from serving.registry import ModelRegistry
-from serving.settings import Settings
-from serving.uploads import UploadStore
-from serving.validation import InputError
 from tests.data_paths import data_path
 from tests.serving_fixtures import auth, encode, sample_image, thread_server, tiny_pose_onnx
 
@@ -67,7 +68,7 @@ def test_store_indexes_only_after_the_file_is_written(tmp_path, monkeypatch) -> 
     def disk_full(path, data):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr("serving.uploads.atomic_write_bytes", disk_full)
+    monkeypatch.setattr("continual.uploads.atomic_write_bytes", disk_full)
     with pytest.raises(OSError):
         store.add(png(2), "a.png", None, "test", "alice")
     assert store.max_seq() == 0 and store.snapshot() == []
@@ -75,10 +76,15 @@ def test_store_indexes_only_after_the_file_is_written(tmp_path, monkeypatch) -> 
 
 def test_store_validation_reuses_pose_checks(tmp_path) -> None:
     store = UploadStore(tmp_path, max_pixels=100 * 100)
-    cases = [(jpeg(3)[:400], None, "truncated_image"), (b"GIF89a....", None, "unsupported_image_type"),
-             (png(3, (200, 100)), None, "image_too_large"), (png(3), [[100, 100, 5, 5]], "box_outside_image"),
-             (png(3), [[0, 0, -1, 5]], "invalid_boxes"), (png(3), [], "invalid_boxes"),
-             (png(3), [[0, 0, float("nan"), 5]], "invalid_boxes")]
+    cases = [
+        (jpeg(3)[:400], None, "truncated_image"),
+        (b"GIF89a....", None, "unsupported_image_type"),
+        (png(3, (200, 100)), None, "image_too_large"),
+        (png(3), [[100, 100, 5, 5]], "box_outside_image"),
+        (png(3), [[0, 0, -1, 5]], "invalid_boxes"),
+        (png(3), [], "invalid_boxes"),
+        (png(3), [[0, 0, float("nan"), 5]], "invalid_boxes"),
+    ]
     for data, boxes, code in cases:
         with pytest.raises(InputError) as err:
             store.add(data, "x", boxes, "test", "alice")
@@ -88,8 +94,9 @@ def test_store_validation_reuses_pose_checks(tmp_path) -> None:
 
 def test_store_snapshot_stats_and_count_since(tmp_path) -> None:
     store = UploadStore(tmp_path)
-    seqs = [store.add(png(10 + i), f"{i}.png", [1, 1, 20, 20] if i == 2 else None, "test", "alice").seq
-            for i in range(4)]
+    seqs = [
+        store.add(png(10 + i), f"{i}.png", [1, 1, 20, 20] if i == 2 else None, "test", "alice").seq for i in range(4)
+    ]
     assert seqs == [1, 2, 3, 4] and store.max_seq() == 4
     snap = store.snapshot()
     assert [r.seq for r in snap] == seqs and [r.sha256 for r in snap] == [sha(png(10 + i)) for i in range(4)]
@@ -100,7 +107,11 @@ def test_store_snapshot_stats_and_count_since(tmp_path) -> None:
     store.reject("bad.txt", "unsupported_image_type: ...", "alice")
     stats = store.stats(since_seq=3)
     assert {k: stats[k] for k in ("total", "new_since_active", "rejected", "max_seq")} == {
-        "total": 4, "new_since_active": 1, "rejected": 1, "max_seq": 4}
+        "total": 4,
+        "new_since_active": 1,
+        "rejected": 1,
+        "max_seq": 4,
+    }
     assert stats["disk_bytes"] >= sum(r.path.stat().st_size for r in snap) + (tmp_path / "index.sqlite").stat().st_size
 
 
@@ -133,9 +144,16 @@ def store_rows(root) -> int:
 def live(tmp_path_factory):
     """(base URL, settings, registry) of a server with small upload limits and an empty registry."""
     root = tmp_path_factory.mktemp("uploads_api")
-    settings = Settings(registry_dir=root / "registry", data_dir=root / "data", ort_threads=1, registry_poll_s=0,
-                        max_upload_bytes=MAX_UPLOAD_BYTES, max_upload_files=MAX_FILES, max_image_bytes=MAX_IMAGE_BYTES,
-                        tokens={UPLOAD: {"roles": ["upload"], "name": "uploader"}, OPS: ["ops"], INFER: ["infer"]})
+    settings = Settings(
+        registry_dir=root / "registry",
+        data_dir=root / "data",
+        ort_threads=1,
+        registry_poll_s=0,
+        max_upload_bytes=MAX_UPLOAD_BYTES,
+        max_upload_files=MAX_FILES,
+        max_image_bytes=MAX_IMAGE_BYTES,
+        tokens={UPLOAD: {"roles": ["upload"], "name": "uploader"}, OPS: ["ops"], INFER: ["infer"]},
+    )
     with thread_server(create_app(settings)) as base:
         yield base, settings, ModelRegistry(settings.registry_dir)
 
@@ -172,10 +190,14 @@ def test_upload_auth(client) -> None:
 
 def test_batch_keeps_good_images_and_names_bad_ones(live, client) -> None:
     good, other = png(201), jpeg(202)
-    files = [("files", ("good.png", good)), ("files", ("other.jpg", other)),
-             ("files", ("cut.jpg", jpeg(203)[:300])), ("files", ("notes.txt", b"not an image")),
-             ("files", ("again.png", good)), ("files", ("huge.png", encode(np.random.default_rng(0).integers(
-                 0, 255, (400, 400, 3), np.uint8), ".png")))]
+    files = [
+        ("files", ("good.png", good)),
+        ("files", ("other.jpg", other)),
+        ("files", ("cut.jpg", jpeg(203)[:300])),
+        ("files", ("notes.txt", b"not an image")),
+        ("files", ("again.png", good)),
+        ("files", ("huge.png", encode(np.random.default_rng(0).integers(0, 255, (400, 400, 3), np.uint8), ".png"))),
+    ]
     r = post(client, files)
     assert r.status_code == 200, r.text
     doc = r.json()
@@ -193,8 +215,11 @@ def test_batch_keeps_good_images_and_names_bad_ones(live, client) -> None:
 def test_boxes_sidecar_object_and_list(live, client) -> None:
     a, b, c = png(210, (120, 90)), png(211, (120, 90)), png(212, (120, 90))
     boxes = {"a.png": [[10, 5, 50, 80]], "b.png": [[10, 5, 50, 80], [500, 5, 10, 10]]}
-    r = post(client, [("files", ("a.png", a)), ("files", ("b.png", b)), ("files", ("c.png", c))],
-             {"boxes": json.dumps(boxes)})
+    r = post(
+        client,
+        [("files", ("a.png", a)), ("files", ("b.png", b)), ("files", ("c.png", c))],
+        {"boxes": json.dumps(boxes)},
+    )
     assert r.status_code == 200, r.text
     doc = r.json()
     assert names(doc, "accepted") == ["a.png", "c.png"]
@@ -234,20 +259,23 @@ def text(field: str, value: str) -> tuple[str, tuple[None, str]]:
     return field, (None, value)
 
 
-@pytest.mark.parametrize(("parts", "status", "code", "named"), [
-    ([IMG, text("boxes", "{not json")], 400, "malformed_json", "'boxes'"),
-    ([IMG, text("boxes", "[null, null]")], 422, "invalid_boxes", "'boxes'"),
-    ([IMG, text("boxes", '{"zzz.png": [1, 2, 3, 4]}')], 422, "invalid_boxes", "zzz.png"),
-    ([IMG, text("boxes", "3")], 422, "invalid_boxes", "'boxes'"),
-    ([text("source", "x")], 400, "no_files", "'files'"),
-    ([text("files", "not a file")], 422, "invalid_files", "'files'"),
-    ([IMG, text("file", "typo")], 422, "unknown_field", "'file'"),
-    ([IMG, ("archive", ("a.tar", b"x"))], 422, "invalid_archive", "'archive'"),
-    ([("archive", ("a.bin", b"plain bytes, no archive"))], 415, "unsupported_archive", "'archive'"),
-    ([("archive", ("a.tgz", b"\x1f\x8b\x08\x00garbage" * 10))], 400, "malformed_archive", "'archive'"),
-    ([("archive", ("a.zip", b"PK\x03\x04garbage" * 10))], 400, "malformed_archive", "'archive'"),
-    ([("archive", ("a.zip", zip_bytes({"a.png": b"x"}))), text("boxes", "{}")], 422, "invalid_boxes", "boxes.json"),
-])
+@pytest.mark.parametrize(
+    ("parts", "status", "code", "named"),
+    [
+        ([IMG, text("boxes", "{not json")], 400, "malformed_json", "'boxes'"),
+        ([IMG, text("boxes", "[null, null]")], 422, "invalid_boxes", "'boxes'"),
+        ([IMG, text("boxes", '{"zzz.png": [1, 2, 3, 4]}')], 422, "invalid_boxes", "zzz.png"),
+        ([IMG, text("boxes", "3")], 422, "invalid_boxes", "'boxes'"),
+        ([text("source", "x")], 400, "no_files", "'files'"),
+        ([text("files", "not a file")], 422, "invalid_files", "'files'"),
+        ([IMG, text("file", "typo")], 422, "unknown_field", "'file'"),
+        ([IMG, ("archive", ("a.tar", b"x"))], 422, "invalid_archive", "'archive'"),
+        ([("archive", ("a.bin", b"plain bytes, no archive"))], 415, "unsupported_archive", "'archive'"),
+        ([("archive", ("a.tgz", b"\x1f\x8b\x08\x00garbage" * 10))], 400, "malformed_archive", "'archive'"),
+        ([("archive", ("a.zip", b"PK\x03\x04garbage" * 10))], 400, "malformed_archive", "'archive'"),
+        ([("archive", ("a.zip", zip_bytes({"a.png": b"x"}))), text("boxes", "{}")], 422, "invalid_boxes", "boxes.json"),
+    ],
+)
 def test_malformed_requests_name_the_problem(live, client, parts, status, code, named) -> None:
     before = store_of(live).stats(0)
     r = post(client, parts)
@@ -311,10 +339,11 @@ def test_size_and_count_limits_refuse_the_whole_request(live, client) -> None:
 
     def chunks():  # no Content-Length: the limit is enforced while the body streams in
         for i in range(0, len(body), 65536):
-            yield body[i:i + 65536]
+            yield body[i : i + 65536]
 
-    r = client.post("/v1/unlabeled", content=chunks(),
-                    headers={**auth(UPLOAD), "Content-Type": request.headers["content-type"]})
+    r = client.post(
+        "/v1/unlabeled", content=chunks(), headers={**auth(UPLOAD), "Content-Type": request.headers["content-type"]}
+    )
     assert r.status_code == 413 and r.json()["error"]["code"] == "request_too_large"
 
     r = post(client, [("files", (f"{i}.png", png(240 + i, (8, 8)))) for i in range(MAX_FILES + 1)])
@@ -344,8 +373,9 @@ def test_stats_counts_new_since_the_active_model(live, client, tmp_path) -> None
     assert client.get("/v1/unlabeled/stats", headers=auth(UPLOAD)).json()["rejected"] == stats["rejected"] + 2
 
     trained_on = snap[-3].seq  # the model's pool ended three images ago
-    info = registry.register(tiny_pose_onnx(tmp_path / "m.onnx"), data_summary={"unlabeled_seq": trained_on},
-                             actor="test")
+    info = registry.register(
+        tiny_pose_onnx(tmp_path / "m.onnx"), data_summary={"unlabeled_seq": trained_on}, actor="test"
+    )
     assert client.post("/v1/ops/promote", json={"version": info.version}, headers=auth(OPS)).status_code == 200
     stats = client.get("/v1/unlabeled/stats", headers=auth(UPLOAD)).json()
     assert stats["active_version"] == info.version and stats["active_unlabeled_seq"] == trained_on

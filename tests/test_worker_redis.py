@@ -1,14 +1,15 @@
 """Reliability of the loop with a real Redis (AOF) and real Celery worker processes, on real LSP/LSPET data."""
+
 import json
 
 import httpx
 import pytest
 
-from serving.jobs import JobStore
-from serving.queue import JobQueue
-from serving.schedule import tick
-from serving.settings import load_settings
-from serving.uploads import UploadStore
+from continual.jobs import JobStore
+from continual.queue import JobQueue
+from continual.schedule import tick
+from continual.settings import load_settings
+from continual.uploads import UploadStore
 from tests.loop_fixtures import RETRAIN_OVERRIDES, install_active, lspet_images, upload_lspet
 from tests.redis_fixtures import CeleryWorker, loop_env, redis_server, wait_for  # noqa: F401 - fixture
 from tests.serving_fixtures import auth, process_server
@@ -37,8 +38,11 @@ def stack(tmp_path, small_model, redis_server, data_root, monkeypatch):
 
 
 def _final(jobs: JobStore, job_id: str, timeout: float = 400):
-    return wait_for(lambda: (j := jobs.get(job_id)).state in ("succeeded", "failed", "cancelled") and j,
-                    timeout, f"job {job_id} to finish")
+    return wait_for(
+        lambda: (j := jobs.get(job_id)).state in ("succeeded", "failed", "cancelled") and j,
+        timeout,
+        f"job {job_id} to finish",
+    )
 
 
 def test_kill_9_of_the_training_worker_mid_job_resumes(stack):
@@ -95,8 +99,11 @@ def test_redis_restart_loses_no_job_and_no_upload(stack, redis_server, data_root
 
 def test_end_to_end_upload_retrain_gate_hot_swap_over_http(stack, data_root, tmp_path):
     settings, registry, _, _, start_worker, env = stack
-    tokens = {"u" * 20: {"roles": ["upload"], "name": "uploader"}, "o" * 20: {"roles": ["ops"], "name": "ops"},
-              "i" * 20: {"roles": ["infer"], "name": "client"}}
+    tokens = {
+        "u" * 20: {"roles": ["upload"], "name": "uploader"},
+        "o" * 20: {"roles": ["ops"], "name": "ops"},
+        "i" * 20: {"roles": ["infer"], "name": "client"},
+    }
     start_worker()
     with process_server({**env, "POSELOOP_TOKENS": json.dumps(tokens), "POSELOOP_REGISTRY_POLL_S": "0.5"}) as (base, _):
         files = [("files", (p.name, p.read_bytes(), "image/jpeg")) for p in lspet_images(data_root, 16)[12:]]
@@ -130,6 +137,11 @@ def test_end_to_end_upload_retrain_gate_hot_swap_over_http(stack, data_root, tmp
         assert [e["actor"] for e in events if e["action"] == "promote"][-1] == f"job:{job_id}"
         assert events[-2]["action"] == "rollback" and events[-2]["actor"] == "ops"
         # the upload also queued ingest checks on the `ingest` queue: every image got a thumbnail and a confidence
-        stats = wait_for(lambda: (st := httpx.get(f"{base}/v1/unlabeled/stats", headers=auth("u" * 20)).json())
-                         ["checked"] == 16 and st, 60, "ingest checks")
+        stats = wait_for(
+            lambda: (
+                (st := httpx.get(f"{base}/v1/unlabeled/stats", headers=auth("u" * 20)).json())["checked"] == 16 and st
+            ),
+            60,
+            "ingest checks",
+        )
         assert 0 < stats["mean_teacher_confidence"] <= 1.5

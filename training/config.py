@@ -1,4 +1,5 @@
 """Typed, frozen training configuration (YAML ⇄ pydantic). One section per concern."""
+
 from __future__ import annotations
 
 import hashlib
@@ -20,26 +21,26 @@ class Frozen(BaseModel):
 class AugmentConfig(Frozen):
     """Train-time top-down augmentation (SimpleBaseline recipe)."""
 
-    scale_factor: float = 0.25      # scale ~ clip(N(1, sf), 1 − sf, 1 + sf)
-    rotation_factor: float = 30.0   # degrees ~ clip(N(0, rf), −2rf, 2rf)
+    scale_factor: float = 0.25  # scale ~ clip(N(1, sf), 1 − sf, 1 + sf)
+    rotation_factor: float = 30.0  # degrees ~ clip(N(0, rf), −2rf, 2rf)
     rotation_prob: float = 0.6
     flip_prob: float = 0.5
 
 
 class DataConfig(Frozen):
     dataset: Literal["lsp", "coco", "mpii"] = "lsp"
-    root: str | None = None                 # default: $POSELOOP_DATA or ../shared/datasets
-    label_budget: int | None = None         # first N labeled training records (deterministic)
+    root: str | None = None  # default: $POSELOOP_DATA or ../shared/datasets
+    label_budget: int | None = None  # first N labeled training records (deterministic)
     input_w: int = 96
     input_h: int = 128
     padding: float = 1.25
     augment: AugmentConfig = AugmentConfig()
     num_workers: int = 1
-    coco_ann_file: str | None = None        # for dataset=coco / mpii
+    coco_ann_file: str | None = None  # for dataset=coco / mpii
     coco_image_dir: str | None = None
     val_ann_file: str | None = None
-    unlabeled: str | None = None            # "lspet" (LSPET crops with their boxes) or a folder of images
-    unlabeled_limit: int | None = None      # first N unlabeled persons (quick runs)
+    unlabeled: str | None = None  # "lspet" (LSPET crops with their boxes) or a folder of images
+    unlabeled_limit: int | None = None  # first N unlabeled persons (quick runs)
 
     @property
     def input_size(self) -> Size:
@@ -63,12 +64,12 @@ class OptimConfig(Frozen):
     weight_decay: float = 0.0
     batch_size: int = 32
     iterations: int = 3000
-    milestones: tuple[float, ...] = (0.7, 0.9)   # fractions of `iterations` where lr ×= gamma
+    milestones: tuple[float, ...] = (0.7, 0.9)  # fractions of `iterations` where lr ×= gamma
     gamma: float = 0.1
     warmup_iterations: int = 0
-    amp: bool = True                              # used on CUDA only
+    amp: bool = True  # used on CUDA only
     grad_clip: float | None = None
-    channels_last: bool = True                    # NHWC: faster convolutions on CPU (oneDNN) and recent GPUs
+    channels_last: bool = True  # NHWC: faster convolutions on CPU (oneDNN) and recent GPUs
 
 
 class ScheduleConfig(Frozen):
@@ -95,7 +96,7 @@ class TrainConfig(Frozen):
     schedule: ScheduleConfig = ScheduleConfig()
     eval: EvalConfig = EvalConfig()
     method: MethodConfig = MethodConfig()
-    init_checkpoint: str | None = None      # warm start: weights of an earlier run's checkpoint (not its optimiser)
+    init_checkpoint: str | None = None  # warm start: weights of an earlier run's checkpoint (not its optimiser)
 
     @property
     def run_dir(self) -> Path:

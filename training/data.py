@@ -1,4 +1,5 @@
 """Which records a run trains and validates on, from the data section of its config."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
@@ -48,8 +49,11 @@ def build_splits(cfg: DataConfig) -> Splits:
     unlabeled = load_unlabeled(cfg, splits.schema)
     if not unlabeled:
         return splits
-    return replace(splits, unlabeled=unlabeled,
-                   description=f"{splits.description}; unlabeled {cfg.unlabeled} ({len(unlabeled)} persons)")
+    return replace(
+        splits,
+        unlabeled=unlabeled,
+        description=f"{splits.description}; unlabeled {cfg.unlabeled} ({len(unlabeled)} persons)",
+    )
 
 
 def _labeled_splits(cfg: DataConfig) -> Splits:
@@ -73,7 +77,9 @@ def _labeled_splits(cfg: DataConfig) -> Splits:
         from training.datasets.mpii import load_mpii
 
         if not (cfg.coco_ann_file and cfg.coco_image_dir and cfg.val_ann_file):
-            raise ValueError("dataset=mpii needs data.coco_ann_file (train json), data.coco_image_dir, data.val_ann_file")
+            raise ValueError(
+                "dataset=mpii needs data.coco_ann_file (train json), data.coco_image_dir, data.val_ann_file"
+            )
         train = load_mpii(cfg.coco_ann_file, cfg.coco_image_dir)[: cfg.label_budget]
         val = load_mpii(cfg.val_ann_file, cfg.coco_image_dir)
         return Splits(train, val, "mpii16", f"MPII first {len(train)} of {cfg.coco_ann_file}")

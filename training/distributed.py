@@ -6,6 +6,7 @@ by DistributedDataParallel, BN buffers (students' and EMA teachers') broadcast f
 teacher updates (EMA, reviewer snapshots) computed identically on every rank from identical weights. Only rank 0
 validates, writes checkpoints, logs and exports; the others receive its decisions (best metric, stop flags).
 """
+
 from __future__ import annotations
 
 import os
@@ -92,8 +93,12 @@ def init_process_group(ctx: DistContext, device: torch.device) -> None:
         return
     if device.type == "cuda":
         torch.cuda.set_device(ctx.local_rank)
-    dist.init_process_group("nccl" if device.type == "cuda" else "gloo", rank=ctx.rank,
-                            world_size=ctx.world_size, timeout=timedelta(minutes=30))
+    dist.init_process_group(
+        "nccl" if device.type == "cuda" else "gloo",
+        rank=ctx.rank,
+        world_size=ctx.world_size,
+        timeout=timedelta(minutes=30),
+    )
 
 
 def shutdown() -> None:
@@ -103,8 +108,16 @@ def shutdown() -> None:
 
 def torchrun_argv(nproc: int, module: str, args: list[str]) -> list[str]:
     """`torchrun --standalone --nproc_per_node N -m module args…` through this interpreter (no PATH lookup)."""
-    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-            "-m", module, *args]
+    return [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc_per_node={nproc}",
+        "-m",
+        module,
+        *args,
+    ]
 
 
 def torchrun_env(nproc: int) -> dict[str, str]:

@@ -2,6 +2,7 @@
 
 Methods (training/methods) only say what one step computes; everything else lives here.
 """
+
 from __future__ import annotations
 
 import json
@@ -10,9 +11,9 @@ import os
 import random
 import subprocess
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
 
 import numpy as np
 import torch
@@ -24,9 +25,9 @@ from models.codec import HeatmapCodec
 from models.network import build_model
 from training.config import TrainConfig
 from training.data import Splits, build_splits
-from training.distributed import DistContext, context_from_env, init_process_group
 from training.datasets.records import PersonRecord
 from training.datasets.topdown import TopDownDataset
+from training.distributed import DistContext, context_from_env, init_process_group
 from training.evaluator import evaluate_model, metric_name
 from training.inference import HeatmapEnsemble
 from training.methods import LabeledBatch, Method, UnlabeledBatch, build_method
@@ -47,8 +48,13 @@ def pick_device(requested: str | None = None) -> torch.device:
 
 def git_commit() -> str:
     try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                              cwd=Path(__file__).parent, check=True).stdout.strip()
+        return subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            cwd=Path(__file__).parent,
+            check=True,
+        ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
 
@@ -63,8 +69,9 @@ def load_init(model: torch.nn.Module, checkpoint: str | Path) -> None:
 
 
 def codec_for(config: TrainConfig) -> HeatmapCodec:
-    return HeatmapCodec.for_input(config.data.input_size, config.codec.stride, config.codec.sigma,
-                                  config.codec.refinement)
+    return HeatmapCodec.for_input(
+        config.data.input_size, config.codec.stride, config.codec.sigma, config.codec.refinement
+    )
 
 
 def atomic_save(obj, path: Path) -> None:
@@ -84,8 +91,15 @@ class InfiniteLoader:
     replacement. The dataset's epoch (its augmentation draw) advances with each pass.
     """
 
-    def __init__(self, dataset: TopDownDataset, batch_size: int, seed: int, num_workers: int,
-                 position: tuple[int, int] = (0, 0), dist: DistContext = DistContext()):
+    def __init__(
+        self,
+        dataset: TopDownDataset,
+        batch_size: int,
+        seed: int,
+        num_workers: int,
+        position: tuple[int, int] = (0, 0),
+        dist: DistContext = DistContext(),
+    ):
         self.dataset = dataset
         self.batch_size = batch_size  # global: every rank gets batch_size / world_size of it
         self.seed = seed
@@ -102,17 +116,18 @@ class InfiniteLoader:
         local = d.shard(self.batch_size)
         if n < self.batch_size:
             g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
-            return [torch.randint(n, (self.batch_size,), generator=g)[d.rank::d.world_size].tolist()]
-        sampler = DistributedSampler(self.dataset, num_replicas=d.world_size, rank=d.rank, shuffle=True,
-                                     seed=self.seed * 100_003, drop_last=True)
+            return [torch.randint(n, (self.batch_size,), generator=g)[d.rank :: d.world_size].tolist()]
+        sampler = DistributedSampler(
+            self.dataset, num_replicas=d.world_size, rank=d.rank, shuffle=True, seed=self.seed * 100_003, drop_last=True
+        )
         sampler.set_epoch(self.epoch)
         order = list(sampler)
-        return [order[i:i + local] for i in range(0, len(order) - local + 1, local)]
+        return [order[i : i + local] for i in range(0, len(order) - local + 1, local)]
 
     def __iter__(self) -> Iterator[dict]:
         while True:
             self.dataset.set_epoch(self.epoch)
-            batches = self._batches()[self.batch:]
+            batches = self._batches()[self.batch :]
             loader = DataLoader(self.dataset, batch_sampler=batches, num_workers=self.num_workers)
             for item in loader:
                 self.batch += 1
@@ -140,16 +155,28 @@ class TrainResult:
 
     def summary(self) -> dict:
         """JSON-ready outcome: what `poseloop train` prints and what a retrain job records of its chunk."""
-        return {"run_dir": str(self.run_dir), "best_metric": self.best_metric, "best_step": self.best_step,
-                "steps": self.steps, "wall_time_s": round(self.wall_time_s, 1), "stopped": self.stopped_reason}
+        return {
+            "run_dir": str(self.run_dir),
+            "best_metric": self.best_metric,
+            "best_step": self.best_step,
+            "steps": self.steps,
+            "wall_time_s": round(self.wall_time_s, 1),
+            "stopped": self.stopped_reason,
+        }
 
 
 class Trainer:
     """Builds everything a config describes and runs (or resumes) it."""
 
-    def __init__(self, config: TrainConfig, device: str | None = None, splits: Splits | None = None,
-                 unlabeled: list[PersonRecord] | None = None, init_checkpoint: str | None = None,
-                 dist: DistContext | None = None):
+    def __init__(
+        self,
+        config: TrainConfig,
+        device: str | None = None,
+        splits: Splits | None = None,
+        unlabeled: list[PersonRecord] | None = None,
+        init_checkpoint: str | None = None,
+        dist: DistContext | None = None,
+    ):
         self.config = config
         self.dist = dist or context_from_env()
         self.device = self.dist.device(pick_device(device))
@@ -203,8 +230,9 @@ class Trainer:
 
     def _dataset(self, records: list[PersonRecord], seed_offset: int) -> TopDownDataset:
         d = self.config.data
-        return TopDownDataset(records, self.codec, self.mean, self.std, d.padding, d.augment,
-                              seed=self.config.seed * 1000 + seed_offset)
+        return TopDownDataset(
+            records, self.codec, self.mean, self.std, d.padding, d.augment, seed=self.config.seed * 1000 + seed_offset
+        )
 
     # ------------------------------------------------------------------ checkpoints
     @property
@@ -214,18 +242,21 @@ class Trainer:
     def save_checkpoint(self) -> None:
         if not self.dist.is_main:
             return
-        atomic_save({
-            "step": self.step,
-            "method": self.method.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "scaler": self.scaler.state_dict(),
-            "best_metric": self.best_metric,
-            "best_step": self.best_step,
-            "positions": self.positions,
-            "torch_rng": torch.get_rng_state(),
-            "config": self.config.model_dump(mode="json"),
-            "git_commit": git_commit(),
-        }, self.last_path)
+        atomic_save(
+            {
+                "step": self.step,
+                "method": self.method.state_dict(),
+                "optimizer": self.optimizer.state_dict(),
+                "scaler": self.scaler.state_dict(),
+                "best_metric": self.best_metric,
+                "best_step": self.best_step,
+                "positions": self.positions,
+                "torch_rng": torch.get_rng_state(),
+                "config": self.config.model_dump(mode="json"),
+                "git_commit": git_commit(),
+            },
+            self.last_path,
+        )
 
     def try_resume(self) -> bool:
         if not self.last_path.exists():
@@ -259,16 +290,19 @@ class Trainer:
     def save_best(self, metrics: dict[str, float]) -> None:
         if not self.dist.is_main:
             return
-        atomic_save({
-            "model": self.method.student.state_dict(),
-            "model_config": self.config.model.model_dump(mode="json"),
-            "config": self.config.model_dump(mode="json"),
-            "metrics": metrics,
-            "step": self.step,
-            "trained_on": self.splits.description,
-            "git_commit": git_commit(),
-            "promotable": True,
-        }, self.run_dir / "best.pt")
+        atomic_save(
+            {
+                "model": self.method.student.state_dict(),
+                "model_config": self.config.model.model_dump(mode="json"),
+                "config": self.config.model_dump(mode="json"),
+                "metrics": metrics,
+                "step": self.step,
+                "trained_on": self.splits.description,
+                "git_commit": git_commit(),
+                "promotable": True,
+            },
+            self.run_dir / "best.pt",
+        )
 
     # ------------------------------------------------------------------ validation and logs
     def validate(self) -> dict[str, float]:
@@ -282,9 +316,19 @@ class Trainer:
 
     def _evaluate(self, model: torch.nn.Module) -> dict[str, float]:
         e = self.config.eval
-        return evaluate_model(model, self.splits.val, self.config.data.dataset, self.codec,
-                              self.mean, self.std, self.config.data.padding, e.flip_test, e.batch_size,
-                              self.device, coco_gt=self.config.data.val_ann_file)
+        return evaluate_model(
+            model,
+            self.splits.val,
+            self.config.data.dataset,
+            self.codec,
+            self.mean,
+            self.std,
+            self.config.data.padding,
+            e.flip_test,
+            e.batch_size,
+            self.device,
+            coco_gt=self.config.data.val_ann_file,
+        )
 
     def log(self, row: dict) -> None:
         self.history.append(row)
@@ -304,8 +348,13 @@ class Trainer:
                 path.write_text("".join(json.dumps(r) + "\n" for r in self.history))
 
     # ------------------------------------------------------------------ the loop
-    def fit(self, resume: bool = True, progress: bool = True, stop_after: int | None = None,
-            on_log: Callable[[dict], None] | None = None) -> TrainResult:
+    def fit(
+        self,
+        resume: bool = True,
+        progress: bool = True,
+        stop_after: int | None = None,
+        on_log: Callable[[dict], None] | None = None,
+    ) -> TrainResult:
         """Run to `optim.iterations` (or only `stop_after` more steps, leaving a resumable checkpoint).
 
         on_log: called with every logged row (training and validation); it may raise to abort the run (e.g. a
@@ -320,20 +369,38 @@ class Trainer:
             (self.run_dir / "metrics.jsonl").unlink(missing_ok=True)
         if main:
             (self.run_dir / "config.json").write_text(json.dumps(cfg.model_dump(mode="json"), indent=2))
-        loaders = {"labeled": InfiniteLoader(self._dataset(self.splits.train, 0), cfg.optim.batch_size, cfg.seed,
-                                             cfg.data.num_workers, self.positions["labeled"], self.dist)}
+        loaders = {
+            "labeled": InfiniteLoader(
+                self._dataset(self.splits.train, 0),
+                cfg.optim.batch_size,
+                cfg.seed,
+                cfg.data.num_workers,
+                self.positions["labeled"],
+                self.dist,
+            )
+        }
         if self.method.needs_unlabeled:
             if not self.unlabeled:
                 raise ValueError(f"method {cfg.method.name!r} needs unlabeled records")
-            loaders["unlabeled"] = InfiniteLoader(self._dataset(self.unlabeled, 1), cfg.optim.batch_size,
-                                                  cfg.seed + 1, cfg.data.num_workers, self.positions["unlabeled"],
-                                                  self.dist)
+            loaders["unlabeled"] = InfiniteLoader(
+                self._dataset(self.unlabeled, 1),
+                cfg.optim.batch_size,
+                cfg.seed + 1,
+                cfg.data.num_workers,
+                self.positions["unlabeled"],
+                self.dist,
+            )
         labeled = iter(loaders["labeled"])
         unlabeled = iter(loaders["unlabeled"]) if "unlabeled" in loaders else None
         start = time.time()
         stopped = None
-        bar = tqdm(total=cfg.optim.iterations, initial=self.step, disable=not (progress and main), desc=cfg.name,
-                   dynamic_ncols=True)
+        bar = tqdm(
+            total=cfg.optim.iterations,
+            initial=self.step,
+            disable=not (progress and main),
+            desc=cfg.name,
+            dynamic_ncols=True,
+        )
         window: dict[str, float] = {}
         self.method.train()
         end = cfg.optim.iterations if stop_after is None else min(cfg.optim.iterations, self.step + stop_after)
@@ -369,8 +436,12 @@ class Trainer:
             if self.step % cfg.schedule.log_every == 0 or self.step == cfg.optim.iterations:
                 n = window.pop("_n")
                 means = self.dist.mean({k: v / n for k, v in window.items()})
-                row = {"step": self.step, "lr": self.optimizer.param_groups[0]["lr"],
-                       "time_s": round(time.time() - start, 2), **means}
+                row = {
+                    "step": self.step,
+                    "lr": self.optimizer.param_groups[0]["lr"],
+                    "time_s": round(time.time() - start, 2),
+                    **means,
+                }
                 window = {}
                 self.log(row)
                 bar.set_postfix({k: f"{v:.4g}" for k, v in row.items() if k.startswith("loss")})
@@ -381,9 +452,15 @@ class Trainer:
         bar.close()
         self.dist.sync_buffers(self.method)  # ranks leave with rank 0's BN/EMA statistics, as checkpoints hold
         final = self.history[-1] if self.history else {}
-        return TrainResult(self.run_dir, self.best_metric, self.best_step,
-                           {k: v for k, v in final.items() if k.startswith("val/")}, self.step,
-                           time.time() - start, stopped)
+        return TrainResult(
+            self.run_dir,
+            self.best_metric,
+            self.best_step,
+            {k: v for k, v in final.items() if k.startswith("val/")},
+            self.step,
+            time.time() - start,
+            stopped,
+        )
 
     def _validate_and_keep_best(self) -> None:
         """Rank 0 validates (after taking its BN statistics everywhere); every rank gets its metric, so reviewer
@@ -401,4 +478,3 @@ class Trainer:
         if self.dist.is_main:
             plot_curves(self.history, self.run_dir / "curve.png", title=self.config.name, metric=f"val/{key}")
         self.method.train()
-

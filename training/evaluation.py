@@ -14,6 +14,7 @@ PCK rules used throughout:
   left/right pairs ("Shoulder" etc.) average the two per-joint values instead, which differs only
   when the two counts differ.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -54,8 +55,9 @@ class PCKResult:
     counted: np.ndarray | None = field(default=None, repr=False)
 
 
-def paired_bootstrap_delta(correct_a: Sequence[int], correct_b: Sequence[int], counted: Sequence[int],
-                           resamples: int = 2000, seed: int = 0) -> tuple[float, float, float]:
+def paired_bootstrap_delta(
+    correct_a: Sequence[int], correct_b: Sequence[int], counted: Sequence[int], resamples: int = 2000, seed: int = 0
+) -> tuple[float, float, float]:
     """(delta, low, high): pooled PCK of A minus B in points, with a 95% percentile interval from resampling
     persons (both models scored on the same resampled persons). Per-person joint counts are the input, so the
     spread reflects which people are in the validation set — the dominant noise with 200 persons."""
@@ -68,8 +70,13 @@ def paired_bootstrap_delta(correct_a: Sequence[int], correct_b: Sequence[int], c
     return float(100.0 * (a.sum() - b.sum()) / n.sum()), float(low), float(high)
 
 
-def confidence_reliability(correct: np.ndarray, counted: np.ndarray, scores: np.ndarray,
-                           thresholds: Sequence[float] = (0.3, 0.5, 0.6, 0.7, 0.8), bins: int = 5) -> dict:
+def confidence_reliability(
+    correct: np.ndarray,
+    counted: np.ndarray,
+    scores: np.ndarray,
+    thresholds: Sequence[float] = (0.3, 0.5, 0.6, 0.7, 0.8),
+    bins: int = 5,
+) -> dict:
     """How far a model's heatmap peaks can be trusted as pseudo-labels: PCK of its joints per confidence
     quantile bin, and for each threshold τ the share of joints a `confidence_threshold` of τ would keep with
     the PCK of kept and dropped ones. Inputs are (N, K) arrays over the joints to study (e.g. the limbs)."""
@@ -84,12 +91,30 @@ def confidence_reliability(correct: np.ndarray, counted: np.ndarray, scores: np.
 
     edges = np.quantile(conf, np.linspace(0.0, 1.0, bins + 1))
     which = np.clip(np.searchsorted(edges, conf, side="right") - 1, 0, bins - 1)  # the top edge joins the last bin
-    quantile_bins = [{"low": float(edges[i]), "high": float(edges[i + 1]), "share": float(np.mean(which == i)),
-                      "pck": pck_of(which == i)} for i in range(bins)]
-    cuts = [{"threshold": float(t), "kept": float(np.mean(conf >= t)),
-             "pck_kept": pck_of(conf >= t), "pck_dropped": pck_of(conf < t)} for t in thresholds]
-    return {"joints": int(ok.size), "pck": pck_of(np.ones(ok.size, bool)), "quantile_bins": quantile_bins,
-            "thresholds": cuts}
+    quantile_bins = [
+        {
+            "low": float(edges[i]),
+            "high": float(edges[i + 1]),
+            "share": float(np.mean(which == i)),
+            "pck": pck_of(which == i),
+        }
+        for i in range(bins)
+    ]
+    cuts = [
+        {
+            "threshold": float(t),
+            "kept": float(np.mean(conf >= t)),
+            "pck_kept": pck_of(conf >= t),
+            "pck_dropped": pck_of(conf < t),
+        }
+        for t in thresholds
+    ]
+    return {
+        "joints": int(ok.size),
+        "pck": pck_of(np.ones(ok.size, bool)),
+        "quantile_bins": quantile_bins,
+        "thresholds": cuts,
+    }
 
 
 def _ratio(correct: np.ndarray, counted: np.ndarray) -> float:
@@ -133,11 +158,10 @@ def pck(
     per_joint = np.full(k, np.nan)
     has = per_count > 0
     per_joint[has] = 100.0 * correct.sum(axis=0)[has] / per_count[has]
-    subset = {
-        name: _ratio(correct[:, list(idx)], counted[:, list(idx)]) for name, idx in (joint_subsets or {}).items()
-    }
-    return PCKResult(overall=_ratio(correct, counted), per_joint=per_joint, subset=subset, correct=correct,
-                     counted=counted)
+    subset = {name: _ratio(correct[:, list(idx)], counted[:, list(idx)]) for name, idx in (joint_subsets or {}).items()}
+    return PCKResult(
+        overall=_ratio(correct, counted), per_joint=per_joint, subset=subset, correct=correct, counted=counted
+    )
 
 
 def torso_size(gt: np.ndarray, left_shoulder_idx: int, right_hip_idx: int) -> np.ndarray:

@@ -1,4 +1,5 @@
 """Dataset-specific validation: LSP PCK@0.2, MPII PCKh@0.5, COCO OKS AP — one call for the trainer and CLI."""
+
 from __future__ import annotations
 
 from typing import Any
@@ -17,10 +18,21 @@ def metric_name(dataset: str) -> str:
     return {"lsp": "pck_limbs", "mpii": "pckh", "coco": "ap"}[dataset]
 
 
-def evaluate_model(model: torch.nn.Module, records: list[PersonRecord], dataset: str, codec: HeatmapCodec,
-                   mean, std, padding: float = 1.25, flip_test: bool = False, batch_size: int = 64,
-                   device: torch.device | str = "cpu", coco_gt=None, per_person: bool = False,
-                   reliability: bool = False) -> dict[str, Any]:
+def evaluate_model(
+    model: torch.nn.Module,
+    records: list[PersonRecord],
+    dataset: str,
+    codec: HeatmapCodec,
+    mean,
+    std,
+    padding: float = 1.25,
+    flip_test: bool = False,
+    batch_size: int = 64,
+    device: torch.device | str = "cpu",
+    coco_gt=None,
+    per_person: bool = False,
+    reliability: bool = False,
+) -> dict[str, Any]:
     """Predict every record and score it; returns flat metrics (percentages for PCK, 0–100 AP).
     per_person (LSP): also "per_person" = correct and counted limb joints of each record, in order — what a
     paired bootstrap between two models needs. reliability (LSP): also "reliability" = limb PCK by heatmap
@@ -37,11 +49,14 @@ def evaluate_model(model: torch.nn.Module, records: list[PersonRecord], dataset:
         metrics.update({f"pck/{name}": float(v) for name, v in zip(LSP14.keypoints, result.per_joint)})
         limbs = list(evaluation.LSP_SUBSETS["limbs"])
         if per_person:
-            metrics["per_person"] = {"limbs_correct": result.correct[:, limbs].sum(1).tolist(),
-                                     "limbs_counted": result.counted[:, limbs].sum(1).tolist()}
+            metrics["per_person"] = {
+                "limbs_correct": result.correct[:, limbs].sum(1).tolist(),
+                "limbs_counted": result.counted[:, limbs].sum(1).tolist(),
+            }
         if reliability:
             metrics["reliability"] = evaluation.confidence_reliability(
-                result.correct[:, limbs], result.counted[:, limbs], pred.scores[:, limbs])
+                result.correct[:, limbs], result.counted[:, limbs], pred.scores[:, limbs]
+            )
         return metrics
     if dataset == "mpii":
         gt = np.stack([r.keypoints for r in records])
@@ -56,8 +71,14 @@ def evaluate_model(model: torch.nn.Module, records: list[PersonRecord], dataset:
         results = []
         for record, kpts, scores in zip(records, pred.keypoints, pred.scores):
             flat = np.concatenate([kpts, scores[:, None]], 1).reshape(-1)
-            results.append({"image_id": record.image_id, "category_id": 1, "keypoints": flat.tolist(),
-                            "score": float(scores[scores > 0.2].mean()) if (scores > 0.2).any() else 0.0})
+            results.append(
+                {
+                    "image_id": record.image_id,
+                    "category_id": 1,
+                    "keypoints": flat.tolist(),
+                    "score": float(scores[scores > 0.2].mean()) if (scores > 0.2).any() else 0.0,
+                }
+            )
         stats = evaluation.coco_keypoint_ap(results, coco_gt)
         return {k.lower(): v for k, v in stats.items()}
     raise ValueError(f"unknown dataset {dataset!r}")

@@ -1,4 +1,5 @@
 """PyTorch inference over person records (evaluation and the `predict` command's torch path)."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -16,7 +17,7 @@ from training.datasets.topdown import TopDownDataset
 @dataclass
 class Predictions:
     keypoints: np.ndarray  # (N, K, 2) source-image pixels
-    scores: np.ndarray     # (N, K) heatmap peak values
+    scores: np.ndarray  # (N, K) heatmap peak values
 
 
 class HeatmapEnsemble(torch.nn.Module):
@@ -32,8 +33,9 @@ class HeatmapEnsemble(torch.nn.Module):
 
 
 @torch.inference_mode()
-def predict_heatmaps(model: torch.nn.Module, images: torch.Tensor, flip_index: np.ndarray | None,
-                     codec: HeatmapCodec) -> np.ndarray:
+def predict_heatmaps(
+    model: torch.nn.Module, images: torch.Tensor, flip_index: np.ndarray | None, codec: HeatmapCodec
+) -> np.ndarray:
     """(N, 3, H, W) → (N, K, h, w) numpy; with `flip_index` averages with the flipped-back mirrored pass."""
     heatmaps = model(images).float().cpu().numpy()
     if flip_index is not None:
@@ -42,9 +44,18 @@ def predict_heatmaps(model: torch.nn.Module, images: torch.Tensor, flip_index: n
     return heatmaps
 
 
-def predict_records(model: torch.nn.Module, records: list[PersonRecord], codec: HeatmapCodec, mean, std,
-                    padding: float = 1.25, flip_test: bool = False, batch_size: int = 64,
-                    device: torch.device | str = "cpu", num_workers: int = 0) -> Predictions:
+def predict_records(
+    model: torch.nn.Module,
+    records: list[PersonRecord],
+    codec: HeatmapCodec,
+    mean,
+    std,
+    padding: float = 1.25,
+    flip_test: bool = False,
+    batch_size: int = 64,
+    device: torch.device | str = "cpu",
+    num_workers: int = 0,
+) -> Predictions:
     """Keypoints in image pixels for each record's box (eval crop, no augmentation)."""
     dataset = TopDownDataset(records, codec, mean, std, padding=padding, augment=None)
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)

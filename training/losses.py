@@ -1,4 +1,5 @@
 """Heatmap losses (torch)."""
+
 from __future__ import annotations
 
 import torch
@@ -15,8 +16,9 @@ def heatmap_mse(pred: torch.Tensor, target: torch.Tensor, weight: torch.Tensor |
     return joint_mse(pred, target, weight).mean()
 
 
-def multilevel_mse(preds: list[torch.Tensor], target: torch.Tensor, weight: torch.Tensor | None = None,
-                   aux_weight: float = 1.0) -> torch.Tensor:
+def multilevel_mse(
+    preds: list[torch.Tensor], target: torch.Tensor, weight: torch.Tensor | None = None, aux_weight: float = 1.0
+) -> torch.Tensor:
     """Main head + auxiliary heads (all at the target's resolution), each supervised by the same target."""
     loss = heatmap_mse(preds[0], target, weight)
     for aux in preds[1:]:

@@ -6,6 +6,7 @@ When there is none (a worker, beat, triton-sync) it exits 0: those roles are sup
 and compose/Kubernetes give them their own checks where they need one.
 Port: the process's `--port`, else $POSELOOP_PORT, else 8080. Exit status 0 = healthy, 1 = unhealthy.
 """
+
 from __future__ import annotations
 
 import os
@@ -25,7 +26,7 @@ def serve_port(proc: Path = Path("/proc")) -> int | None:
             continue
         for i, arg in enumerate(argv[:-1]):
             if (os.path.basename(arg) == "poseloop" or arg == "poseloop.cli") and argv[i + 1] == "serve":
-                return _port(argv[i + 2:])
+                return _port(argv[i + 2 :])
     return None
 
 

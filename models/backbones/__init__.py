@@ -3,12 +3,13 @@
 Build them by name with `build_backbone`; the names are `BACKBONES.names()`. Importing this package
 registers every backbone module below.
 """
+
 from __future__ import annotations
 
 from models.backbones import efficientnet_lite, mobilenet_v2, resnet  # noqa: F401  (registration)
-from models.backbones.registry import BACKBONES, Backbone, Registry
+from models.backbones.registry import BACKBONES, Backbone
 
-__all__ = ["BACKBONES", "Backbone", "Registry", "build_backbone"]
+__all__ = ["BACKBONES", "Backbone", "build_backbone"]
 
 
 def build_backbone(name: str, pretrained: bool, weights_path: str | None = None) -> Backbone:

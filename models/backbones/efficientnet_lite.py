@@ -4,6 +4,7 @@ Lite differs from B0: ReLU6 instead of swish, no squeeze-excitation, stem (32) a
 fixed. The checkpoint is TF-trained, so convolutions pad like TF: stride-2 layers pad asymmetrically
 (the extra pixel goes bottom/right), computed from the input size.
 """
+
 from __future__ import annotations
 
 import torch.nn.functional as F

@@ -1,4 +1,5 @@
 """MobileNetV2 1.0 with torchvision's parameter names (`features.0` ... `features.18`)."""
+
 from __future__ import annotations
 
 import re

@@ -1,42 +1,17 @@
-"""A small registry (loud on duplicates) and the contract every backbone meets."""
+"""The contract every backbone meets, and the backbone registry."""
+
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
-from typing import ClassVar, Generic, TypeVar
+from collections.abc import Mapping
+from typing import ClassVar
 
 import torch
 from torch import Tensor, nn
 
-T = TypeVar("T")
+from core.registry import Registry
 
 IMAGENET_MEAN = (123.675, 116.28, 103.53)
 IMAGENET_STD = (58.395, 57.12, 57.375)
-
-
-class Registry(Generic[T]):
-    """Name -> object map filled by the `register` decorator; a second registration of a name raises."""
-
-    def __init__(self, kind: str) -> None:
-        self.kind = kind
-        self._items: dict[str, T] = {}
-
-    def register(self, name: str) -> Callable[[T], T]:
-        def add(obj: T) -> T:
-            if name in self._items:
-                raise KeyError(f"{self.kind} {name!r} is already registered ({self._items[name]!r})")
-            self._items[name] = obj
-            return obj
-
-        return add
-
-    def get(self, name: str) -> T:
-        try:
-            return self._items[name]
-        except KeyError:
-            raise KeyError(f"unknown {self.kind} {name!r}; known: {sorted(self._items)}") from None
-
-    def names(self) -> tuple[str, ...]:
-        return tuple(sorted(self._items))
 
 
 class Backbone(nn.Module):

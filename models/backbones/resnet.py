@@ -3,6 +3,7 @@
 No ImageNet ResNet weights can be downloaded on the project machines: pretrained=True needs a
 torchvision state-dict file via `weights_path` (its `fc.*` classifier is ignored).
 """
+
 from __future__ import annotations
 
 from torch import Tensor, nn

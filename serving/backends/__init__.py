@@ -3,8 +3,9 @@
 `InferenceBackend` is one model; `VersionedBackend` holds several registry versions at once so serving can
 load a new one while the old one keeps answering, then switch (hot swap) and keep the previous one loaded
 for an instant rollback. Implementations: serving.backends.embedded (in-process ONNX Runtime) and
-serving.backends.triton (Triton Inference Server).
+serving.triton.backend (Triton Inference Server).
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -12,7 +13,7 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
-from serving.metadata import ModelMetadata
+from models.metadata import ModelMetadata
 
 
 @runtime_checkable

@@ -5,6 +5,7 @@ the first real request never pays session initialisation; versions already loade
 Thread counts are explicit (serving settings `ort_threads`): every loaded session runs with them, so the
 CPU budget of N loaded versions is only spent by the ones that receive traffic.
 """
+
 from __future__ import annotations
 
 import threading
@@ -13,16 +14,17 @@ from pathlib import Path
 
 import numpy as np
 
+from models.metadata import ModelMetadata
 from serving.backends import BackendLoadError
 from serving.backends.onnxruntime import OnnxRuntimeBackend
-from serving.metadata import ModelMetadata
 
 
 class EmbeddedBackend:
     """VersionedBackend over in-process ONNX Runtime sessions (thread-safe; `infer` runs outside the lock)."""
 
-    def __init__(self, intra_op_threads: int = 1, inter_op_threads: int = 1,
-                 providers: Sequence[str] | None = None) -> None:
+    def __init__(
+        self, intra_op_threads: int = 1, inter_op_threads: int = 1, providers: Sequence[str] | None = None
+    ) -> None:
         self.intra_op_threads = intra_op_threads
         self.inter_op_threads = inter_op_threads
         self.providers = list(providers) if providers else None
@@ -35,9 +37,13 @@ class EmbeddedBackend:
             if version in self._sessions:
                 return self._sessions[version].metadata
         try:
-            session = OnnxRuntimeBackend(onnx_path, intra_op_threads=self.intra_op_threads,
-                                         inter_op_threads=self.inter_op_threads, providers=self.providers)
-        except Exception as err:  # noqa: BLE001 - any failure to build the session rejects the version
+            session = OnnxRuntimeBackend(
+                onnx_path,
+                intra_op_threads=self.intra_op_threads,
+                inter_op_threads=self.inter_op_threads,
+                providers=self.providers,
+            )
+        except Exception as err:
             raise BackendLoadError(f"version {version}: cannot load {onnx_path}: {type(err).__name__}: {err}") from err
         try:
             warm_up(session.metadata, session.infer, version)
@@ -75,7 +81,7 @@ def warm_up(metadata: ModelMetadata, infer, version: str) -> None:
     size, heat = metadata.input_size, metadata.heatmap_size
     try:
         out = np.asarray(infer(np.zeros((1, 3, size.h, size.w), np.float32)))
-    except Exception as err:  # noqa: BLE001
+    except Exception as err:
         raise BackendLoadError(f"version {version}: warm-up inference failed: {type(err).__name__}: {err}") from err
     expected = (1, metadata.schema.num_keypoints, heat.h, heat.w)
     if out.shape != expected:

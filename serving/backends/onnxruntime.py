@@ -1,4 +1,5 @@
 """ONNX Runtime backend: CUDA execution provider when available, CPU otherwise; explicit thread counts."""
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -7,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from serving.metadata import ModelMetadata
+from models.metadata import ModelMetadata
 
 INPUT_NAME = "input"
 OUTPUT_NAME = "heatmaps"
@@ -20,15 +21,20 @@ def default_providers() -> list[str]:
 
 
 class OnnxRuntimeBackend:
-    """One InferenceSession over a PoseLoop .onnx file (see serving.metadata for the contract).
+    """One InferenceSession over a PoseLoop .onnx file (see models.metadata for the contract).
 
     intra_op_threads: threads inside one operator (the knob that matters on CPU); inter_op_threads: threads
     across independent operators (1 = sequential execution, best for these chain-shaped networks).
     providers: ORT execution providers in priority order; None = CUDA if this onnxruntime has it, then CPU.
     """
 
-    def __init__(self, model_path: str | Path, intra_op_threads: int = 2, inter_op_threads: int = 1,
-                 providers: Sequence[str] | None = None) -> None:
+    def __init__(
+        self,
+        model_path: str | Path,
+        intra_op_threads: int = 2,
+        inter_op_threads: int = 1,
+        providers: Sequence[str] | None = None,
+    ) -> None:
         options = ort.SessionOptions()
         options.intra_op_num_threads = intra_op_threads
         options.inter_op_num_threads = inter_op_threads
@@ -36,9 +42,11 @@ class OnnxRuntimeBackend:
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         self.model_path = Path(model_path)
         self._session: ort.InferenceSession | None = ort.InferenceSession(
-            str(model_path), sess_options=options, providers=list(providers or default_providers()))
-        self._metadata = ModelMetadata.from_props(self._session.get_modelmeta().custom_metadata_map,
-                                                  source=str(model_path))
+            str(model_path), sess_options=options, providers=list(providers or default_providers())
+        )
+        self._metadata = ModelMetadata.from_props(
+            self._session.get_modelmeta().custom_metadata_map, source=str(model_path)
+        )
         self._check_signature()
 
     @property

@@ -1,4 +1,5 @@
 """Dependencies shared by the routers: the Service and role checks (bearer tokens, see serving.auth)."""
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -19,7 +20,9 @@ def get_service(request: Request):
 def require(role: str | None) -> Callable[..., Principal]:
     """Dependency: the caller's Principal, with `role` (None = any valid token). Raises AuthError (401/403)."""
 
-    def dependency(request: Request, _credentials: HTTPAuthorizationCredentials | None = Security(_bearer)) -> Principal:
+    def dependency(
+        request: Request, _credentials: HTTPAuthorizationCredentials | None = Security(_bearer)
+    ) -> Principal:
         return get_service(request).auth.require(request.headers.get("authorization"), role)
 
     return dependency

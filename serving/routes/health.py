@@ -1,4 +1,5 @@
 """Open endpoints: /healthz (the process answers), /readyz (a model answers a tiny inference), /metrics."""
+
 from __future__ import annotations
 
 from fastapi import APIRouter, Request

@@ -1,4 +1,5 @@
 """GET /v1/models, /v1/models/active, /v1/models/{version}: what the registry holds and what this process serves."""
+
 from __future__ import annotations
 
 from fastapi import APIRouter, Depends, Request

@@ -1,4 +1,5 @@
 """Operations (role `ops`): retrain jobs, promote (hot swap), rollback, pin/unpin automatic promotion, audit."""
+
 from __future__ import annotations
 
 from fastapi import APIRouter, Depends, Header, Query, Request, Response
@@ -6,8 +7,8 @@ from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from continual.jobs import JobNotFound
 from serving.auth import Principal
-from serving.jobs import JobNotFound
 from serving.routes.deps import get_service, require
 
 router = APIRouter(prefix="/v1/ops", tags=["ops"])
@@ -23,8 +24,9 @@ class PromoteRequest(BaseModel):
 class RollbackRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    version: str | None = Field(None, min_length=1, max_length=32, pattern=r"^[0-9]+$",
-                                description="default: the previous active version")
+    version: str | None = Field(
+        None, min_length=1, max_length=32, pattern=r"^[0-9]+$", description="default: the previous active version"
+    )
     reason: str | None = Field(None, max_length=500)
 
 
@@ -35,16 +37,18 @@ async def promote(body: PromoteRequest, request: Request, caller: Principal = De
 
 
 @router.post("/rollback", summary="Hot-swap back to the previous active version (or the one given)")
-async def rollback(request: Request, body: RollbackRequest | None = None,
-                   caller: Principal = Depends(require("ops"))) -> dict:
+async def rollback(
+    request: Request, body: RollbackRequest | None = None, caller: Principal = Depends(require("ops"))
+) -> dict:
     service = get_service(request)
     body = body or RollbackRequest()
     return await run_in_threadpool(service.promote, body.version, caller.actor, body.reason, True)
 
 
 @router.get("/events", summary="Audit log: who changed which version's state, when and why")
-def events(request: Request, limit: int = Query(100, ge=1, le=10_000),
-           _caller: Principal = Depends(require("ops"))) -> dict:
+def events(
+    request: Request, limit: int = Query(100, ge=1, le=10_000), _caller: Principal = Depends(require("ops"))
+) -> dict:
     return {"events": get_service(request).manager.registry.events(limit)}
 
 
@@ -53,10 +57,15 @@ class RetrainRequest(BaseModel):
 
     iterations: int | None = Field(None, ge=1, le=1_000_000, description="training steps (default: the setting)")
     margin: float | None = Field(None, ge=-100, le=100, description="promotion margin override (metric points)")
-    nproc: int | None = Field(None, ge=1, le=64, description="data-parallel training processes, one per GPU "
-                              "(torchrun + DDP; default: POSELOOP_TRAIN_NPROC)")
-    overrides: list[str] = Field(default_factory=list, max_length=32,
-                                 description="training config overrides, e.g. optim.lr=0.0005")
+    nproc: int | None = Field(
+        None,
+        ge=1,
+        le=64,
+        description="data-parallel training processes, one per GPU (torchrun + DDP; default: POSELOOP_TRAIN_NPROC)",
+    )
+    overrides: list[str] = Field(
+        default_factory=list, max_length=32, description="training config overrides, e.g. optim.lr=0.0005"
+    )
     reason: str | None = Field(None, max_length=500)
 
     @field_validator("overrides")
@@ -82,9 +91,13 @@ def _job_or_404(service, job_id: str):
 
 
 @router.post("/retrain", status_code=202, summary="Start a retrain job (one per model; Idempotency-Key supported)")
-def retrain(request: Request, response: Response, body: RetrainRequest | None = None,
-            idempotency_key: str | None = Header(None, max_length=200),
-            caller: Principal = Depends(require("ops"))) -> dict:
+def retrain(
+    request: Request,
+    response: Response,
+    body: RetrainRequest | None = None,
+    idempotency_key: str | None = Header(None, max_length=200),
+    caller: Principal = Depends(require("ops")),
+) -> dict:
     service = get_service(request)
     body = body or RetrainRequest()
     params = {k: v for k, v in body.model_dump().items() if v not in (None, [])}
@@ -95,14 +108,19 @@ def retrain(request: Request, response: Response, body: RetrainRequest | None = 
 
 
 @router.get("/jobs", summary="Recent jobs, newest first")
-def jobs(request: Request, limit: int = Query(50, ge=1, le=1000), state: str | None = Query(None, max_length=16),
-         _caller: Principal = Depends(require("ops"))) -> dict:
+def jobs(
+    request: Request,
+    limit: int = Query(50, ge=1, le=1000),
+    state: str | None = Query(None, max_length=16),
+    _caller: Principal = Depends(require("ops")),
+) -> dict:
     return {"jobs": [j.to_dict() for j in get_service(request).queue.jobs.list(limit, state)]}
 
 
 @router.get("/jobs/{job_id}", summary="One job: state, progress, metrics, gate decision and the tail of its log")
-def job(job_id: str, request: Request, tail: int = Query(50, ge=0, le=200),
-        _caller: Principal = Depends(require("ops"))) -> dict:
+def job(
+    job_id: str, request: Request, tail: int = Query(50, ge=0, le=200), _caller: Principal = Depends(require("ops"))
+) -> dict:
     service = get_service(request)
     found = _job_or_404(service, job_id)
     return found.to_dict(logs=service.queue.jobs.logs(job_id, tail))

@@ -12,6 +12,7 @@ The third value per keypoint is the keypoint's confidence (the heatmap peak), as
 (COCO's 0/1/2 visibility flags exist only in ground truth, and OKS ignores the value). Note: with `bbox`
 present, loadRes takes the box area as the detection area.
 """
+
 from __future__ import annotations
 
 from typing import Literal
@@ -21,10 +22,10 @@ from fastapi.responses import Response
 from starlette.datastructures import Headers, UploadFile
 from starlette.formparsers import MultiPartParser
 
+from core.inputs import InputError, PoseInput, decode_base64_image, parse_image_id, parse_json
 from serving.auth import Principal
 from serving.pipeline import to_json
 from serving.routes.deps import get_service, require
-from serving.validation import InputError, PoseInput, decode_base64_image, parse_image_id, parse_json
 
 router = APIRouter(prefix="/v1", tags=["pose"])
 
@@ -32,15 +33,31 @@ _BODY_SCHEMA = {
     "requestBody": {
         "required": True,
         "content": {
-            "multipart/form-data": {"schema": {"type": "object", "required": ["image"], "properties": {
-                "image": {"type": "string", "format": "binary"},
-                "boxes": {"type": "string", "description": "JSON [[x, y, w, h], ...]"},
-                "image_id": {"type": "integer"}}}},
-            "application/json": {"schema": {"type": "object", "required": ["image"], "properties": {
-                "image": {"type": "string", "description": "base64 (or a data: URL)"},
-                "boxes": {"type": "array", "items": {"type": "array", "items": {"type": "number"},
-                                                     "minItems": 4, "maxItems": 4}},
-                "image_id": {"type": "integer"}}}},
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["image"],
+                    "properties": {
+                        "image": {"type": "string", "format": "binary"},
+                        "boxes": {"type": "string", "description": "JSON [[x, y, w, h], ...]"},
+                        "image_id": {"type": "integer"},
+                    },
+                }
+            },
+            "application/json": {
+                "schema": {
+                    "type": "object",
+                    "required": ["image"],
+                    "properties": {
+                        "image": {"type": "string", "description": "base64 (or a data: URL)"},
+                        "boxes": {
+                            "type": "array",
+                            "items": {"type": "array", "items": {"type": "number"}, "minItems": 4, "maxItems": 4},
+                        },
+                        "image_id": {"type": "integer"},
+                    },
+                }
+            },
             "image/*": {"schema": {"type": "string", "format": "binary"}},
         },
     }
@@ -48,10 +65,13 @@ _BODY_SCHEMA = {
 
 
 @router.post("/pose", openapi_extra=_BODY_SCHEMA, summary="Keypoints of the people in an image")
-async def pose(request: Request, format: Literal["poseloop", "coco"] = "poseloop",
-               image_id: int | None = Query(None, ge=0, description="echoed in COCO results"),
-               boxes: str | None = Query(None, description="JSON boxes, for a raw image body"),
-               _caller: Principal = Depends(require("infer"))):
+async def pose(
+    request: Request,
+    format: Literal["poseloop", "coco"] = "poseloop",
+    image_id: int | None = Query(None, ge=0, description="echoed in COCO results"),
+    boxes: str | None = Query(None, description="JSON boxes, for a raw image body"),
+    _caller: Principal = Depends(require("infer")),
+):
     """{model_version, image, persons: [{box, score, keypoints: [{name, x, y, score}]}], timing_ms}; header
     X-Model-Version names the version that computed it."""
     service = get_service(request)
@@ -66,8 +86,13 @@ async def pose(request: Request, format: Literal["poseloop", "coco"] = "poseloop
     return service.json_response(doc, headers)
 
 
-@router.post("/pose/render", openapi_extra=_BODY_SCHEMA, summary="Skeleton overlay PNG",
-             response_class=Response, responses={200: {"content": {"image/png": {}}}})
+@router.post(
+    "/pose/render",
+    openapi_extra=_BODY_SCHEMA,
+    summary="Skeleton overlay PNG",
+    response_class=Response,
+    responses={200: {"content": {"image/png": {}}}},
+)
 async def render(request: Request, boxes: str | None = Query(None), _caller: Principal = Depends(require("infer"))):
     service = get_service(request)
     pose_input = await read_pose_input(request, service.settings, boxes, None)
@@ -114,14 +139,21 @@ async def read_pose_input(request: Request, settings, boxes_query: str | None, i
         if form_boxes is not None and not isinstance(form_boxes, str):
             raise InputError(422, "invalid_boxes", "'boxes' must be a text field holding JSON")
         form_id = form.get("image_id")
-        return PoseInput(data, form_boxes if form_boxes is not None else boxes_query, True,
-                         _pick_id(image_id, form_id if isinstance(form_id, str) else None))
+        return PoseInput(
+            data,
+            form_boxes if form_boxes is not None else boxes_query,
+            True,
+            _pick_id(image_id, form_id if isinstance(form_id, str) else None),
+        )
     if ctype.startswith("image/") or ctype == "application/octet-stream":
         if len(body) > settings.max_image_bytes:
             raise InputError(413, "image_too_large", f"image is {len(body)} bytes, limit {settings.max_image_bytes}")
         return PoseInput(body, boxes_query, True, image_id)
-    raise InputError(415, "unsupported_media_type", f"Content-Type {ctype or '(none)'!r} is not accepted; send "
-                     "multipart/form-data, application/json or image/*")
+    raise InputError(
+        415,
+        "unsupported_media_type",
+        f"Content-Type {ctype or '(none)'!r} is not accepted; send multipart/form-data, application/json or image/*",
+    )
 
 
 def _pick_id(query_id: int | None, body_id) -> int | None:
@@ -148,5 +180,5 @@ async def _parse_multipart(headers: Headers, body: bytes):
 
     try:
         return await MultiPartParser(headers, stream(), max_files=2, max_fields=8).parse()
-    except Exception as err:  # noqa: BLE001 - MultiPartException and parser errors alike are client errors
+    except Exception as err:
         raise InputError(400, "malformed_multipart", f"multipart body cannot be parsed: {err}") from None

@@ -17,6 +17,7 @@ in memory), so a body over `max_upload_bytes` (by Content-Length, or counted whi
 `max_upload_files` files or archive entries, or an archive expanding past ARCHIVE_EXPANSION × max_upload_bytes
 is refused whole with 413 and nothing is stored. An image over `max_image_bytes` is rejected on its own.
 """
+
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
@@ -26,12 +27,12 @@ from fastapi.concurrency import run_in_threadpool
 from starlette.datastructures import FormData, UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 
+from continual.settings import Settings
+from continual.uploads import BatchReport, UploadStore
+from core.inputs import InputError, parse_json
 from serving.archives import Archive, ArchiveLimits
 from serving.auth import AuthError, Principal
 from serving.routes.deps import get_service, require
-from serving.settings import Settings
-from serving.uploads import BatchReport, UploadStore
-from serving.validation import InputError, parse_json
 
 router = APIRouter(prefix="/v1/unlabeled", tags=["unlabeled"])
 
@@ -41,11 +42,29 @@ MAX_SOURCE_CHARS = 200
 FIELDS = ("files", "archive", "boxes", "source")
 
 _BODY_SCHEMA = {
-    "requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {"type": "object", "properties": {
-        "files": {"type": "array", "items": {"type": "string", "format": "binary"}},
-        "archive": {"type": "string", "format": "binary", "description": ".tar, .tar.gz or .zip (+ boxes.json)"},
-        "boxes": {"type": "string", "description": 'JSON {"<filename>": [[x, y, w, h], ...]} or a list'},
-        "source": {"type": "string"}}}}}}
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "properties": {
+                        "files": {"type": "array", "items": {"type": "string", "format": "binary"}},
+                        "archive": {
+                            "type": "string",
+                            "format": "binary",
+                            "description": ".tar, .tar.gz or .zip (+ boxes.json)",
+                        },
+                        "boxes": {
+                            "type": "string",
+                            "description": 'JSON {"<filename>": [[x, y, w, h], ...]} or a list',
+                        },
+                        "source": {"type": "string"},
+                    },
+                }
+            }
+        },
+    }
 }
 
 
@@ -73,8 +92,11 @@ async def stats(request: Request, caller: Principal = Depends(require(None))) ->
         active = service.manager.registry.active()
         seq = (active.meta.get("data_summary") or {}).get("unlabeled_seq") if active else None
         seq = seq if isinstance(seq, int) else 0  # trained before uploads existed: every upload is new
-        return {**service.uploads.stats(seq), "active_version": active.version if active else None,
-                "active_unlabeled_seq": seq}
+        return {
+            **service.uploads.stats(seq),
+            "active_version": active.version if active else None,
+            "active_unlabeled_seq": seq,
+        }
 
     return await run_in_threadpool(read)
 
@@ -83,31 +105,49 @@ async def _read_form(request: Request, settings: Settings) -> FormData:
     """The multipart form; 413 as soon as the body passes max_upload_bytes or max_upload_files."""
     ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if ctype != "multipart/form-data":
-        raise InputError(415, "unsupported_media_type", f"Content-Type {ctype or '(none)'!r} is not accepted; send "
-                         "multipart/form-data with 'files' parts or one 'archive' part")
+        raise InputError(
+            415,
+            "unsupported_media_type",
+            f"Content-Type {ctype or '(none)'!r} is not accepted; send "
+            "multipart/form-data with 'files' parts or one 'archive' part",
+        )
     limit = settings.max_upload_bytes
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise InputError(413, "request_too_large", f"request body is {declared} bytes, limit {limit} "
-                         "(max_upload_bytes); split the upload")
+        raise InputError(
+            413,
+            "request_too_large",
+            f"request body is {declared} bytes, limit {limit} (max_upload_bytes); split the upload",
+        )
 
     async def counted() -> AsyncIterator[bytes]:
         size = 0
         async for chunk in request.stream():
             size += len(chunk)
             if size > limit:
-                raise InputError(413, "request_too_large", f"request body exceeds {limit} bytes (max_upload_bytes); "
-                                 "nothing was stored, split the upload")
+                raise InputError(
+                    413,
+                    "request_too_large",
+                    f"request body exceeds {limit} bytes (max_upload_bytes); nothing was stored, split the upload",
+                )
             yield chunk
 
-    parser = MultiPartParser(request.headers, counted(), max_files=settings.max_upload_files, max_fields=len(FIELDS),
-                             max_part_size=MAX_FIELD_BYTES)
+    parser = MultiPartParser(
+        request.headers,
+        counted(),
+        max_files=settings.max_upload_files,
+        max_fields=len(FIELDS),
+        max_part_size=MAX_FIELD_BYTES,
+    )
     try:
         return await parser.parse()
     except MultiPartException as err:
         if "too many files" in str(err).lower():
-            raise InputError(413, "too_many_files", f"more than {settings.max_upload_files} files in one request "
-                             "(max_upload_files); split the upload") from None
+            raise InputError(
+                413,
+                "too_many_files",
+                f"more than {settings.max_upload_files} files in one request (max_upload_files); split the upload",
+            ) from None
         raise InputError(400, "malformed_multipart", f"multipart body cannot be parsed: {err}") from None
 
 
@@ -127,8 +167,9 @@ def _ingest(store: UploadStore, form: FormData, settings: Settings, actor: str) 
     if archives:
         if boxes_text is not None:
             raise InputError(422, "invalid_boxes", "'boxes' applies to 'files'; put boxes.json inside the archive")
-        limits = ArchiveLimits(settings.max_upload_files, settings.max_image_bytes,
-                               ARCHIVE_EXPANSION * settings.max_upload_bytes)
+        limits = ArchiveLimits(
+            settings.max_upload_files, settings.max_image_bytes, ARCHIVE_EXPANSION * settings.max_upload_bytes
+        )
         archive = Archive(archives[0].file, archives[0].filename or "archive", limits)
         return store.add_many(archive.images(), source or f"archive:{archive.name}", actor)
     names = [f.filename or f"files[{i}]" for i, f in enumerate(files)]
@@ -147,8 +188,12 @@ def _boxes_per_file(text: str | None, names: list[str]) -> list[object]:
             raise InputError(422, "invalid_boxes", f"'boxes' lists {len(doc)} entries for {len(names)} files")
         return doc
     if not isinstance(doc, dict):
-        raise InputError(422, "invalid_boxes", "'boxes' must be a JSON object {filename: [[x, y, w, h], ...]} or a "
-                         f"list aligned with 'files', got {type(doc).__name__}")
+        raise InputError(
+            422,
+            "invalid_boxes",
+            "'boxes' must be a JSON object {filename: [[x, y, w, h], ...]} or a "
+            f"list aligned with 'files', got {type(doc).__name__}",
+        )
     missing = sorted(set(doc) - set(names))
     if missing:
         raise InputError(422, "invalid_boxes", f"'boxes' names files not in the request: {missing[:5]}")

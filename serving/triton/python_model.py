@@ -11,6 +11,7 @@ Config parameters read (string values):
 
 Tensors: the config's single input (N, 3, H, W) float32 and single output (N, K, h, w) float32.
 """
+
 import json
 import os
 import sys
@@ -52,7 +53,7 @@ class TritonPythonModel:
             try:
                 batches.append(self._input(request))
                 owners.append(i)
-            except Exception as err:  # noqa: BLE001 - reported to that request only
+            except Exception as err:
                 responses[i] = _error(f"{self.where}: {err}")
         if batches:
             try:
@@ -62,7 +63,7 @@ class TritonPythonModel:
                 for i, part in zip(owners, parts):
                     tensor = pb_utils.Tensor(self.output_name, np.ascontiguousarray(part))
                     responses[i] = pb_utils.InferenceResponse(output_tensors=[tensor])
-            except Exception as err:  # noqa: BLE001 - every request of the failed run gets the error
+            except Exception as err:
                 for i in owners:
                     responses[i] = _error(f"{self.where}: onnxruntime failed: {err}")
         return responses
@@ -75,8 +76,11 @@ class TritonPythonModel:
         if tensor is None:
             raise ValueError(f"request has no input {self.input_name!r}")
         x = tensor.as_numpy()
-        if x.dtype != np.float32 or x.ndim != 1 + len(self.input_dims) or any(
-                d not in (-1, s) for d, s in zip(self.input_dims, x.shape[1:])):
+        if (
+            x.dtype != np.float32
+            or x.ndim != 1 + len(self.input_dims)
+            or any(d not in (-1, s) for d, s in zip(self.input_dims, x.shape[1:]))
+        ):
             raise ValueError(f"input {x.dtype} {x.shape}, expected float32 (N, {self.input_dims})")
         return x
 

@@ -18,6 +18,7 @@ ModelConfig message (`model_config_pb2` shipped in the tritonclient wheel); the 
 
 Every file is written atomically (temp file in the same directory, fsync, rename): Triton never reads half a file.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -34,8 +35,8 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any, Literal
 
-from serving.metadata import ModelMetadata
-from models.fileio import atomic_write_bytes
+from core.fileio import atomic_write_bytes
+from models.metadata import ModelMetadata
 
 MODEL_FILENAME = "model.onnx"
 PYTHON_MODEL_FILENAME = "model.py"
@@ -51,8 +52,18 @@ Runtime = Literal["python", "onnxruntime"]
 
 # onnx.TensorProto.DataType value -> Triton data_type
 _ONNX_TO_TRITON = {
-    1: "TYPE_FP32", 2: "TYPE_UINT8", 3: "TYPE_INT8", 4: "TYPE_UINT16", 5: "TYPE_INT16", 6: "TYPE_INT32",
-    7: "TYPE_INT64", 9: "TYPE_BOOL", 10: "TYPE_FP16", 11: "TYPE_FP64", 12: "TYPE_UINT32", 13: "TYPE_UINT64",
+    1: "TYPE_FP32",
+    2: "TYPE_UINT8",
+    3: "TYPE_INT8",
+    4: "TYPE_UINT16",
+    5: "TYPE_INT16",
+    6: "TYPE_INT32",
+    7: "TYPE_INT64",
+    9: "TYPE_BOOL",
+    10: "TYPE_FP16",
+    11: "TYPE_FP64",
+    12: "TYPE_UINT32",
+    13: "TYPE_UINT64",
     16: "TYPE_BF16",
 }
 _VERSION = re.compile(r"^[1-9][0-9]*$")
@@ -83,10 +94,16 @@ class ModelIO:
         """The export contract: input (N, 3, H, W) float32 → output (N, K, H/stride, W/stride) float32."""
         size, heat = meta.input_size, meta.heatmap_size
         return cls(
-            inputs=(TensorSpec(meta.props.get("poseloop.input_name", DEFAULT_INPUT_NAME), "TYPE_FP32",
-                               (3, size.h, size.w)),),
-            outputs=(TensorSpec(meta.props.get("poseloop.output_name", DEFAULT_OUTPUT_NAME), "TYPE_FP32",
-                                (meta.schema.num_keypoints, heat.h, heat.w)),),
+            inputs=(
+                TensorSpec(meta.props.get("poseloop.input_name", DEFAULT_INPUT_NAME), "TYPE_FP32", (3, size.h, size.w)),
+            ),
+            outputs=(
+                TensorSpec(
+                    meta.props.get("poseloop.output_name", DEFAULT_OUTPUT_NAME),
+                    "TYPE_FP32",
+                    (meta.schema.num_keypoints, heat.h, heat.w),
+                ),
+            ),
         )
 
     @classmethod
@@ -97,7 +114,7 @@ class ModelIO:
 
         try:
             proto = onnx.load(str(onnx_path), load_external_data=False)
-        except Exception as err:  # noqa: BLE001 - protobuf DecodeError, OSError, ...: all mean "not a model"
+        except Exception as err:
             raise RepositoryError(f"{onnx_path}: not a readable ONNX model ({type(err).__name__}: {err})") from err
         initializers = {t.name for t in proto.graph.initializer}
         inputs = [v for v in proto.graph.input if v.name not in initializers]
@@ -109,24 +126,41 @@ class ModelIO:
 def _spec(value, source) -> TensorSpec:
     tensor = value.type.tensor_type
     if tensor.elem_type not in _ONNX_TO_TRITON:
-        raise RepositoryError(f"{source}: tensor {value.name!r} has ONNX element type {tensor.elem_type}, "
-                              "which Triton cannot serve")
+        raise RepositoryError(
+            f"{source}: tensor {value.name!r} has ONNX element type {tensor.elem_type}, which Triton cannot serve"
+        )
     dims = list(tensor.shape.dim)
     if not dims or dims[0].HasField("dim_value"):
-        raise RepositoryError(f"{source}: tensor {value.name!r} has no dynamic batch axis 0 "
-                              f"(shape {[d.dim_param or d.dim_value for d in dims]})")
-    return TensorSpec(value.name, _ONNX_TO_TRITON[tensor.elem_type],
-                      tuple(d.dim_value if d.HasField("dim_value") else -1 for d in dims[1:]))
+        raise RepositoryError(
+            f"{source}: tensor {value.name!r} has no dynamic batch axis 0 "
+            f"(shape {[d.dim_param or d.dim_value for d in dims]})"
+        )
+    return TensorSpec(
+        value.name,
+        _ONNX_TO_TRITON[tensor.elem_type],
+        tuple(d.dim_value if d.HasField("dim_value") else -1 for d in dims[1:]),
+    )
 
 
 # ---------------------------------------------------------------- configs
 
 
-def model_config(model_name: str, io: ModelIO, *, runtime: Runtime, versions: Iterable[str],
-                 max_batch_size: int = 16, instance_count: int = 1, kind: str = "KIND_CPU",
-                 intra_op_threads: int = 1, max_queue_delay_us: int = 2000,
-                 parameters: Mapping[str, str] | None = None, tensorrt: bool = False,
-                 tensorrt_precision: str = "FP16", tensorrt_cache_dir: str | None = None) -> dict[str, Any]:
+def model_config(
+    model_name: str,
+    io: ModelIO,
+    *,
+    runtime: Runtime,
+    versions: Iterable[str],
+    max_batch_size: int = 16,
+    instance_count: int = 1,
+    kind: str = "KIND_CPU",
+    intra_op_threads: int = 1,
+    max_queue_delay_us: int = 2000,
+    parameters: Mapping[str, str] | None = None,
+    tensorrt: bool = False,
+    tensorrt_precision: str = "FP16",
+    tensorrt_cache_dir: str | None = None,
+) -> dict[str, Any]:
     """The ModelConfig both configs come from, as a protobuf-JSON dict (validated by `render_pbtxt`).
 
     versions: the version directories to serve (`version_policy: specific`); at least one.
@@ -148,23 +182,26 @@ def model_config(model_name: str, io: ModelIO, *, runtime: Runtime, versions: It
         config["platform"] = "onnxruntime_onnx"
     else:
         raise ValueError(f"runtime {runtime!r} not in ('python', 'onnxruntime')")
-    config.update({
-        "version_policy": {"specific": {"versions": [int(v) for v in sort_versions(versions)]}},
-        "max_batch_size": max_batch_size,
-        "input": [_tensor(t) for t in io.inputs],
-        "output": [_tensor(t) for t in io.outputs],
-        "dynamic_batching": {"max_queue_delay_microseconds": max_queue_delay_us},
-        "instance_group": [{"kind": kind, "count": instance_count}],
-        "parameters": {key: {"string_value": value} for key, value in sorted(params.items())},
-    })
+    config.update(
+        {
+            "version_policy": {"specific": {"versions": [int(v) for v in sort_versions(versions)]}},
+            "max_batch_size": max_batch_size,
+            "input": [_tensor(t) for t in io.inputs],
+            "output": [_tensor(t) for t in io.outputs],
+            "dynamic_batching": {"max_queue_delay_microseconds": max_queue_delay_us},
+            "instance_group": [{"kind": kind, "count": instance_count}],
+            "parameters": {key: {"string_value": value} for key, value in sorted(params.items())},
+        }
+    )
     if tensorrt:
         if runtime != "onnxruntime" or kind != "KIND_GPU":
             raise ValueError("the TensorRT accelerator needs runtime='onnxruntime' and kind='KIND_GPU'")
         trt = {"precision_mode": tensorrt_precision, "max_workspace_size_bytes": str(1 << 30)}
         if tensorrt_cache_dir:
             trt.update(trt_engine_cache_enable="1", trt_engine_cache_path=tensorrt_cache_dir)
-        config["optimization"] = {"execution_accelerators": {"gpu_execution_accelerator": [{
-            "name": "tensorrt", "parameters": trt}]}}
+        config["optimization"] = {
+            "execution_accelerators": {"gpu_execution_accelerator": [{"name": "tensorrt", "parameters": trt}]}
+        }
     return config
 
 
@@ -172,37 +209,80 @@ def _tensor(spec: TensorSpec) -> dict[str, Any]:
     return {"name": spec.name, "data_type": spec.data_type, "dims": list(spec.dims)}
 
 
-def python_backend_config(model_name: str, metadata: ModelMetadata, *, max_batch_size: int = 16,
-                          instance_count: int = 1, intra_op_threads: int = 1, max_queue_delay_us: int = 2000,
-                          versions: Iterable[str], sys_path: Iterable[str] | None = None) -> str:
+def python_backend_config(
+    model_name: str,
+    metadata: ModelMetadata,
+    *,
+    max_batch_size: int = 16,
+    instance_count: int = 1,
+    intra_op_threads: int = 1,
+    max_queue_delay_us: int = 2000,
+    versions: Iterable[str],
+    sys_path: Iterable[str] | None = None,
+) -> str:
     """config.pbtxt for CPU serving through the Python backend (model.py hosts onnxruntime).
 
     sys_path: directories model.py prepends to sys.path so the stub can import onnxruntime/numpy
     (None = this interpreter's site-packages, `default_sys_path()`)."""
-    return render_pbtxt(python_backend_config_dict(
-        model_name, ModelIO.from_metadata(metadata), max_batch_size=max_batch_size, instance_count=instance_count,
-        intra_op_threads=intra_op_threads, max_queue_delay_us=max_queue_delay_us, versions=versions,
-        sys_path=sys_path))
+    return render_pbtxt(
+        python_backend_config_dict(
+            model_name,
+            ModelIO.from_metadata(metadata),
+            max_batch_size=max_batch_size,
+            instance_count=instance_count,
+            intra_op_threads=intra_op_threads,
+            max_queue_delay_us=max_queue_delay_us,
+            versions=versions,
+            sys_path=sys_path,
+        )
+    )
 
 
-def python_backend_config_dict(model_name: str, io: ModelIO, *, versions: Iterable[str],
-                               sys_path: Iterable[str] | None = None, **kwargs) -> dict[str, Any]:
+def python_backend_config_dict(
+    model_name: str, io: ModelIO, *, versions: Iterable[str], sys_path: Iterable[str] | None = None, **kwargs
+) -> dict[str, Any]:
     """`python_backend_config` as a dict (what the load-in-place override sends as JSON)."""
     paths = os.pathsep.join(default_sys_path() if sys_path is None else [str(p) for p in sys_path])
-    return model_config(model_name, io, runtime="python", kind="KIND_CPU", versions=versions,
-                        parameters={SYS_PATH_PARAMETER: paths}, **kwargs)
+    return model_config(
+        model_name,
+        io,
+        runtime="python",
+        kind="KIND_CPU",
+        versions=versions,
+        parameters={SYS_PATH_PARAMETER: paths},
+        **kwargs,
+    )
 
 
-def onnxruntime_config(model_name: str, metadata: ModelMetadata, *, max_batch_size: int = 16,
-                       instance_count: int = 1, kind: str = "KIND_GPU", tensorrt: bool = False,
-                       versions: Iterable[str], intra_op_threads: int = 1, max_queue_delay_us: int = 2000,
-                       tensorrt_cache_dir: str | None = None) -> str:
+def onnxruntime_config(
+    model_name: str,
+    metadata: ModelMetadata,
+    *,
+    max_batch_size: int = 16,
+    instance_count: int = 1,
+    kind: str = "KIND_GPU",
+    tensorrt: bool = False,
+    versions: Iterable[str],
+    intra_op_threads: int = 1,
+    max_queue_delay_us: int = 2000,
+    tensorrt_cache_dir: str | None = None,
+) -> str:
     """config.pbtxt for GPU production on Triton's native onnxruntime backend (not in the pytriton wheel)."""
-    return render_pbtxt(model_config(
-        model_name, ModelIO.from_metadata(metadata), runtime="onnxruntime", versions=versions,
-        max_batch_size=max_batch_size, instance_count=instance_count, kind=kind, tensorrt=tensorrt,
-        intra_op_threads=intra_op_threads, max_queue_delay_us=max_queue_delay_us,
-        tensorrt_cache_dir=tensorrt_cache_dir))
+    return render_pbtxt(
+        model_config(
+            model_name,
+            ModelIO.from_metadata(metadata),
+            runtime="onnxruntime",
+            versions=versions,
+            max_batch_size=max_batch_size,
+            instance_count=instance_count,
+            kind=kind,
+            tensorrt=tensorrt,
+            intra_op_threads=intra_op_threads,
+            max_queue_delay_us=max_queue_delay_us,
+            tensorrt_cache_dir=tensorrt_cache_dir,
+        )
+    )
 
 
 @cache
@@ -257,8 +337,10 @@ def config_mismatches(config_text: str, onnx_path: str | Path) -> list[str]:
     if config.get("max_batch_size", 0) < 1:
         problems.append(f"max_batch_size {config.get('max_batch_size', 0)}: expected ≥ 1 (batch on axis 0)")
     for kind, specs in (("input", io.inputs), ("output", io.outputs)):
-        declared = {t["name"]: (t.get("data_type", "TYPE_INVALID"), tuple(int(d) for d in t.get("dims", ())))
-                    for t in config.get(kind, [])}
+        declared = {
+            t["name"]: (t.get("data_type", "TYPE_INVALID"), tuple(int(d) for d in t.get("dims", ())))
+            for t in config.get(kind, [])
+        }
         actual = {t.name: (t.data_type, t.dims) for t in specs}
         for name in sorted(set(declared) | set(actual)):
             if name not in actual:

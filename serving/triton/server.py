@@ -5,7 +5,7 @@ and restricts the model-repository API (plus shared-memory, trace, logging) to r
 `poseloop-repository-secret: <secret>`, on HTTP and gRPC alike (2.51 syntax, verified:
 `--http-restricted-api=<api>[,<api>...]:<header>=<value>`; the `<apis>,<key>=<value>` form its --help text
 shows makes the binary exit with its usage). Inference, health, metadata and statistics stay open. gRPC is
-on by default because TritonBackend sends repository control over it (see serving.backends.triton).
+on by default because TritonBackend sends repository control over it (see serving.triton.backend).
 
 Environment it needs, and sets for the child only:
 - LD_LIBRARY_PATH: this interpreter's libpython dir (`sysconfig LIBDIR`) first, then the wheel's vendored libs.
@@ -16,6 +16,7 @@ The pytriton wheel keeps stubs per Python version in `python_backend_stubs/<X.Y>
 Triton needs (python/libtriton_python.so + triton_python_backend_utils.py + triton_python_backend_stub) is
 assembled in a private temp dir, as PyTriton does.
 """
+
 from __future__ import annotations
 
 import atexit
@@ -40,8 +41,13 @@ log = logging.getLogger(__name__)
 REPOSITORY_SECRET_HEADER = "poseloop-repository-secret"
 RESTRICTED_APIS = ("model-repository", "shared-memory", "trace", "logging")
 BINARY_ENV = "POSELOOP_TRITONSERVER"  # explicit binary path (e.g. /opt/tritonserver/bin/tritonserver)
-_LOADER_ERRORS = ("error while loading shared libraries", "GLIBC_", "GLIBCXX_", "cannot open shared object",
-                  "Exec format error")
+_LOADER_ERRORS = (
+    "error while loading shared libraries",
+    "GLIBC_",
+    "GLIBCXX_",
+    "cannot open shared object",
+    "Exec format error",
+)
 
 
 class TritonUnavailable(RuntimeError):
@@ -86,8 +92,9 @@ def _distribution(binary: Path | None = None) -> TritonDistribution | None:
             version = f"{sys.version_info.major}.{sys.version_info.minor}"
             stub = root / "python_backend_stubs" / version / "triton_python_backend_stub"
             libs = root.parent.parent / "nvidia_pytriton.libs"
-            return TritonDistribution(path, root / "backends", stub if stub.exists() else None,
-                                      libs if libs.is_dir() else None)
+            return TritonDistribution(
+                path, root / "backends", stub if stub.exists() else None, libs if libs.is_dir() else None
+            )
     return None
 
 
@@ -105,12 +112,24 @@ class TritonServer:
     the server and its stubs (None = a file in a private temp dir, removed by stop()).
     """
 
-    def __init__(self, repo: Path, http_port: int | None = None, grpc_port: int | None = None,
-                 metrics_port: int | None = None, repository_secret: str | None = None,
-                 log_path: Path | None = None, *, host: str = "127.0.0.1", binary: Path | None = None,
-                 allow_grpc: bool = True, allow_metrics: bool = True, exit_timeout_s: int = 5,
-                 startup_timeout_s: float = 60.0, python_shm_bytes: int = 4 << 20,
-                 extra_args: tuple[str, ...] = ()) -> None:
+    def __init__(
+        self,
+        repo: Path,
+        http_port: int | None = None,
+        grpc_port: int | None = None,
+        metrics_port: int | None = None,
+        repository_secret: str | None = None,
+        log_path: Path | None = None,
+        *,
+        host: str = "127.0.0.1",
+        binary: Path | None = None,
+        allow_grpc: bool = True,
+        allow_metrics: bool = True,
+        exit_timeout_s: int = 5,
+        startup_timeout_s: float = 60.0,
+        python_shm_bytes: int = 4 << 20,
+        extra_args: tuple[str, ...] = (),
+    ) -> None:
         self.repo = Path(repo)
         self.host = host
         self.repository_secret = repository_secret or secrets.token_urlsafe(24)
@@ -202,8 +221,9 @@ class TritonServer:
             self._log_path = self._workdir / "tritonserver.log"
         attempts = 1 if any(self._requested_ports) else 3
         for attempt in range(attempts):
-            self.http_port, self.grpc_port, self.metrics_port = (p or free_port(self.host)
-                                                                for p in self._requested_ports)
+            self.http_port, self.grpc_port, self.metrics_port = (
+                p or free_port(self.host) for p in self._requested_ports
+            )
             try:
                 self._launch(dist)
                 atexit.register(self.stop)
@@ -245,8 +265,10 @@ class TritonServer:
         if dist is None:
             raise TritonUnavailable(f"no tritonserver binary found (install nvidia-pytriton, or set ${BINARY_ENV})")
         if dist.stub is None and not (dist.backends / "python" / "triton_python_backend_stub").exists():
-            raise TritonUnavailable(f"no Python-backend stub for Python {sys.version_info.major}."
-                                    f"{sys.version_info.minor} next to {dist.binary}")
+            raise TritonUnavailable(
+                f"no Python-backend stub for Python {sys.version_info.major}."
+                f"{sys.version_info.minor} next to {dist.binary}"
+            )
         return dist
 
     def _assemble_backends(self, dist: TritonDistribution) -> None:
@@ -260,8 +282,11 @@ class TritonServer:
 
     def _environment(self, dist: TritonDistribution) -> dict[str, str]:
         env = os.environ.copy()
-        libdirs = [sysconfig.get_config_var("LIBDIR"), str(dist.libs) if dist.libs else None,
-                   env.get("LD_LIBRARY_PATH")]
+        libdirs = [
+            sysconfig.get_config_var("LIBDIR"),
+            str(dist.libs) if dist.libs else None,
+            env.get("LD_LIBRARY_PATH"),
+        ]
         env["LD_LIBRARY_PATH"] = os.pathsep.join(p for p in libdirs if p)
         env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
         env.pop("PYTHONPATH", None)  # the stub ignores it anyway; model.py extends sys.path from the config
@@ -269,21 +294,29 @@ class TritonServer:
 
     def _launch(self, dist: TritonDistribution) -> None:
         with open(self._log_path, "ab") as logfile:
-            self._proc = subprocess.Popen(self.command(), env=self._environment(dist), stdin=subprocess.DEVNULL,
-                                          stdout=logfile, stderr=subprocess.STDOUT, start_new_session=True)
+            self._proc = subprocess.Popen(
+                self.command(),
+                env=self._environment(dist),
+                stdin=subprocess.DEVNULL,
+                stdout=logfile,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
         deadline = time.monotonic() + self.startup_timeout_s
         while time.monotonic() < deadline:
             if self._proc.poll() is not None:
                 tail = self.log_tail()
                 error = TritonUnavailable if any(s in tail for s in _LOADER_ERRORS) else TritonStartError
-                raise error(f"tritonserver exited with {self._proc.returncode} during startup; log "
-                            f"{self._log_path}:\n{tail}")
+                raise error(
+                    f"tritonserver exited with {self._proc.returncode} during startup; log {self._log_path}:\n{tail}"
+                )
             if self._live():
                 log.info("tritonserver live at %s (pid %d)", self.url, self._proc.pid)
                 return
             time.sleep(0.1)
-        raise TritonStartError(f"tritonserver not live after {self.startup_timeout_s:.0f} s; log "
-                               f"{self._log_path}:\n{self.log_tail()}")
+        raise TritonStartError(
+            f"tritonserver not live after {self.startup_timeout_s:.0f} s; log {self._log_path}:\n{self.log_tail()}"
+        )
 
     def _live(self) -> bool:
         try:
@@ -337,7 +370,7 @@ def _group_members(pgid: int) -> list[int]:
             stat = (entry / "stat").read_text()
         except OSError:
             continue
-        fields = stat[stat.rfind(")") + 2:].split()  # after "pid (comm) ": state ppid pgrp ...
+        fields = stat[stat.rfind(")") + 2 :].split()  # after "pid (comm) ": state ppid pgrp ...
         if int(fields[2]) == pgid and fields[0] != "Z":
             members.append(int(entry.name))
     return members

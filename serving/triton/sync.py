@@ -9,6 +9,7 @@ Candidates are loaded before they are promoted, so an API replica's hot swap nev
 A server that restarts with an empty repository is refilled on the next pass (the sync compares with what the
 server reports, not with what it loaded before).
 """
+
 from __future__ import annotations
 
 import logging
@@ -16,9 +17,9 @@ import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from models.registry import ModelRegistry
 from serving.backends import BackendLoadError
-from serving.backends.triton import TritonBackend
-from serving.registry import ModelRegistry
+from serving.triton.backend import TritonBackend
 
 log = logging.getLogger("poseloop.triton_sync")
 
@@ -32,8 +33,7 @@ class SyncReport:
 
 def wanted_versions(registry: ModelRegistry, keep: int) -> dict[str, Path]:
     """version → ONNX path: servable versions, newest `keep`, plus the active and previous-active ones."""
-    servable = sorted((v for v in registry.list() if v.on_disk and v.state != "rejected"),
-                      key=lambda v: int(v.version))
+    servable = sorted((v for v in registry.list() if v.on_disk and v.state != "rejected"), key=lambda v: int(v.version))
     pinned = {info.version for info in (registry.active(), registry.previous_active()) if info is not None}
     newest = len(servable) - keep
     return {v.version: v.onnx_path for i, v in enumerate(servable) if i >= newest or v.version in pinned}
@@ -67,6 +67,6 @@ class TritonSync:
                 report = self.once()
                 if report.loaded or report.unloaded:
                     log.info("loaded %s, unloaded %s", report.loaded, report.unloaded)
-            except Exception as err:  # noqa: BLE001 — server down or restarting: keep trying, never exit
+            except Exception as err:
                 log.warning("sync pass failed (%s); retrying in %.1f s", err, poll_s)
             stop.wait(poll_s)

@@ -3,6 +3,7 @@
 The data live outside the repository, in `../shared/datasets` relative to the repository root
 (override with $POSELOOP_DATA); code that needs them must cope with their absence.
 """
+
 from __future__ import annotations
 
 import os

@@ -1,4 +1,5 @@
 """COCO person keypoints (and any dataset in the COCO keypoint json format with the 17 COCO joints)."""
+
 from __future__ import annotations
 
 import contextlib

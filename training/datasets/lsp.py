@@ -13,6 +13,7 @@ Conventions verified on this release (drawings in docs/images/lsp_flags_check.pn
 - Split convention of the project: im0001-0800 train, im0801-1000 validation (the official test
   half im1001-2000 is held out); label budgets are the first N train images.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -28,7 +29,7 @@ from .records import PersonRecord, box_from_keypoints, read_image_size
 from .unlabeled import load_image_folder
 
 LSP_NUM_IMAGES = 1000
-LSP_TRAIN = range(0, 800)  # 0-based positions: im0001-im0800
+LSP_TRAIN = range(800)  # 0-based positions: im0001-im0800
 LSP_VAL = range(800, 1000)  # im0801-im1000
 
 

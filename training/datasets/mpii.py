@@ -13,6 +13,7 @@ one entry per person. Conventions:
   optional "head_size" field (already including SC_BIAS) or "headbox" [[x1, y1], [x2, y2]]
   (0.6 x diagonal, HRNet's SC_BIAS), else None (see `training.evaluation.mpii_head_size_from_box`).
 """
+
 from __future__ import annotations
 
 import json

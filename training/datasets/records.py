@@ -9,6 +9,7 @@ Coordinate conventions (all loaders convert to these):
 - Visibility follows COCO: 0 not labeled, 1 labeled but occluded, 2 labeled and visible.
   Coordinates of joints with visibility 0 carry no meaning (loaders set them to 0).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass

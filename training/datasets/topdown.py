@@ -4,6 +4,7 @@ One crop affine per sample maps image pixels to crop pixels; keypoints go throug
 targets can never disagree. Random draws come from a per-sample generator seeded by (seed, epoch, index):
 reproducible, and different across DataLoader workers.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -17,7 +18,13 @@ from torch.utils.data import Dataset
 
 from models.codec import HeatmapCodec
 from models.geometry import (
-    Size, box_to_center_scale, compose_affine, crop_affine, flip_affine, normalize_crop, transform_points,
+    Size,
+    box_to_center_scale,
+    compose_affine,
+    crop_affine,
+    flip_affine,
+    normalize_crop,
+    transform_points,
     warp_image,
 )
 from models.schemas import get_schema
@@ -45,7 +52,7 @@ class CropParams:
     flip: bool = False
 
     @classmethod
-    def sample(cls, rng: np.random.Generator, cfg: AugmentConfig) -> "CropParams":
+    def sample(cls, rng: np.random.Generator, cfg: AugmentConfig) -> CropParams:
         sf, rf = cfg.scale_factor, cfg.rotation_factor
         scale = float(np.clip(rng.normal(1.0, sf), 1 - sf, 1 + sf))
         rotation = float(np.clip(rng.normal(0.0, rf), -2 * rf, 2 * rf)) if rng.random() < cfg.rotation_prob else 0.0
@@ -67,8 +74,16 @@ class TopDownDataset(Dataset):
     `augment=None` gives the deterministic evaluation crop.
     """
 
-    def __init__(self, records: list[PersonRecord], codec: HeatmapCodec, mean, std, padding: float = 1.25,
-                 augment: AugmentConfig | None = None, seed: int = 0):
+    def __init__(
+        self,
+        records: list[PersonRecord],
+        codec: HeatmapCodec,
+        mean,
+        std,
+        padding: float = 1.25,
+        augment: AugmentConfig | None = None,
+        seed: int = 0,
+    ):
         if not records:
             raise ValueError("empty record list")
         self.records = records

@@ -1,4 +1,5 @@
 """Unlabeled images (uploads, LSPET, video frames saved to disk) as person records without keypoints."""
+
 from __future__ import annotations
 
 import json
@@ -33,7 +34,8 @@ def list_images(directory: str | Path) -> list[Path]:
     if not directory.is_dir():
         raise NotADirectoryError(f"not a directory: {directory}")
     return sorted(
-        p for p in directory.iterdir()
+        p
+        for p in directory.iterdir()
         if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".")
     )
 

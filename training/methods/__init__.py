@@ -2,37 +2,41 @@
 
 A method is registered by name with `@register_method` and built with `build_method(name, student, **params)`.
 """
+
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
+from core.registry import Registry
 from training.methods.base import LabeledBatch, Method, StepOutput, UnlabeledBatch
 
-_REGISTRY: dict[str, type[Method]] = {}
+METHODS: Registry[type[Method]] = Registry("method")
 
 
 def register_method(name: str) -> Callable[[type[Method]], type[Method]]:
     def add(cls: type[Method]) -> type[Method]:
-        if name in _REGISTRY:
-            raise KeyError(f"method {name!r} registered twice ({_REGISTRY[name].__name__}, {cls.__name__})")
-        _REGISTRY[name] = cls
         cls.method_name = name
-        return cls
+        return METHODS.register(name)(cls)
 
     return add
 
 
 def available_methods() -> list[str]:
-    return sorted(_REGISTRY)
+    return list(METHODS.names())
 
 
 def build_method(name: str, student, **params) -> Method:
-    if name not in _REGISTRY:
-        raise KeyError(f"unknown method {name!r}; available: {available_methods()}")
-    return _REGISTRY[name](student, **params)
+    return METHODS.get(name)(student, **params)
 
 
 from training.methods import akm, continual, dsph, posecons, posedual, supervised, trs  # noqa: E402,F401  (presets)
 
-__all__ = ["LabeledBatch", "Method", "StepOutput", "UnlabeledBatch", "available_methods", "build_method",
-           "register_method"]
+__all__ = [
+    "LabeledBatch",
+    "Method",
+    "StepOutput",
+    "UnlabeledBatch",
+    "available_methods",
+    "build_method",
+    "register_method",
+]

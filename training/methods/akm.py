@@ -1,4 +1,5 @@
 """`akm`: adaptive keypoint masking + dual-branch Mixup."""
+
 from training.methods import register_method
 from training.methods.consistency import ConsistencyMethod, ConsistencySpec
 

@@ -1,4 +1,5 @@
 """What every method shares: named batches, the step output, and the Method interface."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -10,24 +11,26 @@ from torch import nn
 
 @dataclass
 class LabeledBatch:
-    images: torch.Tensor         # (N, 3, H, W) normalised
-    heatmaps: torch.Tensor       # (N, K, h, w)
+    images: torch.Tensor  # (N, 3, H, W) normalised
+    heatmaps: torch.Tensor  # (N, K, h, w)
     target_weight: torch.Tensor  # (N, K)
 
     @classmethod
-    def from_item(cls, item: dict, device: torch.device,
-                  memory_format: torch.memory_format = torch.contiguous_format) -> "LabeledBatch":
+    def from_item(
+        cls, item: dict, device: torch.device, memory_format: torch.memory_format = torch.contiguous_format
+    ) -> LabeledBatch:
         images = item["image"].to(device, non_blocking=True).contiguous(memory_format=memory_format)
         return cls(images, item["heatmaps"].to(device, non_blocking=True), item["target_weight"].to(device))
 
 
 @dataclass
 class UnlabeledBatch:
-    images: torch.Tensor         # (N, 3, H, W) normalised easy view (base augmentation only)
+    images: torch.Tensor  # (N, 3, H, W) normalised easy view (base augmentation only)
 
     @classmethod
-    def from_item(cls, item: dict, device: torch.device,
-                  memory_format: torch.memory_format = torch.contiguous_format) -> "UnlabeledBatch":
+    def from_item(
+        cls, item: dict, device: torch.device, memory_format: torch.memory_format = torch.contiguous_format
+    ) -> UnlabeledBatch:
         return cls(item["image"].to(device, non_blocking=True).contiguous(memory_format=memory_format))
 
 

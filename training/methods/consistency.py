@@ -12,6 +12,7 @@ Per step, for unlabeled images x (the easy view: base augmentation only):
    hard image *and* its target heatmaps (same grid_sample convention);
 3. loss = supervised MSE + ramp·(λu·Σ paths MSE(student(hard), θ·T) + λr·reviewer term + λm·Mixup term).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -40,21 +41,21 @@ class ConsistencySpec:
     reviewer_source: Literal["student", "ema"] = "ema"
     reviewer_every: int = 500
     reviewer_keep: int = 3
-    paths: tuple[str, ...] = ("none",)               # hard-view paths (training.ssl.augment registry names)
-    affine: bool = True                               # shared random θ on top of every path
+    paths: tuple[str, ...] = ("none",)  # hard-view paths (training.ssl.augment registry names)
+    affine: bool = True  # shared random θ on top of every path
     path_reduction: Literal["sum", "mean"] = "sum"
     pseudo_label: Literal["soft", "refine"] = "soft"
-    confidence_threshold: float = 0.0                 # hard per-joint threshold on the teacher peak (0 = keep all)
+    confidence_threshold: float = 0.0  # hard per-joint threshold on the teacher peak (0 = keep all)
     # True: soft targets are clamped to [0, 1], the range the codec encodes. Peer cross-teaching with raw targets
     # is a loop (A's overshoot is B's target, and back): posedual diverged at steps ~490 and ~690 on LSP.
     clamp_soft_targets: bool = False
     refine_threshold: float = 0.3
-    easy_views: int = 1                               # >1: also predict mirrored/affine views, aggregate by max
-    uncertainty_threshold: float | None = None        # dual only: drop joints whose cross-student std is higher
-    naive_symmetric: bool = False                     # anti-example: consistency between two hard views (collapses)
+    easy_views: int = 1  # >1: also predict mirrored/affine views, aggregate by max
+    uncertainty_threshold: float | None = None  # dual only: drop joints whose cross-student std is higher
+    naive_symmetric: bool = False  # anti-example: consistency between two hard views (collapses)
     lambda_u: float = 1.0
     lambda_r: float = 0.5
-    lambda_m: float = 0.0                             # AKM dual-branch Mixup term
+    lambda_m: float = 0.0  # AKM dual-branch Mixup term
     mixup_alpha: float = 1.0
     rampup_steps: int = 0
     aux_weight: float = 1.0
@@ -65,7 +66,7 @@ class ConsistencySpec:
     hard_view_bn_stats: bool = False
     collapse_guard: bool = True
     guard_min_steps: int = 100
-    guard_window: int = 50                            # steps the collapse guard averages over
+    guard_window: int = 50  # steps the collapse guard averages over
     seed: int = 0
 
 
@@ -89,11 +90,21 @@ class ConsistencyMethod(Method):
         self.peer = _second_init(student, spec.seed + 1, spec.peer_init) if spec.teacher == "peer" else None
         wants_ema = spec.teacher == "ema" or (spec.reviewer != "none" and spec.reviewer_source == "ema")
         self.ema = EMATeacher(student, momentum=spec.ema_momentum) if wants_ema else None
-        self.reviewer = (ReviewerTeacher(student, policy=spec.reviewer, k=spec.reviewer_every, keep=spec.reviewer_keep,
-                                         source=spec.reviewer_source, ema=self.ema)
-                         if spec.reviewer != "none" else None)
-        self.guard = (CollapseGuard(window=spec.guard_window, min_steps=spec.guard_min_steps)
-                      if spec.collapse_guard else None)
+        self.reviewer = (
+            ReviewerTeacher(
+                student,
+                policy=spec.reviewer,
+                k=spec.reviewer_every,
+                keep=spec.reviewer_keep,
+                source=spec.reviewer_source,
+                ema=self.ema,
+            )
+            if spec.reviewer != "none"
+            else None
+        )
+        self.guard = (
+            CollapseGuard(window=spec.guard_window, min_steps=spec.guard_min_steps) if spec.collapse_guard else None
+        )
         self.generator = torch.Generator().manual_seed(spec.seed)
 
     # ------------------------------------------------------------------ helpers
@@ -135,8 +146,10 @@ class ConsistencyMethod(Method):
     def train_step(self, labeled: LabeledBatch, unlabeled: UnlabeledBatch | None, step: int) -> StepOutput:
         spec = self.spec
         logs: dict[str, float] = {}
-        loss_sup = sum(multilevel_mse(net.forward_all(labeled.images), labeled.heatmaps, labeled.target_weight,
-                                      spec.aux_weight) for net in self.students())
+        loss_sup = sum(
+            multilevel_mse(net.forward_all(labeled.images), labeled.heatmaps, labeled.target_weight, spec.aux_weight)
+            for net in self.students()
+        )
         logs["loss_sup"] = float(loss_sup.detach())
         if unlabeled is None:
             return StepOutput(loss_sup, logs)
@@ -149,9 +162,14 @@ class ConsistencyMethod(Method):
         ramp = min(1.0, (step + 1) / spec.rampup_steps) if spec.rampup_steps else 1.0
         loss = loss_sup + ramp * (spec.lambda_u * loss_u + spec.lambda_r * loss_r + spec.lambda_m * loss_m)
         stats = collapse_stats(student_pred.detach(), teacher_ref)
-        logs.update(loss_unsup=float(loss_u.detach()), loss_review=float(loss_r.detach()),
-                    loss_mix=float(loss_m.detach()), mean_peak=stats.mean_peak,
-                    low_peak_fraction=stats.low_peak_fraction, ramp=ramp)
+        logs.update(
+            loss_unsup=float(loss_u.detach()),
+            loss_review=float(loss_r.detach()),
+            loss_mix=float(loss_m.detach()),
+            mean_peak=stats.mean_peak,
+            low_peak_fraction=stats.low_peak_fraction,
+            ramp=ramp,
+        )
         if stats.agreement is not None:
             logs["agreement"] = stats.agreement
         if self.guard is not None:
@@ -283,11 +301,11 @@ def _invert(theta: torch.Tensor) -> torch.Tensor:
     return torch.linalg.inv(full)[:, :2]
 
 
-def _drop_uncertain(raw: list[torch.Tensor], targets: list[pseudo.PseudoLabels],
-                    threshold: float) -> list[pseudo.PseudoLabels]:
+def _drop_uncertain(
+    raw: list[torch.Tensor], targets: list[pseudo.PseudoLabels], threshold: float
+) -> list[pseudo.PseudoLabels]:
     """Select only joints the two students agree on: cross-student uncertainty (max pixel-wise std of their raw
     heatmaps, Yu et al.) above `threshold` zeroes that joint's weight in both students' targets."""
     u = pseudo.cross_student_uncertainty(raw[0], raw[1])
     keep = (u <= threshold).float()
     return [pseudo.PseudoLabels(t.heatmaps, t.weights * keep) for t in targets]
-

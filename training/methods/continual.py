@@ -1,4 +1,5 @@
 """`continual`: the recipe the training worker runs on streams of unlabeled uploads."""
+
 from training.methods import register_method
 from training.methods.consistency import ConsistencyMethod, ConsistencySpec
 
@@ -13,6 +14,15 @@ class Continual(ConsistencyMethod):
     revisited with the LSP-SSL benchmark.
     """
 
-    defaults = ConsistencySpec(teacher="ema", ema_momentum=0.999, reviewer="best", reviewer_source="student",
-                               reviewer_keep=2, paths=("adaptive_mask",), affine=True, confidence_threshold=0.1,
-                               lambda_m=0.5, rampup_steps=200)
+    defaults = ConsistencySpec(
+        teacher="ema",
+        ema_momentum=0.999,
+        reviewer="best",
+        reviewer_source="student",
+        reviewer_keep=2,
+        paths=("adaptive_mask",),
+        affine=True,
+        confidence_threshold=0.1,
+        lambda_m=0.5,
+        rampup_steps=200,
+    )

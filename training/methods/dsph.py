@@ -1,4 +1,5 @@
 """`dsph`: dual students with denoised (threshold-and-refine) multi-view pseudo-heatmaps."""
+
 from training.methods import register_method
 from training.methods.consistency import ConsistencyMethod, ConsistencySpec
 
@@ -13,6 +14,13 @@ class DenoisedPseudoHeatmaps(ConsistencyMethod):
     (0.3) and uncertainty threshold (0.25) are our choices: the paper's values were not available.
     """
 
-    defaults = ConsistencySpec(teacher="peer", paths=("cut_occlude+cutout", "joint_cutout+cutmix"), affine=True,
-                               pseudo_label="refine", refine_threshold=0.3, easy_views=3,
-                               uncertainty_threshold=0.25, path_reduction="mean")
+    defaults = ConsistencySpec(
+        teacher="peer",
+        paths=("cut_occlude+cutout", "joint_cutout+cutmix"),
+        affine=True,
+        pseudo_label="refine",
+        refine_threshold=0.3,
+        easy_views=3,
+        uncertainty_threshold=0.25,
+        path_reduction="mean",
+    )

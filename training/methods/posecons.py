@@ -1,4 +1,5 @@
 """`posecons`: one network teaches its own hard view from its detached easy view."""
+
 from training.methods import register_method
 from training.methods.consistency import ConsistencyMethod, ConsistencySpec
 

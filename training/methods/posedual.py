@@ -1,4 +1,5 @@
 """`posedual`: two networks, each teaching the other's hard view."""
+
 from training.methods import register_method
 from training.methods.consistency import ConsistencyMethod, ConsistencySpec
 

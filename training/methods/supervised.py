@@ -1,4 +1,5 @@
 """`supervised`: labeled data only — the baseline every semi-supervised method must beat."""
+
 from __future__ import annotations
 
 from training.losses import multilevel_mse

@@ -1,4 +1,5 @@
 """`trs`: EMA teacher + reviewer + student, multi-level heads, Keypoint-Mix."""
+
 from training.methods import register_method
 from training.methods.consistency import ConsistencyMethod, ConsistencySpec
 
@@ -12,5 +13,13 @@ class TeacherReviewerStudent(ConsistencyMethod):
     Momentum 0.999, λr = 0.5 and keeping 2 snapshots are our choices (the paper's values were not available).
     """
 
-    defaults = ConsistencySpec(teacher="ema", ema_momentum=0.999, reviewer="best", reviewer_source="student",
-                               reviewer_keep=2, paths=("keypoint_mix",), affine=True, lambda_r=0.5)
+    defaults = ConsistencySpec(
+        teacher="ema",
+        ema_momentum=0.999,
+        reviewer="best",
+        reviewer_source="student",
+        reviewer_keep=2,
+        paths=("keypoint_mix",),
+        affine=True,
+        lambda_r=0.5,
+    )

@@ -17,6 +17,7 @@ pixel-centre one of align_corners=False (u ↔ 4u + 1.5): with the latter, one �
 apart by (M − I)·(1.5, 1.5) input px (up to 2.5 px at 60° and scale 0.75). `warp` therefore shifts θ by half a
 pixel per resolution before affine_grid/grid_sample (align_corners=False), and `warp_points` uses the same map.
 """
+
 from __future__ import annotations
 
 import functools
@@ -30,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from models.backbones.registry import Registry
+from core.registry import Registry
 
 HalfSize = tuple[int, int]
 
@@ -92,7 +93,7 @@ def _box_mask(centres: Tensor, half: Tensor, active: Tensor, shape_hw: torch.Siz
     cols = torch.arange(w, device=centres.device)
     rows = torch.arange(h, device=centres.device)
     in_x = ((cols - centres[..., 0:1]).abs() <= half[..., None]) & active[..., None]  # (N, M, W)
-    in_y = (rows - centres[..., 1:2]).abs() <= half[..., None]                         # (N, M, H)
+    in_y = (rows - centres[..., 1:2]).abs() <= half[..., None]  # (N, M, H)
     return (torch.einsum("nmh,nmw->nhw", in_y.float(), in_x.float()) > 0)[:, None]
 
 
@@ -112,9 +113,18 @@ def affine_theta(scale: Tensor, rotation: Tensor, size: tuple[int, int] | None =
     return torch.stack(rows, 1)
 
 
-def random_affine(n: int, generator: torch.Generator, *, scale_sigma: float = 0.25, scale_clip: float = 0.25,
-                  rot_sigma: float = 30.0, rot_clip: float = 60.0, rot_prob: float = 0.8,
-                  size: tuple[int, int] | None = None, device=None) -> Tensor:
+def random_affine(
+    n: int,
+    generator: torch.Generator,
+    *,
+    scale_sigma: float = 0.25,
+    scale_clip: float = 0.25,
+    rot_sigma: float = 30.0,
+    rot_clip: float = 60.0,
+    rot_prob: float = 0.8,
+    size: tuple[int, int] | None = None,
+    device=None,
+) -> Tensor:
     """(N, 2, 3) θ (see `affine_theta`): scale ~ clip(N(1, σs), 1 ± clip); rotation ~ clip(N(0, σr), ±clip)
     degrees, applied with probability rot_prob (PoseDual's extra hard-view affine; no shift, no flip)."""
     draws = _randn(generator, (2, n), device)
@@ -149,9 +159,16 @@ def warp_points(points: Tensor, theta: Tensor, size: tuple[int, int]) -> Tensor:
 
 
 # ---------------------------------------------------------------- joint-centred masks
-def joint_cutout(images: Tensor, joints: Tensor, valid: Tensor | None = None, *, num_joints: int = 5,
-                 half_size: HalfSize = (10, 19), jitter_std: float = 10.0,
-                 generator: torch.Generator) -> tuple[Tensor, Tensor]:
+def joint_cutout(
+    images: Tensor,
+    joints: Tensor,
+    valid: Tensor | None = None,
+    *,
+    num_joints: int = 5,
+    half_size: HalfSize = (10, 19),
+    jitter_std: float = 10.0,
+    generator: torch.Generator,
+) -> tuple[Tensor, Tensor]:
     """Joint Cutout (Xie et al.): zero boxes centred on `num_joints` distinct valid joints + N(0, jitter_std) px.
 
     Half-sizes are uniform integers in half_size (inclusive). Returns (images, mask (N, 1, H, W) float).
@@ -166,8 +183,9 @@ def joint_cutout(images: Tensor, joints: Tensor, valid: Tensor | None = None, *,
     return images.masked_fill(mask, 0.0), mask.to(images.dtype)
 
 
-def _paste(out: Tensor, source: Tensor, src: Tensor, dst: Tensor, half: Tensor,
-           active: Tensor) -> tuple[Tensor, Tensor]:
+def _paste(
+    out: Tensor, source: Tensor, src: Tensor, dst: Tensor, half: Tensor, active: Tensor
+) -> tuple[Tensor, Tensor]:
     """Paste the box of `half` around src (N, 2) long of source (N, C, H, W) centred on dst (N, 2) of `out`.
 
     A pixel is pasted only if it lies in the destination box and its source pixel is inside the image, so both
@@ -187,8 +205,9 @@ def _paste(out: Tensor, source: Tensor, src: Tensor, dst: Tensor, half: Tensor,
     return torch.where(region, shifted, out), region
 
 
-def _paste_all(images: Tensor, source_index: Tensor, src: Tensor, dst: Tensor, half: Tensor,
-               active: Tensor) -> tuple[Tensor, Tensor]:
+def _paste_all(
+    images: Tensor, source_index: Tensor, src: Tensor, dst: Tensor, half: Tensor, active: Tensor
+) -> tuple[Tensor, Tensor]:
     """Patches p = 0..M−1 in order; source_index, half, active (N, M); src, dst (N, M, 2) long."""
     out, mask = images, torch.zeros_like(images[:, :1], dtype=torch.bool)
     for p in range(src.shape[1]):
@@ -197,8 +216,15 @@ def _paste_all(images: Tensor, source_index: Tensor, src: Tensor, dst: Tensor, h
     return out, mask.to(images.dtype)
 
 
-def cut_occlude(images: Tensor, joints: Tensor, valid: Tensor | None = None, *, num_patches: int = 2,
-                half_size: HalfSize = (10, 19), generator: torch.Generator) -> tuple[Tensor, Tensor]:
+def cut_occlude(
+    images: Tensor,
+    joints: Tensor,
+    valid: Tensor | None = None,
+    *,
+    num_patches: int = 2,
+    half_size: HalfSize = (10, 19),
+    generator: torch.Generator,
+) -> tuple[Tensor, Tensor]:
     """Keypoint Cut-Occlude (SSPCM's SSCO, coordinates done right).
 
     Each image i takes a random OTHER image j of the batch (permutation without fixed points); for each of
@@ -218,8 +244,15 @@ def cut_occlude(images: Tensor, joints: Tensor, valid: Tensor | None = None, *, 
     return _paste_all(images, perm[:, None].expand(n, m), src, dst, half, dst_ok & src_ok)
 
 
-def keypoint_mix(images: Tensor, joints: Tensor, valid: Tensor | None = None, *, num_joints: int = 3,
-                 half_size: HalfSize = (10, 19), generator: torch.Generator) -> tuple[Tensor, Tensor]:
+def keypoint_mix(
+    images: Tensor,
+    joints: Tensor,
+    valid: Tensor | None = None,
+    *,
+    num_joints: int = 3,
+    half_size: HalfSize = (10, 19),
+    generator: torch.Generator,
+) -> tuple[Tensor, Tensor]:
     """Keypoint-Mix (TRS, Yun et al. 2025), our reading of the abstract: mix keypoint appearances across images
     AND joints. For `num_joints` distinct valid joints j of image i, the box around a random valid joint k ≠ j of
     a random other image (drawn per patch, uniformly over all such (image, joint) pairs) is pasted centred on
@@ -232,7 +265,7 @@ def keypoint_mix(images: Tensor, joints: Tensor, valid: Tensor | None = None, *,
     dst_idx, dst_ok = _choose(ok, num_joints, generator)
     m = dst_idx.shape[1]
     other_image = ~torch.eye(n, dtype=torch.bool, device=ok.device) if n > 1 else torch.ones(1, 1, dtype=torch.bool)
-    other_joint = torch.arange(k, device=ok.device) != dst_idx[..., None]                         # (N, m, K)
+    other_joint = torch.arange(k, device=ok.device) != dst_idx[..., None]  # (N, m, K)
     candidates = other_image.to(ok.device)[:, None, :, None] & ok[None, None] & other_joint[:, :, None]  # (N,m,N,K)
     keys = _rand(generator, candidates.shape, images.device).masked_fill(~candidates, -1.0).flatten(2)
     best, pick = keys.max(-1)
@@ -258,10 +291,19 @@ def relative_responses(peaks: Tensor, valid: Tensor | None = None) -> Tensor:
     return torch.where(spread & ok, r, torch.zeros_like(r))
 
 
-def adaptive_keypoint_mask(images: Tensor, joints: Tensor, peaks: Tensor, valid: Tensor | None = None, *,
-                           tau: float = 0.5, max_masks: int = 5, min_masks: int = 0, hard_sample_peak: float = 0.2,
-                           half_size: HalfSize = (10, 19),
-                           generator: torch.Generator) -> tuple[Tensor, Tensor, Tensor]:
+def adaptive_keypoint_mask(
+    images: Tensor,
+    joints: Tensor,
+    peaks: Tensor,
+    valid: Tensor | None = None,
+    *,
+    tau: float = 0.5,
+    max_masks: int = 5,
+    min_masks: int = 0,
+    hard_sample_peak: float = 0.2,
+    half_size: HalfSize = (10, 19),
+    generator: torch.Generator,
+) -> tuple[Tensor, Tensor, Tensor]:
     """Adaptive Keypoint Masking (Meng et al. 2024), from the equations quoted in the abstract/summary.
 
     peaks (N, K): teacher peak response per joint. Easy joints: r ≥ tau. Sample i gets
@@ -295,15 +337,17 @@ def _random_boxes(images: Tensor, holes: int, half_size: HalfSize, gen: torch.Ge
     return _box_mask(centres, half, torch.ones((n, holes), dtype=torch.bool, device=dev), images.shape[-2:])
 
 
-def cutout(images: Tensor, *, holes: int = 5, half_size: HalfSize = (10, 19),
-           generator: torch.Generator) -> tuple[Tensor, Tensor]:
+def cutout(
+    images: Tensor, *, holes: int = 5, half_size: HalfSize = (10, 19), generator: torch.Generator
+) -> tuple[Tensor, Tensor]:
     """Zero `holes` boxes with centres x ∈ [0, W), y ∈ [0, H). Returns (images, mask)."""
     mask = _random_boxes(images, holes, half_size, generator)
     return images.masked_fill(mask, 0.0), mask.to(images.dtype)
 
 
-def cutmix(images: Tensor, *, holes: int = 5, half_size: HalfSize = (10, 19),
-           generator: torch.Generator) -> tuple[Tensor, Tensor]:
+def cutmix(
+    images: Tensor, *, holes: int = 5, half_size: HalfSize = (10, 19), generator: torch.Generator
+) -> tuple[Tensor, Tensor]:
     """Fill `holes` random boxes with the same pixels of another image of the batch. Returns (images, mask)."""
     perm = _other_image(images.shape[0], generator, images.device)
     mask = _random_boxes(images, holes, half_size, generator)
@@ -331,8 +375,14 @@ def _beta(alpha: float, n: int, gen: torch.Generator) -> Tensor:
     return torch.sigmoid(log_gamma[:n] - log_gamma[n:])
 
 
-def mixup(images: Tensor, *, alpha: float = 0.2, min_keep: float = 0.75, mode: Literal["beta", "uniform"] = "beta",
-          generator: torch.Generator) -> tuple[Tensor, Tensor, Tensor]:
+def mixup(
+    images: Tensor,
+    *,
+    alpha: float = 0.2,
+    min_keep: float = 0.75,
+    mode: Literal["beta", "uniform"] = "beta",
+    generator: torch.Generator,
+) -> tuple[Tensor, Tensor, Tensor]:
     """MixUp with another image of the batch: out = lam·x + (1 − lam)·x[perm].
 
     mode="beta": lam = 1 − (1 − min_keep)·Beta(α, α) (MultiAugs: α = 0.2, min_keep = 0.75);
@@ -349,9 +399,18 @@ def mixup(images: Tensor, *, alpha: float = 0.2, min_keep: float = 0.75, mode: L
     return mixed, lam, perm
 
 
-def photometric(images: Tensor, mean: Sequence[float], std: Sequence[float], *, generator: torch.Generator,
-                brightness: float = 0.3, contrast: float = 0.3, saturation: float = 0.3, noise_std: float = 0.0,
-                strength: float = 1.0) -> Tensor:
+def photometric(
+    images: Tensor,
+    mean: Sequence[float],
+    std: Sequence[float],
+    *,
+    generator: torch.Generator,
+    brightness: float = 0.3,
+    contrast: float = 0.3,
+    saturation: float = 0.3,
+    noise_std: float = 0.0,
+    strength: float = 1.0,
+) -> Tensor:
     """Colour jitter on normalised images: un-normalise to RGB 0–255 with mean/std, scale brightness, contrast
     (about each image's mean grey) and saturation by factors uniform in 1 ± strength·amount, add Gaussian noise of
     strength·noise_std (0–255 units), clip to [0, 255], re-normalise. `strength` is the RandAugment-style knob."""
@@ -423,8 +482,9 @@ class AugmentPath:
             allowed, required = _options(AUGMENTS.get(component))
             given = set(self.kwargs.get(component, {}))
             if given - allowed or required - given:
-                raise TypeError(f"{component}: unknown options {sorted(given - allowed)}, "
-                                f"missing {sorted(required - given)}")
+                raise TypeError(
+                    f"{component}: unknown options {sorted(given - allowed)}, missing {sorted(required - given)}"
+                )
         object.__setattr__(self, "kwargs", {c: dict(o) for c, o in self.kwargs.items()})
 
     def __hash__(self) -> int:
@@ -457,8 +517,14 @@ def check_path(path: str | Mapping[str, Any] | AugmentPath) -> AugmentPath:
     return _parse_name(path) if isinstance(path, str) else AugmentPath.parse(path)
 
 
-def apply_path(path: str | Mapping[str, Any] | AugmentPath, images: Tensor, joints: Tensor | None,
-               valid: Tensor | None, peaks: Tensor | None, generator: torch.Generator) -> Tensor:
+def apply_path(
+    path: str | Mapping[str, Any] | AugmentPath,
+    images: Tensor,
+    joints: Tensor | None,
+    valid: Tensor | None,
+    peaks: Tensor | None,
+    generator: torch.Generator,
+) -> Tensor:
     """The hard view of `images` (N, 3, H, W) for one path (an AugmentPath or a config entry, see `check_path`);
     joints (N, K, 2) input px and peaks (N, K) are needed only by joint-based components (the same for every
     component: masks do not move joints)."""

@@ -5,6 +5,7 @@ symptoms are a falling mean peak and a growing fraction of joints with a near-ze
 predictions. `collapse_stats` measures them for one step; `CollapseGuard` watches a moving window and raises a
 sticky flag. All thresholds below are our choices (no paper gives numbers); keep them in the method config.
 """
+
 from __future__ import annotations
 
 import math
@@ -19,13 +20,14 @@ from training.ssl.pseudo import peaks
 
 @dataclass
 class CollapseStats:
-    mean_peak: float                 # mean over samples and joints of each heatmap's maximum
-    low_peak_fraction: float         # fraction of joints whose peak < `low`
-    agreement: float | None = None   # fraction of joints confident in both predictors with argmaxes ≤ radius apart
+    mean_peak: float  # mean over samples and joints of each heatmap's maximum
+    low_peak_fraction: float  # fraction of joints whose peak < `low`
+    agreement: float | None = None  # fraction of joints confident in both predictors with argmaxes ≤ radius apart
 
 
-def collapse_stats(pred: Tensor, other: Tensor | None = None, low: float = 0.1, radius: float = 2.0,
-                   mask: Tensor | None = None) -> CollapseStats:
+def collapse_stats(
+    pred: Tensor, other: Tensor | None = None, low: float = 0.1, radius: float = 2.0, mask: Tensor | None = None
+) -> CollapseStats:
     """Statistics of one step's unlabeled heatmaps pred (N, K, h, w) (and optionally a second predictor's, e.g.
     the peer or the teacher, same shape).
 
@@ -68,9 +70,16 @@ class CollapseGuard(nn.Module):
     (extra state in Method.state_dict()); `state_dict()` / `load_state_dict()` round-trip it for resume.
     """
 
-    def __init__(self, window: int = 50, min_steps: int = 100, low_fraction_limit: float = 0.9,
-                 mean_peak_limit: float = 0.05, reference: float | None = None, drop_ratio: float | None = 0.2,
-                 arm_on_healthy: bool = True):
+    def __init__(
+        self,
+        window: int = 50,
+        min_steps: int = 100,
+        low_fraction_limit: float = 0.9,
+        mean_peak_limit: float = 0.05,
+        reference: float | None = None,
+        drop_ratio: float | None = 0.2,
+        arm_on_healthy: bool = True,
+    ):
         super().__init__()
         if window < 1:
             raise ValueError("window must be >= 1")
@@ -119,12 +128,18 @@ class CollapseGuard(nn.Module):
         elif peak < self.mean_peak_limit:
             self.reason = f"mean peak {peak:.4f} < {self.mean_peak_limit} {where}"
         elif self.drop_ratio is not None and self.reference is not None and peak < self.drop_ratio * self.reference:
-            self.reason = (f"mean peak {peak:.4f} < {self.drop_ratio} x reference {self.reference:.4f} {where}")
+            self.reason = f"mean peak {peak:.4f} < {self.drop_ratio} x reference {self.reference:.4f} {where}"
         return self.reason
 
     def get_extra_state(self) -> dict:
-        return {"history": list(self.history), "steps": self.steps, "reference": self.reference,
-                "armed": self.armed, "reason": self.reason, "window": self.window}
+        return {
+            "history": list(self.history),
+            "steps": self.steps,
+            "reference": self.reference,
+            "armed": self.armed,
+            "reason": self.reason,
+            "window": self.window,
+        }
 
     def set_extra_state(self, state: dict) -> None:
         if state["window"] != self.window:

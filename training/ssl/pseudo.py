@@ -5,6 +5,7 @@ All functions are batched torch, run on the inputs' device, never modify their i
 (N, K, h, w) in heatmap pixels (x = column, y = row), the frame of models/codec.py. They carry no gradient
 semantics of their own: pass detached teacher heatmaps.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -25,8 +26,10 @@ class PseudoLabels:
 
     def __post_init__(self) -> None:
         if self.heatmaps.dim() != 4 or tuple(self.weights.shape) != tuple(self.heatmaps.shape[:2]):
-            raise ValueError(f"expected heatmaps (N,K,h,w) and weights (N,K), got {tuple(self.heatmaps.shape)} "
-                             f"and {tuple(self.weights.shape)}")
+            raise ValueError(
+                f"expected heatmaps (N,K,h,w) and weights (N,K), got {tuple(self.heatmaps.shape)} "
+                f"and {tuple(self.weights.shape)}"
+            )
 
 
 def _check_heatmaps(heatmaps: Tensor) -> None:
@@ -137,8 +140,9 @@ def render_gaussians(centres: Tensor, size: tuple[int, int], sigma: float = 2.0)
     return gy.unsqueeze(-1) * gx.unsqueeze(-2)
 
 
-def threshold_and_refine(heatmaps: Tensor, *, threshold: float = 0.3, sigma: float = 2.0,
-                         subpixel: SubPixel = "quarter") -> PseudoLabels:
+def threshold_and_refine(
+    heatmaps: Tensor, *, threshold: float = 0.3, sigma: float = 2.0, subpixel: SubPixel = "quarter"
+) -> PseudoLabels:
     """Yu et al.'s denoising: keep joints whose peak ≥ threshold and replace each kept joint's heatmap by a clean
     Gaussian (peak 1, `sigma`) centred at the sub-pixel argmax of its response; dropped joints get an all-zero
     heatmap and weight 0. Kept joints get weight 1.
@@ -165,8 +169,9 @@ def cross_student_uncertainty(a: Tensor, b: Tensor) -> Tensor:
     return ((a.float() - b.float()).abs() * 0.5).flatten(2).amax(-1)
 
 
-def select_by_uncertainty(candidates: list[PseudoLabels], uncertainties: list[Tensor], *,
-                          ignore_dropped: bool = True) -> PseudoLabels:
+def select_by_uncertainty(
+    candidates: list[PseudoLabels], uncertainties: list[Tensor], *, ignore_dropped: bool = True
+) -> PseudoLabels:
     """Per sample and joint, the candidate with the lowest uncertainty (ties → the earliest candidate).
 
     Our reading of Yu et al. (methods.md §5, [NOTE]-level source): the pool holds the refined pseudo-heatmaps of
@@ -178,15 +183,15 @@ def select_by_uncertainty(candidates: list[PseudoLabels], uncertainties: list[Te
     """
     if not candidates or len(candidates) != len(uncertainties):
         raise ValueError("need one uncertainty tensor per candidate, and at least one candidate")
-    heatmaps = torch.stack([c.heatmaps for c in candidates])          # (C, N, K, h, w)
-    weights = torch.stack([c.weights for c in candidates])            # (C, N, K)
-    unc = torch.stack([u.float() for u in uncertainties])             # (C, N, K)
+    heatmaps = torch.stack([c.heatmaps for c in candidates])  # (C, N, K, h, w)
+    weights = torch.stack([c.weights for c in candidates])  # (C, N, K)
+    unc = torch.stack([u.float() for u in uncertainties])  # (C, N, K)
     if unc.shape != weights.shape:
         raise ValueError(f"uncertainties {tuple(unc.shape)} do not match candidate weights {tuple(weights.shape)}")
     unc = torch.nan_to_num(unc, nan=float("inf"))
     if ignore_dropped:
         unc = torch.where(weights > 0, unc, torch.full_like(unc, float("inf")))
-    choice = unc.argmin(0)                                            # (N, K)
+    choice = unc.argmin(0)  # (N, K)
     picked_w = weights.gather(0, choice[None]).squeeze(0)
     idx = choice[None, ..., None, None].expand(1, *heatmaps.shape[1:])
     picked_h = heatmaps.gather(0, idx).squeeze(0)

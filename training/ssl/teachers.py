@@ -11,12 +11,14 @@ Ownership rules:
   `method.train()`.
 - predict() always returns detached main-head heatmaps (N, K, h, w), computed under no_grad.
 """
+
 from __future__ import annotations
 
 import copy
 import math
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Iterator, Literal, Protocol, runtime_checkable
+from typing import Literal, Protocol, runtime_checkable
 
 import torch
 from torch import Tensor, nn
@@ -119,7 +121,7 @@ class PeerTeacher(SelfTeacher):
 class _FrozenTeacher(nn.Module):
     """Base for teachers that own frozen copies: keeps them in eval mode whatever train() is called with."""
 
-    def train(self, mode: bool = True) -> "_FrozenTeacher":
+    def train(self, mode: bool = True) -> _FrozenTeacher:
         super().train(mode)
         for m in self.frozen_models():
             m.eval()
@@ -193,9 +195,16 @@ class ReviewerTeacher(_FrozenTeacher):
     reviewer's loss term until then (predict raises).
     """
 
-    def __init__(self, student: nn.Module, policy: Literal["best", "every_k"] = "every_k", k: int = 500,
-                 keep: int = 3, source: Literal["student", "ema"] = "student", ema: EMATeacher | None = None,
-                 maximize: bool = True):
+    def __init__(
+        self,
+        student: nn.Module,
+        policy: Literal["best", "every_k"] = "every_k",
+        k: int = 500,
+        keep: int = 3,
+        source: Literal["student", "ema"] = "student",
+        ema: EMATeacher | None = None,
+        maximize: bool = True,
+    ):
         super().__init__()
         if policy not in ("best", "every_k"):
             raise ValueError(f"unknown reviewer policy {policy!r}")

@@ -19,6 +19,7 @@ active just before the current one, so a rollback followed by a rollback swaps b
 undo`). Pruning keeps the newest `keep_last` versions plus every candidate and the active and previous
 active versions; older retired/rejected versions lose their files (the index keeps their history).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -32,12 +33,12 @@ import time
 import uuid
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from models.fileio import fsync_dir
-from serving.metadata import ModelMetadata
+from core.fileio import fsync_dir
+from models.metadata import ModelMetadata
 
 STATES = ("candidate", "active", "retired", "rejected")
 MODEL_FILE = "model.onnx"
@@ -83,11 +84,20 @@ class VersionInfo:
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready summary (what GET /v1/models lists)."""
         return {
-            "version": self.version, "status": self.state, "reason": self.reason, "created": self.created,
-            "updated": self.updated, "on_disk": self.on_disk, "parent": self.parent,
-            "metrics": self.meta.get("metrics") or {}, "size_bytes": self.meta.get("size_bytes"),
-            "files": self.meta.get("files", {}), "data_summary": self.meta.get("data_summary"),
-            "config": self.meta.get("config"), "model": self.meta.get("onnx", {}), "actor": self.meta.get("actor"),
+            "version": self.version,
+            "status": self.state,
+            "reason": self.reason,
+            "created": self.created,
+            "updated": self.updated,
+            "on_disk": self.on_disk,
+            "parent": self.parent,
+            "metrics": self.meta.get("metrics") or {},
+            "size_bytes": self.meta.get("size_bytes"),
+            "files": self.meta.get("files", {}),
+            "data_summary": self.meta.get("data_summary"),
+            "config": self.meta.get("config"),
+            "model": self.meta.get("onnx", {}),
+            "actor": self.meta.get("actor"),
         }
 
 
@@ -109,10 +119,16 @@ class ModelRegistry:
         self._meta_cache: dict[str, dict] = {}
 
     # ------------------------------------------------------------------ writes
-    def register(self, onnx_path: str | Path, checkpoint_path: str | Path | None = None,
-                 metrics: Mapping[str, Any] | None = None, parent: str | None = None,
-                 data_summary: Mapping[str, Any] | None = None, config: Mapping[str, Any] | None = None,
-                 actor: str = "unknown") -> VersionInfo:
+    def register(
+        self,
+        onnx_path: str | Path,
+        checkpoint_path: str | Path | None = None,
+        metrics: Mapping[str, Any] | None = None,
+        parent: str | None = None,
+        data_summary: Mapping[str, Any] | None = None,
+        config: Mapping[str, Any] | None = None,
+        actor: str = "unknown",
+    ) -> VersionInfo:
         """Copy the files in as a new `candidate` version (the next integer) and return it.
 
         The ONNX must carry the PoseLoop metadata contract (RegistryError otherwise; nothing is written).
@@ -120,7 +136,7 @@ class ModelRegistry:
         onnx_path = Path(onnx_path)
         try:
             summary = onnx_summary(ModelMetadata.from_onnx(onnx_path))
-        except Exception as err:  # noqa: BLE001 - any unreadable model is refused with its cause
+        except Exception as err:
             raise RegistryError(f"cannot register {onnx_path}: {type(err).__name__}: {err}") from err
         if parent is not None and parent not in self._read_index()["versions"]:
             raise VersionNotFound(f"parent version {parent!r} is not in the registry")
@@ -137,10 +153,17 @@ class ModelRegistry:
                 version = str(self._next_version(index))
                 now = _now()
                 meta = {
-                    "version": version, "created": now, "actor": actor, "parent": parent,
-                    "metrics": dict(metrics or {}), "data_summary": dict(data_summary or {}) or None,
-                    "config": dict(config or {}) or None, "files": files, "checkpoint": checkpoint_name,
-                    "size_bytes": sum(f["size"] for f in files.values()), "onnx": summary,
+                    "version": version,
+                    "created": now,
+                    "actor": actor,
+                    "parent": parent,
+                    "metrics": dict(metrics or {}),
+                    "data_summary": dict(data_summary or {}) or None,
+                    "config": dict(config or {}) or None,
+                    "files": files,
+                    "checkpoint": checkpoint_name,
+                    "size_bytes": sum(f["size"] for f in files.values()),
+                    "onnx": summary,
                     "source": str(onnx_path),
                 }
                 _write_durable(stage / META_FILE, (json.dumps(meta, indent=2) + "\n").encode())
@@ -148,11 +171,24 @@ class ModelRegistry:
                 os.rename(stage, self.versions_dir / version)
                 fsync_dir(self.versions_dir)
                 fsync_dir(self.staging_dir)
-                index["versions"][version] = {"state": "candidate", "reason": None, "created": now, "updated": now,
-                                              "on_disk": True}
+                index["versions"][version] = {
+                    "state": "candidate",
+                    "reason": None,
+                    "created": now,
+                    "updated": now,
+                    "on_disk": True,
+                }
                 self._write_index(index)
-                self._audit(actor, "register", version, None, "candidate", None,
-                            sha256=files[MODEL_FILE]["sha256"], parent=parent)
+                self._audit(
+                    actor,
+                    "register",
+                    version,
+                    None,
+                    "candidate",
+                    None,
+                    sha256=files[MODEL_FILE]["sha256"],
+                    parent=parent,
+                )
                 self._prune_locked(index, actor)
         finally:
             if stage.exists():
@@ -175,8 +211,10 @@ class ModelRegistry:
             if pin:
                 return f"automatic promotion is pinned by {pin['actor']} ({pin.get('reason') or 'no reason'})"
             if index["active"] != expected_active:
-                return (f"the active version changed while the job ran ({expected_active} → {index['active']}); "
-                        "not promoted automatically")
+                return (
+                    f"the active version changed while the job ran ({expected_active} → {index['active']}); "
+                    "not promoted automatically"
+                )
             self._activate_locked(index, version, actor, reason, "promote")
         return None
 
@@ -192,8 +230,9 @@ class ModelRegistry:
     def pinned(self) -> dict[str, Any] | None:
         return self._read_index().get("pinned")
 
-    def _activate_locked(self, index: dict[str, Any], version: str, actor: str, reason: str | None,
-                         action: str) -> None:
+    def _activate_locked(
+        self, index: dict[str, Any], version: str, actor: str, reason: str | None, action: str
+    ) -> None:
         entry = self._entry(index, version)
         if index["active"] == version:
             return
@@ -284,10 +323,26 @@ class ModelRegistry:
         os.replace(tmp, self.index_path)
         fsync_dir(self.root)
 
-    def _audit(self, actor: str, action: str, version: str, from_state: str | None, to_state: str,
-               reason: str | None, **extra: Any) -> None:
-        event = {"ts": _now(), "actor": actor, "action": action, "version": version, "from": from_state,
-                 "to": to_state, "reason": reason, **extra}
+    def _audit(
+        self,
+        actor: str,
+        action: str,
+        version: str,
+        from_state: str | None,
+        to_state: str,
+        reason: str | None,
+        **extra: Any,
+    ) -> None:
+        event = {
+            "ts": _now(),
+            "actor": actor,
+            "action": action,
+            "version": version,
+            "from": from_state,
+            "to": to_state,
+            "reason": reason,
+            **extra,
+        }
         with open(self.audit_path, "a") as fh:
             fh.write(json.dumps(event) + "\n")
             fh.flush()
@@ -306,9 +361,16 @@ class ModelRegistry:
             meta = json.loads(path.read_text()) if path.exists() else {}
             if meta:
                 self._meta_cache[version] = meta
-        return VersionInfo(version=version, state=entry["state"], reason=entry["reason"], created=entry["created"],
-                           updated=entry["updated"], on_disk=entry["on_disk"], path=self.versions_dir / version,
-                           meta=meta)
+        return VersionInfo(
+            version=version,
+            state=entry["state"],
+            reason=entry["reason"],
+            created=entry["created"],
+            updated=entry["updated"],
+            on_disk=entry["on_disk"],
+            path=self.versions_dir / version,
+            meta=meta,
+        )
 
     def _next_version(self, index: dict[str, Any]) -> int:
         numbers = [int(v) for v in index["versions"]]
@@ -329,8 +391,14 @@ class ModelRegistry:
         if pruned:
             self._write_index(index)
             for v in pruned:
-                self._audit(actor, "prune", v, index["versions"][v]["state"], index["versions"][v]["state"],
-                            f"beyond the newest {self.keep_last} versions")
+                self._audit(
+                    actor,
+                    "prune",
+                    v,
+                    index["versions"][v]["state"],
+                    index["versions"][v]["state"],
+                    f"beyond the newest {self.keep_last} versions",
+                )
         for path in self.versions_dir.iterdir():  # directories of registrations that died before their index write
             if path.name not in index["versions"]:
                 shutil.rmtree(path, ignore_errors=True)
@@ -351,9 +419,14 @@ class ModelRegistry:
 def onnx_summary(meta: ModelMetadata) -> dict[str, Any]:
     """The part of the ONNX metadata contract worth listing next to a version."""
     return {
-        "schema": meta.schema.name, "num_keypoints": meta.schema.num_keypoints,
-        "input_size_wh": [meta.input_size.w, meta.input_size.h], "heatmap_stride": meta.heatmap_stride,
-        "backbone": meta.backbone, "head": meta.head, "decode": meta.decode, "export_version": meta.version,
+        "schema": meta.schema.name,
+        "num_keypoints": meta.schema.num_keypoints,
+        "input_size_wh": [meta.input_size.w, meta.input_size.h],
+        "heatmap_stride": meta.heatmap_stride,
+        "backbone": meta.backbone,
+        "head": meta.head,
+        "decode": meta.decode,
+        "export_version": meta.version,
         "trained_on": meta.trained_on,
     }
 
@@ -389,4 +462,4 @@ def _pid_alive(pid: int) -> bool:
 
 
 def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+    return datetime.now(UTC).isoformat(timespec="milliseconds")

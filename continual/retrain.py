@@ -7,6 +7,7 @@ and the gate runs once. The gate promotes only when the candidate beats the acti
 same validation set and metric) by `promotion_margin` and the collapse guard did not fire; the registry refuses
 automatic promotion while pinned or if the active version changed meanwhile (e.g. an ops rollback).
 """
+
 from __future__ import annotations
 
 import logging
@@ -17,10 +18,10 @@ from typing import Any
 
 import numpy as np
 
-from serving.jobs import Job, JobStore, LeaseLost
-from serving.registry import ModelRegistry, RegistryError
-from serving.settings import Settings
-from serving.uploads import UploadStore
+from continual.jobs import Job, JobStore, LeaseLost
+from continual.settings import Settings
+from continual.uploads import UploadStore
+from models.registry import ModelRegistry, RegistryError
 
 log = logging.getLogger("poseloop.retrain")
 HEARTBEAT_EVERY_S = 2.0
@@ -54,8 +55,9 @@ class Reporter:
         if not force and result is None and log_line is None and time.time() - self._last < HEARTBEAT_EVERY_S:
             return
         self._last = time.time()
-        cancel = self.ctx.jobs.heartbeat(self.job_id, self.ctx.owner, self.ctx.settings.job_lease_s, self.progress,
-                                         result, log_line)
+        cancel = self.ctx.jobs.heartbeat(
+            self.job_id, self.ctx.owner, self.ctx.settings.job_lease_s, self.progress, result, log_line
+        )
         if cancel:
             raise JobCancelled("cancelled by request")
 
@@ -73,11 +75,25 @@ class Reporter:
             self.beat(log_line=f"first logged training step of this attempt: {step}")
         rate = (step - self._step0) / max(time.time() - self._t0, 1e-6)
         eta = (total - step) / rate if rate > 0 else None
-        keep = ("loss", "loss_sup", "loss_unsup", "loss_review", "loss_mix", "mean_peak", "low_peak_fraction",
-                "agreement", "lr")
-        self.beat(stage="train", step=step, total_steps=total, percent=round(100 * step / total, 1),
-                  eta_s=None if eta is None else round(eta, 1),
-                  **{k: round(float(row[k]), 6) for k in keep if k in row})
+        keep = (
+            "loss",
+            "loss_sup",
+            "loss_unsup",
+            "loss_review",
+            "loss_mix",
+            "mean_peak",
+            "low_peak_fraction",
+            "agreement",
+            "lr",
+        )
+        self.beat(
+            stage="train",
+            step=step,
+            total_steps=total,
+            percent=round(100 * step / total, 1),
+            eta_s=None if eta is None else round(eta, 1),
+            **{k: round(float(row[k]), 6) for k in keep if k in row},
+        )
 
 
 def run_retrain(ctx: RetrainContext, job: Job, chunk_steps: int | None = None) -> Job | None:
@@ -93,7 +109,7 @@ def run_retrain(ctx: RetrainContext, job: Job, chunk_steps: int | None = None) -
         return ctx.jobs.finish(job.id, ctx.owner, "cancelled", error="cancelled by request")
     except LeaseLost:
         raise
-    except Exception as err:  # noqa: BLE001 - every failure ends the job visibly, with its cause
+    except Exception as err:
         log.exception("retrain job %s failed", job.id)
         return ctx.jobs.finish(job.id, ctx.owner, "failed", error=f"{type(err).__name__}: {err}")
     return ctx.jobs.finish(job.id, ctx.owner, "succeeded", result=result)
@@ -111,8 +127,10 @@ def _stages(ctx: RetrainContext, job: Job, reporter: Reporter, chunk_steps: int 
         if "active_metric" not in result:
             reporter.beat(stage="baseline", force=True)
             result["active_metric"] = _evaluate(parent.checkpoint_path, config)
-            reporter.beat(result={"active_metric": result["active_metric"]},
-                          log_line=f"active version {parent.version}: {result['active_metric']}")
+            reporter.beat(
+                result={"active_metric": result["active_metric"]},
+                log_line=f"active version {parent.version}: {result['active_metric']}",
+            )
         trained = _train(ctx, config, parent.checkpoint_path, plan, reporter, chunk_steps)
         if trained is None:
             return None
@@ -122,8 +140,12 @@ def _stages(ctx: RetrainContext, job: Job, reporter: Reporter, chunk_steps: int 
         reporter.beat(result={"candidate": result["candidate"]}, log_line=f"registered {result['candidate']}")
     if "gate" not in result:
         result["gate"] = _gate(ctx, job, plan, result)
-        reporter.beat(result={"gate": result["gate"]}, log_line=f"gate: {result['gate']['decision']} — "
-                      f"{result['gate']['reason']}", stage="done", force=True)
+        reporter.beat(
+            result={"gate": result["gate"]},
+            log_line=f"gate: {result['gate']['decision']} — {result['gate']['reason']}",
+            stage="done",
+            force=True,
+        )
     return result
 
 
@@ -132,14 +154,19 @@ def _plan(ctx: RetrainContext, job: Job) -> dict[str, Any]:
     if active is None:
         raise RegistryError("no active model version to start from")
     if active.checkpoint_path is None or not active.checkpoint_path.exists():
-        raise RegistryError(f"active version {active.version} has no training checkpoint to start from "
-                            "(register models with their checkpoint)")
+        raise RegistryError(
+            f"active version {active.version} has no training checkpoint to start from "
+            "(register models with their checkpoint)"
+        )
     seq = ctx.uploads.max_seq()
     if seq == 0:
         raise ValueError("the unlabeled pool is empty: upload images first (POST /v1/unlabeled)")
-    return {"parent": active.version, "unlabeled_seq": seq,
-            "iterations": int(job.params.get("iterations") or ctx.settings.retrain_iterations),
-            "nproc": int(job.params.get("nproc") or ctx.settings.train_nproc)}
+    return {
+        "parent": active.version,
+        "unlabeled_seq": seq,
+        "iterations": int(job.params.get("iterations") or ctx.settings.retrain_iterations),
+        "nproc": int(job.params.get("nproc") or ctx.settings.train_nproc),
+    }
 
 
 def _config(settings: Settings, checkpoint: Path, job: Job, plan: dict):
@@ -152,16 +179,24 @@ def _config(settings: Settings, checkpoint: Path, job: Job, plan: dict):
     base = torch.load(checkpoint, map_location="cpu", weights_only=True)["config"]
     recipe = load_config(settings.retrain_config)
     n = plan["iterations"]
-    return config_with(base, {
-        "name": f"retrain-{job.id}", "output_dir": str(settings.data_dir / "jobs"),
-        "init_checkpoint": None,  # the job passes the active version's checkpoint explicitly
-        "method": recipe.method.model_dump(mode="json"),
-        "model": {"pretrained": False},  # weights come from the active checkpoint
-        "data": {"unlabeled": None, "num_workers": 0},
-        "optim": {"iterations": n, "lr": settings.retrain_lr},
-        "schedule": {"log_every": max(1, min(10, n // 10)), "val_every": max(1, n // 2),
-                     "checkpoint_every": max(1, min(25, n // 4))},
-    }, job.params.get("overrides") or [])
+    return config_with(
+        base,
+        {
+            "name": f"retrain-{job.id}",
+            "output_dir": str(settings.data_dir / "jobs"),
+            "init_checkpoint": None,  # the job passes the active version's checkpoint explicitly
+            "method": recipe.method.model_dump(mode="json"),
+            "model": {"pretrained": False},  # weights come from the active checkpoint
+            "data": {"unlabeled": None, "num_workers": 0},
+            "optim": {"iterations": n, "lr": settings.retrain_lr},
+            "schedule": {
+                "log_every": max(1, min(10, n // 10)),
+                "val_every": max(1, n // 2),
+                "checkpoint_every": max(1, min(25, n // 4)),
+            },
+        },
+        job.params.get("overrides") or [],
+    )
 
 
 def _unlabeled_records(ctx: RetrainContext, seq: int, schema: str):
@@ -170,55 +205,88 @@ def _unlabeled_records(ctx: RetrainContext, seq: int, schema: str):
     records = []
     for item in ctx.uploads.snapshot(max_seq=seq):
         for i, box in enumerate(item.boxes or [[0, 0, item.width, item.height]]):
-            records.append(PersonRecord(image_path=Path(item.path), box=np.asarray(box, np.float32), keypoints=None,
-                                        visibility=None, schema=schema, record_id=f"upload/{item.sha256}/{i}"))
+            records.append(
+                PersonRecord(
+                    image_path=Path(item.path),
+                    box=np.asarray(box, np.float32),
+                    keypoints=None,
+                    visibility=None,
+                    schema=schema,
+                    record_id=f"upload/{item.sha256}/{i}",
+                )
+            )
     return records
 
 
 def _evaluate(checkpoint: Path, config) -> dict[str, float]:
     """Metric of a checkpoint on the config's validation set (the same numbers the gate compares)."""
-    from poseloop.workflows import load_checkpoint
+    from training.checkpoints import load_checkpoint
     from training.data import build_splits
     from training.engine import codec_for
     from training.evaluator import evaluate_model, metric_name
 
     _, model, _ = load_checkpoint(checkpoint)
     splits = build_splits(config.data)
-    metrics = evaluate_model(model, splits.val, config.data.dataset, codec_for(config), model.mean, model.std,
-                             config.data.padding, config.eval.flip_test, config.eval.batch_size)
+    metrics = evaluate_model(
+        model,
+        splits.val,
+        config.data.dataset,
+        codec_for(config),
+        model.mean,
+        model.std,
+        config.data.padding,
+        config.eval.flip_test,
+        config.eval.batch_size,
+    )
     key = metric_name(config.data.dataset)
     return {"metric": key, "value": round(metrics[key], 3), "persons": len(splits.val)}
 
 
-def _train(ctx: RetrainContext, config, init: Path, plan: dict, reporter: Reporter,
-           chunk_steps: int | None) -> dict[str, Any] | None:
+def _train(
+    ctx: RetrainContext, config, init: Path, plan: dict, reporter: Reporter, chunk_steps: int | None
+) -> dict[str, Any] | None:
+    from training.checkpoints import SCHEMA_OF_DATASET
     from training.engine import Trainer
     from training.evaluator import metric_name
-    from poseloop.workflows import SCHEMA_OF_DATASET
 
     records = _unlabeled_records(ctx, plan["unlabeled_seq"], SCHEMA_OF_DATASET[config.data.dataset])
-    reporter.beat(log_line=f"training {config.optim.iterations} steps on {len(records)} unlabeled persons",
-                  stage="train", step=0, total_steps=config.optim.iterations)
+    reporter.beat(
+        log_line=f"training {config.optim.iterations} steps on {len(records)} unlabeled persons",
+        stage="train",
+        step=0,
+        total_steps=config.optim.iterations,
+    )
     nproc = int(plan.get("nproc") or ctx.settings.train_nproc)
     if nproc > 1:
         out = _train_under_torchrun(config, init, records, reporter, chunk_steps, nproc)
     else:
         trainer = Trainer(config, unlabeled=records, init_checkpoint=str(init))
-        out = trainer.fit(resume=True, progress=False, stop_after=chunk_steps,
-                          on_log=lambda row: reporter.on_train_row(row, config.optim.iterations)).summary()
+        out = trainer.fit(
+            resume=True,
+            progress=False,
+            stop_after=chunk_steps,
+            on_log=lambda row: reporter.on_train_row(row, config.optim.iterations),
+        ).summary()
     stopped = out["stopped"]
     if stopped is None and out["steps"] < config.optim.iterations:
         reporter.beat(log_line=f"checkpointed at step {out['steps']}; continuing in the next chunk", force=True)
         return None
-    return {"run_dir": out["run_dir"], "steps": out["steps"], "best_step": out["best_step"],
-            "metric": metric_name(config.data.dataset), "value": round(out["best_metric"], 3),
-            "collapse": stopped if stopped and "collapse" in stopped else None,
-            "stopped": stopped, "unlabeled_persons": len(records)}
+    return {
+        "run_dir": out["run_dir"],
+        "steps": out["steps"],
+        "best_step": out["best_step"],
+        "metric": metric_name(config.data.dataset),
+        "value": round(out["best_metric"], 3),
+        "collapse": stopped if stopped and "collapse" in stopped else None,
+        "stopped": stopped,
+        "unlabeled_persons": len(records),
+    }
 
 
-def _train_under_torchrun(config, init: Path, records, reporter: Reporter, chunk_steps: int | None,
-                          nproc: int) -> dict[str, Any]:
-    """The same chunk on `nproc` DDP processes (training.worker.ddp_chunk). Rank 0's metrics.jsonl rows become
+def _train_under_torchrun(
+    config, init: Path, records, reporter: Reporter, chunk_steps: int | None, nproc: int
+) -> dict[str, Any]:
+    """The same chunk on `nproc` DDP processes (continual.ddp_chunk). Rank 0's metrics.jsonl rows become
     heartbeats here; a cancel or a lost lease stops the whole process group, leaving the last checkpoint."""
     import contextlib
     import json
@@ -226,8 +294,8 @@ def _train_under_torchrun(config, init: Path, records, reporter: Reporter, chunk
     import signal
     import subprocess
 
+    from continual.ddp_chunk import records_to_json
     from training.distributed import torchrun_argv, torchrun_env
-    from training.worker.ddp_chunk import records_to_json
 
     run_dir = config.run_dir
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -235,14 +303,23 @@ def _train_under_torchrun(config, init: Path, records, reporter: Reporter, chunk
     (run_dir / "chunk_records.json").write_text(json.dumps(records_to_json(records)))
     result_path = run_dir / "chunk_result.json"
     result_path.unlink(missing_ok=True)
-    args = ["--config", str(run_dir / "chunk_config.json"), "--records", str(run_dir / "chunk_records.json"),
-            "--init", str(init), "--result", str(result_path)]
+    args = [
+        "--config",
+        str(run_dir / "chunk_config.json"),
+        "--records",
+        str(run_dir / "chunk_records.json"),
+        "--init",
+        str(init),
+        "--result",
+        str(result_path),
+    ]
     if chunk_steps is not None:
         args += ["--stop-after", str(chunk_steps)]
     metrics = run_dir / "metrics.jsonl"
     seen = len(metrics.read_text().splitlines()) if metrics.exists() else 0
-    proc = subprocess.Popen(torchrun_argv(nproc, "training.worker.ddp_chunk", args), env=torchrun_env(nproc),
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        torchrun_argv(nproc, "continual.ddp_chunk", args), env=torchrun_env(nproc), start_new_session=True
+    )
     try:
         while True:
             finished = proc.poll() is not None
@@ -274,7 +351,7 @@ def _register(ctx: RetrainContext, job: Job, config, plan: dict, trained: dict, 
     for info in ctx.registry.list():  # a redelivered job finds the version it registered before dying
         if (info.meta.get("data_summary") or {}).get("job_id") == job.id:
             return {"version": info.version, "state": info.state}
-    from poseloop.workflows import export_checkpoint
+    from training.checkpoints import export_checkpoint
 
     run_dir = Path(trained["run_dir"])
     best = run_dir / "best.pt"
@@ -283,14 +360,26 @@ def _register(ctx: RetrainContext, job: Job, config, plan: dict, trained: dict, 
     onnx_path = run_dir / "model.onnx"
     report = export_checkpoint(best, onnx_path, version=f"retrain-{job.id}")
     info = ctx.registry.register(
-        onnx_path, checkpoint_path=best, parent=plan["parent"], actor=f"job:{job.id}",
+        onnx_path,
+        checkpoint_path=best,
+        parent=plan["parent"],
+        actor=f"job:{job.id}",
         metrics={trained["metric"]: trained["value"], f"parent_{active['metric']}": active["value"]},
-        data_summary={"job_id": job.id, "unlabeled_seq": plan["unlabeled_seq"],
-                      "unlabeled_persons": trained["unlabeled_persons"], "recipe": config.method.name,
-                      "trained_on": config.data.dataset},
-        config=config.model_dump(mode="json"))
-    return {"version": info.version, "state": info.state, "parity_max_abs": report.max_abs_diff,
-            "parity_max_px": report.max_keypoint_diff_px}
+        data_summary={
+            "job_id": job.id,
+            "unlabeled_seq": plan["unlabeled_seq"],
+            "unlabeled_persons": trained["unlabeled_persons"],
+            "recipe": config.method.name,
+            "trained_on": config.data.dataset,
+        },
+        config=config.model_dump(mode="json"),
+    )
+    return {
+        "version": info.version,
+        "state": info.state,
+        "parity_max_abs": report.max_abs_diff,
+        "parity_max_px": report.max_keypoint_diff_px,
+    }
 
 
 def _gate(ctx: RetrainContext, job: Job, plan: dict, result: dict) -> dict[str, Any]:
@@ -299,8 +388,15 @@ def _gate(ctx: RetrainContext, job: Job, plan: dict, result: dict) -> dict[str, 
     margin = float(job.params.get("margin", ctx.settings.promotion_margin))
     actor = f"job:{job.id}"
     gain = round(trained["value"] - active["value"], 3)
-    decision = {"candidate": version, "parent": plan["parent"], "candidate_value": trained["value"],
-                "active_value": active["value"], "metric": active["metric"], "gain": gain, "margin": margin}
+    decision = {
+        "candidate": version,
+        "parent": plan["parent"],
+        "candidate_value": trained["value"],
+        "active_value": active["value"],
+        "metric": active["metric"],
+        "gain": gain,
+        "margin": margin,
+    }
     current = ctx.registry.get(version)
     if current.state == "active":
         return {**decision, "decision": "promoted", "reason": "already active"}
@@ -311,8 +407,9 @@ def _gate(ctx: RetrainContext, job: Job, plan: dict, result: dict) -> dict[str, 
     elif gain < margin:
         reason = f"{active['metric']} {trained['value']} vs active {active['value']}: gain {gain} < margin {margin}"
     else:
-        why_not = ctx.registry.promote_if(version, plan["parent"], actor,
-                                          f"gate: {active['metric']} +{gain} ≥ margin {margin}")
+        why_not = ctx.registry.promote_if(
+            version, plan["parent"], actor, f"gate: {active['metric']} +{gain} ≥ margin {margin}"
+        )
         if why_not is None:
             return {**decision, "decision": "promoted", "reason": f"gain {gain} ≥ margin {margin}"}
         return {**decision, "decision": "kept", "reason": why_not}

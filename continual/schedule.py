@@ -4,13 +4,14 @@ Retrain when at least `retrain_min_new_images` uploads arrived since the active 
 snapshotted, or when the active model is older than `retrain_max_age_h` and at least one new image arrived.
 Each tick also re-sends orphaned jobs (see JobStore.orphans).
 """
+
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
-from serving.queue import JobQueue
-from serving.registry import ModelRegistry
-from serving.uploads import UploadStore
+from continual.queue import JobQueue
+from continual.uploads import UploadStore
+from models.registry import ModelRegistry
 
 
 def retrain_reason(registry: ModelRegistry, uploads: UploadStore, min_new: int, max_age_h: float) -> str | None:
@@ -21,7 +22,7 @@ def retrain_reason(registry: ModelRegistry, uploads: UploadStore, min_new: int, 
     new = uploads.count_since(since)
     if new >= min_new:
         return f"{new} new unlabeled images ≥ {min_new}"
-    age_h = (datetime.now(timezone.utc) - datetime.fromisoformat(active.created)).total_seconds() / 3600
+    age_h = (datetime.now(UTC) - datetime.fromisoformat(active.created)).total_seconds() / 3600
     if new > 0 and age_h > max_age_h:
         return f"active model is {age_h:.0f} h old (> {max_age_h:g} h) and {new} new images arrived"
     return None

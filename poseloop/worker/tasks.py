@@ -1,20 +1,21 @@
-"""Celery tasks (Redis mode): `celery -A training.worker.tasks worker -Q train -P solo -c 1` and `… beat`.
+"""Celery tasks (Redis mode): `celery -A poseloop.worker.tasks worker -Q train -P solo -c 1` and `… beat`.
 
 `poseloop.retrain` runs one chunk (`retrain_chunk_steps` training steps, checkpointed) and re-sends itself until
 the job is finished, so every task is much shorter than the visibility timeout; a redelivered or duplicate
 message is harmless because the job row's lease decides who works. CUDA is touched only inside tasks (solo pool:
 no fork after CUDA init).
 """
+
 from __future__ import annotations
 
-from serving.ingest_checks import check_pending
-from serving.jobs import ACTIVE_STATES
-from serving.queue import INGEST_TASK, RETRAIN_TASK, SCHEDULE_TASK, JobQueue, celery_app
-from serving.registry import ModelRegistry
-from serving.schedule import tick
-from serving.settings import load_settings
-from serving.uploads import UploadStore
-from training.worker.runner import context, work_once, worker_name
+from continual.jobs import ACTIVE_STATES
+from continual.queue import INGEST_TASK, RETRAIN_TASK, SCHEDULE_TASK, JobQueue, celery_app
+from continual.runner import context, work_once, worker_name
+from continual.schedule import tick
+from continual.settings import load_settings
+from continual.uploads import UploadStore
+from models.registry import ModelRegistry
+from poseloop.worker.checks import check_pending
 
 settings = load_settings()
 app = celery_app(settings)

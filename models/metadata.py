@@ -3,6 +3,7 @@
 `models.export.build_metadata` writes these `metadata_props`; this module parses them without torch and
 without running the model. A missing or malformed key raises MetadataError naming the key.
 """
+
 from __future__ import annotations
 
 import json
@@ -16,10 +17,21 @@ from models.geometry import Size
 from models.schemas import KeypointSchema
 
 REQUIRED_KEYS = (
-    "poseloop.schema", "poseloop.keypoints", "poseloop.flip_pairs", "poseloop.skeleton",
-    "poseloop.input_size", "poseloop.mean", "poseloop.std", "poseloop.heatmap_stride", "poseloop.sigma",
-    "poseloop.padding", "poseloop.decode", "poseloop.version", "poseloop.trained_on",
-    "poseloop.backbone", "poseloop.head",
+    "poseloop.schema",
+    "poseloop.keypoints",
+    "poseloop.flip_pairs",
+    "poseloop.skeleton",
+    "poseloop.input_size",
+    "poseloop.mean",
+    "poseloop.std",
+    "poseloop.heatmap_stride",
+    "poseloop.sigma",
+    "poseloop.padding",
+    "poseloop.decode",
+    "poseloop.version",
+    "poseloop.trained_on",
+    "poseloop.backbone",
+    "poseloop.head",
 )
 DECODE_MODES = ("none", "quarter", "dark")
 
@@ -62,8 +74,10 @@ class ModelMetadata:
         """Parse `metadata_props` (e.g. ORT's `custom_metadata_map`); `source` names the file in errors."""
         missing = [k for k in REQUIRED_KEYS if k not in props]
         if missing:
-            raise MetadataError(f"{source}: missing PoseLoop metadata key(s) {missing} (export contract broken; "
-                                "re-export with models.export.export_onnx)")
+            raise MetadataError(
+                f"{source}: missing PoseLoop metadata key(s) {missing} (export contract broken; "
+                "re-export with models.export.export_onnx)"
+            )
 
         def parse(key: str, convert):
             try:
@@ -85,11 +99,19 @@ class ModelMetadata:
         except (ValueError, TypeError, KeyError, IndexError) as err:
             raise MetadataError(f"{source}: keypoint schema metadata is malformed: {err}") from err
         return cls(
-            schema=schema, input_size=Size(w, h), mean=mean, std=std,
-            heatmap_stride=parse("poseloop.heatmap_stride", int), sigma=parse("poseloop.sigma", float),
-            padding=parse("poseloop.padding", float), decode=decode, version=props["poseloop.version"],
-            trained_on=props["poseloop.trained_on"], backbone=props["poseloop.backbone"],
-            head=props["poseloop.head"], props=MappingProxyType(dict(props)),
+            schema=schema,
+            input_size=Size(w, h),
+            mean=mean,
+            std=std,
+            heatmap_stride=parse("poseloop.heatmap_stride", int),
+            sigma=parse("poseloop.sigma", float),
+            padding=parse("poseloop.padding", float),
+            decode=decode,
+            version=props["poseloop.version"],
+            trained_on=props["poseloop.trained_on"],
+            backbone=props["poseloop.backbone"],
+            head=props["poseloop.head"],
+            props=MappingProxyType(dict(props)),
         )
 
     @classmethod

@@ -11,9 +11,10 @@ Same bytes = one image (dedup by sha256): a second upload is a "duplicate" and k
 A crash between the rename and the insert leaves an unindexed file that the next upload of those bytes reuses.
 Writers are serialised by SQLite and `seq` is assigned inside the write transaction, so once a reader has seen
 max_seq() = k, no image with seq <= k can still appear: snapshot(k) is a stable training pool.
-Every image passes the /v1/pose input checks (serving.validation) and is fully decoded once, so training never
+Every image passes the /v1/pose input checks (core.inputs) and is fully decoded once, so training never
 meets a file it cannot read; boxes are in the pixels of the decoded (EXIF-rotated) image.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -23,13 +24,13 @@ import sqlite3
 import threading
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Literal
 
-from models.fileio import atomic_write_bytes, fsync_dir
-from serving.sqlite import open_wal
-from serving.validation import InputError, check_image, decode_image, parse_boxes
+from core.fileio import atomic_write_bytes, fsync_dir
+from core.inputs import InputError, check_image, decode_image, parse_boxes
+from core.sqlite import open_wal
 
 EXTENSIONS = {"jpeg": "jpg", "png": "png", "webp": "webp", "bmp": "bmp"}
 _SCHEMA = """
@@ -75,8 +76,12 @@ class BatchReport:
 
     def to_dict(self) -> dict:
         counts = {"accepted": len(self.accepted), "duplicates": len(self.duplicates), "rejected": len(self.rejected)}
-        return {"accepted": self.accepted, "duplicates": self.duplicates, "rejected": self.rejected,
-                "counts": {**counts, "total": sum(counts.values())}}
+        return {
+            "accepted": self.accepted,
+            "duplicates": self.duplicates,
+            "rejected": self.rejected,
+            "counts": {**counts, "total": sum(counts.values())},
+        }
 
 
 class UploadStore:
@@ -112,7 +117,8 @@ class UploadStore:
             cursor = db.execute(
                 "INSERT INTO images (sha256, path, width, height, boxes, bytes, name, source, actor, created) "
                 "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (sha256) DO NOTHING",
-                (sha, relative.as_posix(), width, height, boxes_json, len(data), name, source, actor, _now()))
+                (sha, relative.as_posix(), width, height, boxes_json, len(data), name, source, actor, _now()),
+            )
             if cursor.rowcount == 1:
                 return AddResult("accepted", sha, cursor.lastrowid)
         return AddResult("duplicate", sha, self._seq_of(sha))  # another writer stored the same bytes first
@@ -120,8 +126,10 @@ class UploadStore:
     def reject(self, name: str, reason: str, actor: str) -> None:
         """Record a refused item (counted by stats)."""
         with self._db() as db:
-            db.execute("INSERT INTO rejections (name, reason, actor, created) VALUES (?, ?, ?, ?)",
-                       (name, reason, actor, _now()))
+            db.execute(
+                "INSERT INTO rejections (name, reason, actor, created) VALUES (?, ?, ?, ?)",
+                (name, reason, actor, _now()),
+            )
 
     def add_many(self, items: Iterable[tuple[str, bytes | InputError, object]], source: str, actor: str) -> BatchReport:
         """add() each (name, data or the error met while reading it, boxes); a bad item is rejected on its own."""
@@ -156,28 +164,42 @@ class UploadStore:
         with self._db() as db:
             total, new, image_bytes, top = db.execute(
                 "SELECT COUNT(*), COALESCE(SUM(seq > ?), 0), COALESCE(SUM(bytes), 0), COALESCE(MAX(seq), 0) "
-                "FROM images", (since_seq,)).fetchone()
+                "FROM images",
+                (since_seq,),
+            ).fetchone()
             rejected = db.execute("SELECT COUNT(*) FROM rejections").fetchone()[0]
-            checked, confidence = db.execute(
-                "SELECT COUNT(*), AVG(teacher_confidence) FROM checks").fetchone()
+            checked, confidence = db.execute("SELECT COUNT(*), AVG(teacher_confidence) FROM checks").fetchone()
         index_bytes = sum(p.stat().st_size for p in self.root.glob("index.sqlite*") if p.is_file())
-        return {"total": total, "new_since_active": new, "rejected": rejected, "max_seq": top,
-                "disk_bytes": image_bytes + index_bytes, "checked": checked,
-                "mean_teacher_confidence": None if confidence is None else round(confidence, 4)}
+        return {
+            "total": total,
+            "new_since_active": new,
+            "rejected": rejected,
+            "max_seq": top,
+            "disk_bytes": image_bytes + index_bytes,
+            "checked": checked,
+            "mean_teacher_confidence": None if confidence is None else round(confidence, 4),
+        }
 
-    # ------------------------------------------------------------------ ingest checks (serving.ingest_checks)
+    # ------------------------------------------------------------------ ingest checks (poseloop.worker.checks)
     def unchecked(self, limit: int) -> list[UploadRecord]:
         """Oldest images without an ingest check yet."""
         with self._db() as db:
-            rows = db.execute("SELECT seq, sha256, path, width, height, boxes FROM images WHERE sha256 NOT IN "
-                              "(SELECT sha256 FROM checks) ORDER BY seq LIMIT ?", (limit,)).fetchall()
-        return [UploadRecord(seq, sha, self.root / path, width, height, json.loads(boxes) if boxes else None)
-                for seq, sha, path, width, height, boxes in rows]
+            rows = db.execute(
+                "SELECT seq, sha256, path, width, height, boxes FROM images WHERE sha256 NOT IN "
+                "(SELECT sha256 FROM checks) ORDER BY seq LIMIT ?",
+                (limit,),
+            ).fetchall()
+        return [
+            UploadRecord(seq, sha, self.root / path, width, height, json.loads(boxes) if boxes else None)
+            for seq, sha, path, width, height, boxes in rows
+        ]
 
     def record_check(self, sha: str, thumbnail: Path, teacher_version: str, confidence: float, persons: int) -> None:
         with self._db() as db:
-            db.execute("INSERT OR REPLACE INTO checks VALUES (?, ?, ?, ?, ?, ?)",
-                       (sha, str(thumbnail.relative_to(self.root)), teacher_version, confidence, persons, _now()))
+            db.execute(
+                "INSERT OR REPLACE INTO checks VALUES (?, ?, ?, ?, ?, ?)",
+                (sha, str(thumbnail.relative_to(self.root)), teacher_version, confidence, persons, _now()),
+            )
 
     def thumbnail_path(self, sha: str) -> Path:
         return self.root / "thumbs" / sha[:2] / f"{sha}.jpg"
@@ -185,10 +207,14 @@ class UploadStore:
     def snapshot(self, max_seq: int | None = None) -> list[UploadRecord]:
         """Images with seq <= max_seq (all when None), in upload order."""
         with self._db() as db:
-            rows = db.execute("SELECT seq, sha256, path, width, height, boxes FROM images WHERE seq <= ? "
-                              "ORDER BY seq", (max_seq if max_seq is not None else 2**63 - 1,)).fetchall()
-        return [UploadRecord(seq, sha, self.root / path, width, height, json.loads(boxes) if boxes else None)
-                for seq, sha, path, width, height, boxes in rows]
+            rows = db.execute(
+                "SELECT seq, sha256, path, width, height, boxes FROM images WHERE seq <= ? ORDER BY seq",
+                (max_seq if max_seq is not None else 2**63 - 1,),
+            ).fetchall()
+        return [
+            UploadRecord(seq, sha, self.root / path, width, height, json.loads(boxes) if boxes else None)
+            for seq, sha, path, width, height, boxes in rows
+        ]
 
     # ------------------------------------------------------------------ internals
     def _seq_of(self, sha: str) -> int | None:
@@ -228,10 +254,13 @@ def sidecar_boxes(doc: object, what: str) -> dict[str, object]:
     if isinstance(doc, dict) and isinstance(doc.get("boxes"), dict):
         doc = doc["boxes"]
     if not isinstance(doc, dict):
-        raise InputError(422, "invalid_boxes", f"{what} must be a JSON object {{name: [[x, y, w, h], ...]}}, "
-                         f"got {type(doc).__name__}")
+        raise InputError(
+            422,
+            "invalid_boxes",
+            f"{what} must be a JSON object {{name: [[x, y, w, h], ...]}}, got {type(doc).__name__}",
+        )
     return doc
 
 
 def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+    return datetime.now(UTC).isoformat(timespec="milliseconds")

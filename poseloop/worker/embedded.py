@@ -5,17 +5,18 @@ Limits: one machine (the SQLite job table and the data directory are local files
 `worker_poll_s`; a killed worker's job is resumed by the next worker start (or by another embedded worker)
 once its lease expires (`job_lease_s`).
 """
+
 from __future__ import annotations
 
 import logging
 import threading
 import time
 
-from serving.ingest_checks import check_pending
-from serving.queue import JobQueue
-from serving.schedule import tick
-from serving.settings import Settings
-from training.worker.runner import context, work_once, worker_name
+from continual.queue import JobQueue
+from continual.runner import context, work_once, worker_name
+from continual.schedule import tick
+from continual.settings import Settings
+from poseloop.worker.checks import check_pending
 
 log = logging.getLogger("poseloop.worker")
 
@@ -33,7 +34,7 @@ def run_embedded_worker(settings: Settings, stop: threading.Event | None = None,
                 decision = tick(queue, ctx.registry, ctx.uploads)
                 if decision["retrain"]:
                     log.info("scheduler: %s → job %s", decision["retrain"], decision["job"])
-            except Exception:  # noqa: BLE001 - a failed tick is retried at the next one
+            except Exception:
                 log.exception("scheduler tick failed")
         outcome, _ = work_once(ctx)
         if outcome == "idle" and check_pending(ctx.uploads, ctx.registry) == 0:

@@ -1,4 +1,5 @@
 """SQLite set-up shared by the job table and the upload index (several processes of one machine)."""
+
 from __future__ import annotations
 
 import sqlite3

@@ -1,6 +1,7 @@
 """Ingest checks (the `ingest` queue, or the embedded worker when idle): per uploaded image a thumbnail and the
 active model's confidence on it (mean keypoint peak over its persons) — the statistics ops look at before a
 retrain (`GET /v1/unlabeled/stats`). ONNX Runtime only, no torch; the teacher is the served model."""
+
 from __future__ import annotations
 
 import logging
@@ -8,10 +9,10 @@ import logging
 import cv2
 import numpy as np
 
-from models.fileio import atomic_write_bytes
+from continual.uploads import UploadStore
+from core.fileio import atomic_write_bytes
+from models.registry import ModelRegistry
 from serving.pipeline import PosePipeline, load_image_rgb
-from serving.registry import ModelRegistry
-from serving.uploads import UploadStore
 
 log = logging.getLogger("poseloop.ingest")
 THUMBNAIL_SIDE = 160

@@ -12,6 +12,7 @@ States: queued → running → succeeded | failed | cancelled. One queued-or-run
 request gets the existing job. An Idempotency-Key maps to one job forever.
 Limits (embedded mode): one machine (SQLite over a network filesystem is not safe), polling latency ~1 s.
 """
+
 from __future__ import annotations
 
 import json
@@ -21,11 +22,11 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from serving.sqlite import open_wal
+from core.sqlite import open_wal
 
 ACTIVE_STATES = ("queued", "running")
 FINAL_STATES = ("succeeded", "failed", "cancelled")
@@ -74,9 +75,26 @@ class Job:
     lease_owner: str | None
 
     def to_dict(self, logs: list[str] | None = None) -> dict[str, Any]:
-        out = {k: getattr(self, k) for k in (
-            "id", "kind", "model", "state", "params", "requested_by", "created", "updated", "started", "finished",
-            "attempts", "cancel_requested", "progress", "result", "error")}
+        out = {
+            k: getattr(self, k)
+            for k in (
+                "id",
+                "kind",
+                "model",
+                "state",
+                "params",
+                "requested_by",
+                "created",
+                "updated",
+                "started",
+                "finished",
+                "attempts",
+                "cancel_requested",
+                "progress",
+                "result",
+                "error",
+            )
+        }
         if logs is not None:
             out["logs_tail"] = logs
         return out
@@ -108,8 +126,9 @@ class JobStore:
             db.close()
 
     # ------------------------------------------------------------------ requests (API, scheduler)
-    def submit(self, kind: str, model: str, params: dict[str, Any], requested_by: str,
-               idempotency_key: str | None = None) -> tuple[Job, bool]:
+    def submit(
+        self, kind: str, model: str, params: dict[str, Any], requested_by: str, idempotency_key: str | None = None
+    ) -> tuple[Job, bool]:
         """(job, created). Returns the job already bound to `idempotency_key`, or the model's queued/running job
         of this kind, instead of creating a second one."""
         with self._tx() as db:
@@ -119,14 +138,18 @@ class JobStore:
                     return _job(row), False
             row = db.execute(
                 "SELECT * FROM jobs WHERE kind = ? AND model = ? AND state IN ('queued', 'running') "
-                "ORDER BY created LIMIT 1", (kind, model)).fetchone()
+                "ORDER BY created LIMIT 1",
+                (kind, model),
+            ).fetchone()
             if row is not None:
                 return _job(row), False
-            job_id = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:8]
+            job_id = datetime.now(UTC).strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:8]
             now = _now()
-            db.execute("INSERT INTO jobs (id, kind, model, state, idempotency_key, params, requested_by, created, "
-                       "updated) VALUES (?, ?, ?, 'queued', ?, ?, ?, ?, ?)",
-                       (job_id, kind, model, idempotency_key, json.dumps(params), requested_by, now, now))
+            db.execute(
+                "INSERT INTO jobs (id, kind, model, state, idempotency_key, params, requested_by, created, "
+                "updated) VALUES (?, ?, ?, 'queued', ?, ?, ?, ?, ?)",
+                (job_id, kind, model, idempotency_key, json.dumps(params), requested_by, now, now),
+            )
             _log(db, job_id, f"queued by {requested_by}")
             return _job(db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()), True
 
@@ -135,8 +158,10 @@ class JobStore:
         with self._tx() as db:
             job = _get(db, job_id)
             if job.state == "queued":
-                db.execute("UPDATE jobs SET state = 'cancelled', cancel_requested = 1, finished = ?, updated = ? "
-                           "WHERE id = ?", (_now(), _now(), job_id))
+                db.execute(
+                    "UPDATE jobs SET state = 'cancelled', cancel_requested = 1, finished = ?, updated = ? WHERE id = ?",
+                    (_now(), _now(), job_id),
+                )
                 _log(db, job_id, f"cancelled by {actor} before it started")
             elif job.state == "running":
                 db.execute("UPDATE jobs SET cancel_requested = 1, updated = ? WHERE id = ?", (_now(), job_id))
@@ -158,15 +183,18 @@ class JobStore:
 
     def logs(self, job_id: str, tail: int = 50) -> list[str]:
         with self._tx() as db:
-            rows = db.execute("SELECT ts, line FROM job_logs WHERE job_id = ? ORDER BY id DESC LIMIT ?",
-                              (job_id, tail)).fetchall()
+            rows = db.execute(
+                "SELECT ts, line FROM job_logs WHERE job_id = ? ORDER BY id DESC LIMIT ?", (job_id, tail)
+            ).fetchall()
         return [f"{r['ts']} {r['line']}" for r in reversed(rows)]
 
     def last_finished(self, kind: str, model: str) -> Job | None:
         with self._tx() as db:
-            row = db.execute("SELECT * FROM jobs WHERE kind = ? AND model = ? AND state IN "
-                             "('succeeded', 'failed', 'cancelled') ORDER BY finished DESC LIMIT 1",
-                             (kind, model)).fetchone()
+            row = db.execute(
+                "SELECT * FROM jobs WHERE kind = ? AND model = ? AND state IN "
+                "('succeeded', 'failed', 'cancelled') ORDER BY finished DESC LIMIT 1",
+                (kind, model),
+            ).fetchone()
         return _job(row) if row else None
 
     # ------------------------------------------------------------------ workers
@@ -174,7 +202,7 @@ class JobStore:
         """Take a queued job (or `job_id`), or a running one whose lease expired (its worker died)."""
         with self._tx() as db:
             now = time.time()
-            query = ("SELECT * FROM jobs WHERE (state = 'queued' OR (state = 'running' AND lease_until < ?))")
+            query = "SELECT * FROM jobs WHERE (state = 'queued' OR (state = 'running' AND lease_until < ?))"
             args: list[Any] = [now]
             if job_id is not None:
                 query += " AND id = ?"
@@ -184,27 +212,45 @@ class JobStore:
                 return None
             job = _job(row)
             if job.cancel_requested:
-                db.execute("UPDATE jobs SET state = 'cancelled', finished = ?, updated = ? WHERE id = ?",
-                           (_now(), _now(), job.id))
+                db.execute(
+                    "UPDATE jobs SET state = 'cancelled', finished = ?, updated = ? WHERE id = ?",
+                    (_now(), _now(), job.id),
+                )
                 _log(db, job.id, "cancelled (requested while its worker was gone)")
                 return None
-            db.execute("UPDATE jobs SET state = 'running', lease_owner = ?, lease_until = ?, attempts = attempts + 1, "
-                       "started = COALESCE(started, ?), updated = ? WHERE id = ?",
-                       (owner, now + lease_s, _now(), _now(), job.id))
+            db.execute(
+                "UPDATE jobs SET state = 'running', lease_owner = ?, lease_until = ?, attempts = attempts + 1, "
+                "started = COALESCE(started, ?), updated = ? WHERE id = ?",
+                (owner, now + lease_s, _now(), _now(), job.id),
+            )
             resumed = " (resuming: previous worker lost)" if job.state == "running" else ""
             _log(db, job.id, f"claimed by {owner}, attempt {job.attempts + 1}{resumed}")
             return _get(db, job.id)
 
-    def heartbeat(self, job_id: str, owner: str, lease_s: float, progress: dict[str, Any] | None = None,
-                  result: dict[str, Any] | None = None, log: str | None = None) -> bool:
+    def heartbeat(
+        self,
+        job_id: str,
+        owner: str,
+        lease_s: float,
+        progress: dict[str, Any] | None = None,
+        result: dict[str, Any] | None = None,
+        log: str | None = None,
+    ) -> bool:
         """Renew the lease (and record progress/result/log). Returns True if cancellation was requested.
         Raises LeaseLost if another worker owns the job."""
         with self._tx() as db:
             job = _owned(db, job_id, owner)
             merged = {**job.result, **(result or {})}
-            db.execute("UPDATE jobs SET lease_until = ?, progress = ?, result = ?, updated = ? WHERE id = ?",
-                       (time.time() + lease_s, json.dumps(progress if progress is not None else job.progress),
-                        json.dumps(merged), _now(), job_id))
+            db.execute(
+                "UPDATE jobs SET lease_until = ?, progress = ?, result = ?, updated = ? WHERE id = ?",
+                (
+                    time.time() + lease_s,
+                    json.dumps(progress if progress is not None else job.progress),
+                    json.dumps(merged),
+                    _now(),
+                    job_id,
+                ),
+            )
             if log:
                 _log(db, job_id, log)
             return job.cancel_requested
@@ -213,8 +259,9 @@ class JobStore:
         """Give a running job back (end of a chunk): claimable at once by the next task or poll."""
         with self._tx() as db:
             _owned(db, job_id, owner)
-            db.execute("UPDATE jobs SET lease_owner = NULL, lease_until = 0, updated = ? WHERE id = ?",
-                       (_now(), job_id))
+            db.execute(
+                "UPDATE jobs SET lease_owner = NULL, lease_until = 0, updated = ? WHERE id = ?", (_now(), job_id)
+            )
             if log:
                 _log(db, job_id, log)
 
@@ -222,22 +269,27 @@ class JobStore:
         """Jobs nobody is working on: running with an expired lease, or queued for longer than `queued_for_s`
         (their message may have been lost with a broker restart). The scheduler re-sends them."""
         with self._tx() as db:
-            rows = db.execute("SELECT * FROM jobs WHERE state = 'running' AND lease_until < ?",
-                              (time.time(),)).fetchall()
+            rows = db.execute(
+                "SELECT * FROM jobs WHERE state = 'running' AND lease_until < ?", (time.time(),)
+            ).fetchall()
             queued = db.execute("SELECT * FROM jobs WHERE state = 'queued'").fetchall()
-        cutoff = datetime.now(timezone.utc).timestamp() - queued_for_s
+        cutoff = datetime.now(UTC).timestamp() - queued_for_s
         return [_job(r) for r in rows] + [
-            _job(r) for r in queued if datetime.fromisoformat(r["created"]).timestamp() < cutoff]
+            _job(r) for r in queued if datetime.fromisoformat(r["created"]).timestamp() < cutoff
+        ]
 
-    def finish(self, job_id: str, owner: str, state: str, result: dict[str, Any] | None = None,
-               error: str | None = None) -> Job:
+    def finish(
+        self, job_id: str, owner: str, state: str, result: dict[str, Any] | None = None, error: str | None = None
+    ) -> Job:
         if state not in FINAL_STATES:
             raise ValueError(f"not a final state: {state}")
         with self._tx() as db:
             job = _owned(db, job_id, owner)
-            db.execute("UPDATE jobs SET state = ?, result = ?, error = ?, finished = ?, updated = ?, "
-                       "lease_until = NULL WHERE id = ?",
-                       (state, json.dumps({**job.result, **(result or {})}), error, _now(), _now(), job_id))
+            db.execute(
+                "UPDATE jobs SET state = ?, result = ?, error = ?, finished = ?, updated = ?, "
+                "lease_until = NULL WHERE id = ?",
+                (state, json.dumps({**job.result, **(result or {})}), error, _now(), _now(), job_id),
+            )
             _log(db, job_id, f"{state}" + (f": {error}" if error else ""))
             return _get(db, job_id)
 
@@ -258,19 +310,35 @@ def _owned(db: sqlite3.Connection, job_id: str, owner: str) -> Job:
 
 
 def _job(row: sqlite3.Row) -> Job:
-    return Job(id=row["id"], kind=row["kind"], model=row["model"], state=row["state"],
-               params=json.loads(row["params"]), requested_by=row["requested_by"], created=row["created"],
-               updated=row["updated"], started=row["started"], finished=row["finished"], attempts=row["attempts"],
-               cancel_requested=bool(row["cancel_requested"]), progress=json.loads(row["progress"]),
-               result=json.loads(row["result"]), error=row["error"], idempotency_key=row["idempotency_key"],
-               lease_owner=row["lease_owner"])
+    return Job(
+        id=row["id"],
+        kind=row["kind"],
+        model=row["model"],
+        state=row["state"],
+        params=json.loads(row["params"]),
+        requested_by=row["requested_by"],
+        created=row["created"],
+        updated=row["updated"],
+        started=row["started"],
+        finished=row["finished"],
+        attempts=row["attempts"],
+        cancel_requested=bool(row["cancel_requested"]),
+        progress=json.loads(row["progress"]),
+        result=json.loads(row["result"]),
+        error=row["error"],
+        idempotency_key=row["idempotency_key"],
+        lease_owner=row["lease_owner"],
+    )
 
 
 def _log(db: sqlite3.Connection, job_id: str, line: str) -> None:
     db.execute("INSERT INTO job_logs (job_id, ts, line) VALUES (?, ?, ?)", (job_id, _now(), line[:2000]))
-    db.execute("DELETE FROM job_logs WHERE job_id = ? AND id NOT IN (SELECT id FROM job_logs WHERE job_id = ? "
-               "ORDER BY id DESC LIMIT ?)", (job_id, job_id, LOG_TAIL))
+    db.execute(
+        "DELETE FROM job_logs WHERE job_id = ? AND id NOT IN (SELECT id FROM job_logs WHERE job_id = ? "
+        "ORDER BY id DESC LIMIT ?)",
+        (job_id, job_id, LOG_TAIL),
+    )
 
 
 def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+    return datetime.now(UTC).isoformat(timespec="milliseconds")

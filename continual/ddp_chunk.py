@@ -1,7 +1,8 @@
-"""One chunk of a retrain's training stage on several GPUs: run under torchrun by `training.retrain` when
+"""One chunk of a retrain's training stage on several GPUs: run under torchrun by `continual.retrain` when
 `train_nproc` > 1. Rank 0 writes the run directory (checkpoints, metrics.jsonl) exactly as an in-process chunk does,
 and the summary the job records to `--result`; the parent process turns metrics.jsonl rows into heartbeats.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -12,15 +13,31 @@ import numpy as np
 
 
 def records_to_json(records) -> list[dict]:
-    return [{"image_path": str(r.image_path), "box": np.asarray(r.box).tolist(), "schema": r.schema,
-             "record_id": r.record_id} for r in records]
+    return [
+        {
+            "image_path": str(r.image_path),
+            "box": np.asarray(r.box).tolist(),
+            "schema": r.schema,
+            "record_id": r.record_id,
+        }
+        for r in records
+    ]
 
 
 def records_from_json(rows: list[dict]):
     from training.datasets.records import PersonRecord
 
-    return [PersonRecord(image_path=Path(r["image_path"]), box=np.asarray(r["box"], np.float32), keypoints=None,
-                         visibility=None, schema=r["schema"], record_id=r["record_id"]) for r in rows]
+    return [
+        PersonRecord(
+            image_path=Path(r["image_path"]),
+            box=np.asarray(r["box"], np.float32),
+            keypoints=None,
+            visibility=None,
+            schema=r["schema"],
+            record_id=r["record_id"],
+        )
+        for r in rows
+    ]
 
 
 def main(argv: list[str] | None = None) -> None:

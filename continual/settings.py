@@ -5,6 +5,7 @@ Example:
 Tokens map a bearer token to its roles (`infer`, `upload`, `ops`), or to {"name": ..., "roles": [...]} when the
 audit log should name the caller. POSELOOP_DEV=1 with no tokens generates one token per role at start.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -38,18 +39,26 @@ class Settings(BaseSettings):
     registry_poll_s: float = Field(2.0, ge=0, description="follow promotions made by other replicas; 0 = off")
 
     backend: Literal["embedded", "triton"] = "embedded"
-    triton_managed: bool = Field(False, description="start and own a local tritonserver (poseloop serve does this "
-                                                    "for --backend triton without --triton-url)")
+    triton_managed: bool = Field(
+        False,
+        description="start and own a local tritonserver (poseloop serve does this "
+        "for --backend triton without --triton-url)",
+    )
     triton_url: str = "127.0.0.1:8000"
     triton_grpc_url: str | None = Field(None, description="repository control over gRPC (recommended)")
     triton_repository: Path | None = Field(None, description="the server's --model-repository, if local")
     triton_model: str = "poseloop"
     triton_runtime: Literal["python", "onnxruntime"] = Field(
-        "python", description="python = Python backend hosting onnxruntime (the pytriton-bundled server); "
-        "onnxruntime = Triton's native ORT backend (NGC images)")
+        "python",
+        description="python = Python backend hosting onnxruntime (the pytriton-bundled server); "
+        "onnxruntime = Triton's native ORT backend (NGC images)",
+    )
     triton_kind: Literal["KIND_CPU", "KIND_GPU"] = Field("KIND_CPU", description="Triton instance kind")
-    triton_control: bool = Field(True, description="send repository load/unload; false = only infer versions "
-                                 "that `poseloop triton-sync` made READY (API replicas in front of shared servers)")
+    triton_control: bool = Field(
+        True,
+        description="send repository load/unload; false = only infer versions "
+        "that `poseloop triton-sync` made READY (API replicas in front of shared servers)",
+    )
     triton_repository_secret: str | None = None
     ort_threads: int = Field(2, ge=1, description="ONNX Runtime intra-op threads per session")
     ort_inter_threads: int = Field(1, ge=1)
@@ -75,25 +84,43 @@ class Settings(BaseSettings):
 
     # continual loop: queue, scheduler, retrain job, promotion gate
     broker_url: str | None = Field(None, description="redis://… = Celery/Redis queue; unset = embedded queue")
-    retrain_config: Path = Field(REPO_CONFIGS / "ssl" / "continual.yaml",
-                                 description="the recipe (its `method` section) the retrain job runs")
+    retrain_config: Path = Field(
+        REPO_CONFIGS / "ssl" / "continual.yaml", description="the recipe (its `method` section) the retrain job runs"
+    )
     retrain_iterations: int = Field(300, ge=1, description="default retrain budget (steps)")
-    retrain_lr: float = Field(1e-4, gt=0, description="fine-tuning learning rate: the active model is already "
-                                                      "trained, its from-scratch rate would undo it")
+    retrain_lr: float = Field(
+        1e-4,
+        gt=0,
+        description="fine-tuning learning rate: the active model is already "
+        "trained, its from-scratch rate would undo it",
+    )
     retrain_min_new_images: int = Field(200, ge=1, description="scheduler: retrain once this many new uploads")
-    retrain_max_age_h: float = Field(168.0, gt=0, description="scheduler: retrain a model older than this "
-                                                              "(if any new image arrived)")
-    retrain_check_s: float = Field(30.0, gt=0, description="how often the scheduler checks and sweeps orphaned "
-                                                          "jobs (beat interval; each check is two SQLite counts)")
+    retrain_max_age_h: float = Field(
+        168.0, gt=0, description="scheduler: retrain a model older than this (if any new image arrived)"
+    )
+    retrain_check_s: float = Field(
+        30.0,
+        gt=0,
+        description="how often the scheduler checks and sweeps orphaned "
+        "jobs (beat interval; each check is two SQLite counts)",
+    )
     promotion_margin: float = Field(0.5, description="candidate must beat the active metric by this (points)")
     job_lease_s: float = Field(120.0, gt=0, description="a job whose worker is silent this long is taken over")
     worker_poll_s: float = Field(1.0, gt=0, description="embedded worker: how often it looks for jobs")
-    train_nproc: int = Field(1, ge=1, description="processes (one per GPU) per retrain; > 1 runs the training "
-                             "stage under torchrun with DistributedDataParallel")
-    retrain_chunk_steps: int = Field(200, ge=1, description="Celery: training steps per task (then checkpoint "
-                                                            "and re-queue), so each task stays short")
-    visibility_timeout_s: float = Field(1800.0, gt=0, description="Redis redelivers an unacked task after this; "
-                                                                  "must exceed one chunk")
+    train_nproc: int = Field(
+        1,
+        ge=1,
+        description="processes (one per GPU) per retrain; > 1 runs the training "
+        "stage under torchrun with DistributedDataParallel",
+    )
+    retrain_chunk_steps: int = Field(
+        200,
+        ge=1,
+        description="Celery: training steps per task (then checkpoint and re-queue), so each task stays short",
+    )
+    visibility_timeout_s: float = Field(
+        1800.0, gt=0, description="Redis redelivers an unacked task after this; must exceed one chunk"
+    )
     orphan_after_s: float = Field(600.0, ge=0, description="scheduler re-sends a job queued this long unclaimed")
 
     @field_validator("tokens", mode="before")

@@ -8,6 +8,7 @@ the RIFF size of WebP, the pixel array size of BMP) refuses truncated files, whi
 half-decode (libjpeg fills a truncated JPEG with grey and only warns). OpenCV then decodes with IMREAD_COLOR:
 EXIF orientation applied, grey/alpha/16-bit converted to 8-bit RGB.
 """
+
 from __future__ import annotations
 
 import base64
@@ -65,18 +66,25 @@ def sniff_image(data: bytes) -> ImageHeader:
         return _webp(data)
     if data.startswith(b"BM"):
         return _bmp(data)
-    raise InputError(415, "unsupported_image_type",
-                     f"not a JPEG, PNG, WebP or BMP image (starts with {data[:8].hex()})")
+    raise InputError(
+        415, "unsupported_image_type", f"not a JPEG, PNG, WebP or BMP image (starts with {data[:8].hex()})"
+    )
 
 
 def check_image(data: bytes, max_pixels: int) -> ImageHeader:
     """The header of an image that may be decoded: known type, positive size ≤ max_pixels (413), complete."""
     header = sniff_image(data)
     if header.width <= 0 or header.height <= 0:
-        raise InputError(400, "invalid_image", f"{header.format} header declares a {header.width}×{header.height} image")
+        raise InputError(
+            400, "invalid_image", f"{header.format} header declares a {header.width}×{header.height} image"
+        )
     if header.width * header.height > max_pixels:
-        raise InputError(413, "image_too_large", f"{header.format} image is {header.width}×{header.height} = "
-                         f"{header.width * header.height} pixels, limit {max_pixels}")
+        raise InputError(
+            413,
+            "image_too_large",
+            f"{header.format} image is {header.width}×{header.height} = "
+            f"{header.width * header.height} pixels, limit {max_pixels}",
+        )
     if header.truncated:
         raise _truncated(header.format.upper(), header.truncated)
     return header
@@ -91,13 +99,17 @@ def decode_image(data: bytes, max_pixels: int, header: ImageHeader | None = None
     if bgr is None or bgr.ndim != 3 or bgr.shape[2] != 3 or bgr.size == 0:
         raise InputError(400, "undecodable_image", f"the {header.format} image could not be decoded (corrupt data)")
     if sorted(bgr.shape[:2]) != sorted((header.height, header.width)):
-        raise InputError(400, "invalid_image", f"{header.format} decoded to {bgr.shape[1]}×{bgr.shape[0]}, header "
-                         f"says {header.width}×{header.height}")
+        raise InputError(
+            400,
+            "invalid_image",
+            f"{header.format} decoded to {bgr.shape[1]}×{bgr.shape[0]}, header says {header.width}×{header.height}",
+        )
     return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
 
 
-def decode_pose_input(pose_input: PoseInput, max_pixels: int, max_boxes: int,
-                      header: ImageHeader | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+def decode_pose_input(
+    pose_input: PoseInput, max_pixels: int, max_boxes: int, header: ImageHeader | None = None
+) -> tuple[np.ndarray, np.ndarray | None]:
     """(RGB image, boxes or None) from a PoseInput; InputError for anything wrong."""
     image = decode_image(pose_input.data, max_pixels, header)
     h, w = image.shape[:2]
@@ -147,14 +159,17 @@ def parse_boxes(value, width: int, height: int, max_boxes: int) -> np.ndarray | 
             if isinstance(v, bool) or not isinstance(v, (int, float)):
                 raise InputError(422, "invalid_boxes", f"box {i} value {j} is {_kind(v)}, not a number")
             if not math.isfinite(v) or abs(v) > MAX_COORDINATE:
-                raise InputError(422, "invalid_boxes", f"box {i} value {j} = {v} is not a finite number within "
-                                 f"±{MAX_COORDINATE:g}")
+                raise InputError(
+                    422, "invalid_boxes", f"box {i} value {j} = {v} is not a finite number within ±{MAX_COORDINATE:g}"
+                )
             boxes[i, j] = v
         x, y, w, h = boxes[i]
         if w <= 0 or h <= 0:
             raise InputError(422, "invalid_boxes", f"box {i} has width {w} and height {h}; both must be > 0")
         if x >= width or y >= height or x + w <= 0 or y + h <= 0:
-            raise InputError(422, "box_outside_image", f"box {i} {box} lies entirely outside the {width}×{height} image")
+            raise InputError(
+                422, "box_outside_image", f"box {i} {box} lies entirely outside the {width}×{height} image"
+            )
     return boxes
 
 
@@ -212,8 +227,8 @@ def _png(data: bytes) -> ImageHeader:
     width, height = struct.unpack(">II", data[16:24])
     pos, seen_idat = 8, False
     while pos + 8 <= len(data):
-        (length,) = struct.unpack(">I", data[pos:pos + 4])
-        kind = data[pos + 4:pos + 8]
+        (length,) = struct.unpack(">I", data[pos : pos + 4])
+        kind = data[pos + 4 : pos + 8]
         pos += 12 + length
         if pos > len(data):
             break
@@ -258,13 +273,13 @@ def _jpeg_walk(data: bytes, size: list[int]) -> ImageHeader:
             continue
         if pos + 4 > n:
             raise _Truncated("segment header cut off", size)
-        (length,) = struct.unpack(">H", data[pos + 2:pos + 4])
+        (length,) = struct.unpack(">H", data[pos + 2 : pos + 4])
         if length < 2 or pos + 2 + length > n:
             raise _Truncated(f"segment 0x{marker:02X} runs past the end", size)
         if marker in _JPEG_SOF:
             if length < 7:
                 raise _Truncated("short frame header", size)
-            height, width = struct.unpack(">HH", data[pos + 5:pos + 9])
+            height, width = struct.unpack(">HH", data[pos + 5 : pos + 9])
             size[0], size[1] = max(size[0], width), max(size[1], height)
             if height == 0:
                 raise InputError(400, "invalid_image", "JPEG frame height 0 (DNL) is not supported")

@@ -5,6 +5,7 @@ writes (parity-checked), run through the serving backend, so the numbers are wha
 Timing: 3 warm-up calls, then timed calls for `seconds` (at least 5); per-call median, so a stray slow call
 (page faults, another process) does not move the number.
 """
+
 from __future__ import annotations
 
 import os
@@ -23,7 +24,7 @@ from models.export import export_onnx
 from models.geometry import Size
 from models.network import HEADS, ModelConfig, build_model
 from models.schemas import SCHEMAS, KeypointSchema
-from poseloop.benchdoc import git_commit, machine_description, markdown_table, replace_section
+from poseloop.bench.doc import git_commit, machine_description, markdown_table, replace_section
 from serving.backends.onnxruntime import OnnxRuntimeBackend
 
 SECTION = "Inference (CPU)"
@@ -32,8 +33,14 @@ WARMUP_CALLS = 3
 MIN_TIMED_CALLS = 5
 
 
-def run_infer_bench(model_config: ModelConfig, input_size: Size, threads: int = 2, batches: Sequence[int] = (1, 8),
-                    seconds: float = 3.0, exporter: str = "dynamo") -> list[dict]:
+def run_infer_bench(
+    model_config: ModelConfig,
+    input_size: Size,
+    threads: int = 2,
+    batches: Sequence[int] = (1, 8),
+    seconds: float = 3.0,
+    exporter: str = "dynamo",
+) -> list[dict]:
     """One row per (runtime, batch) for `model_config` (random init) at `input_size` = Size(w, h)."""
     input_size = Size(*input_size)
     torch.manual_seed(0)
@@ -41,8 +48,13 @@ def run_infer_bench(model_config: ModelConfig, input_size: Size, threads: int = 
     codec = HeatmapCodec.for_input(input_size, model.heatmap_stride)
     rng = np.random.default_rng(0)
     inputs = {b: rng.standard_normal((b, 3, input_size.h, input_size.w)).astype(np.float32) for b in batches}
-    base = {"backbone": model_config.backbone, "head": model_config.head, "head_channels": model_config.head_channels,
-            "input": f"{input_size.h}x{input_size.w}", "threads": threads}
+    base = {
+        "backbone": model_config.backbone,
+        "head": model_config.head,
+        "head_channels": model_config.head_channels,
+        "input": f"{input_size.h}x{input_size.w}",
+        "threads": threads,
+    }
     rows = []
 
     previous_threads = torch.get_num_threads()
@@ -60,14 +72,28 @@ def run_infer_bench(model_config: ModelConfig, input_size: Size, threads: int = 
         torch.set_num_threads(previous_threads)
 
     with tempfile.TemporaryDirectory() as tmp:
-        report = export_onnx(model, codec, _schema_for(model_config.num_keypoints), Path(tmp) / "model.onnx",
-                             version="bench", trained_on="random-init", exporter=exporter)
-        backend = OnnxRuntimeBackend(report.path, intra_op_threads=threads, inter_op_threads=1,
-                                     providers=["CPUExecutionProvider"])
+        report = export_onnx(
+            model,
+            codec,
+            _schema_for(model_config.num_keypoints),
+            Path(tmp) / "model.onnx",
+            version="bench",
+            trained_on="random-init",
+            exporter=exporter,
+        )
+        backend = OnnxRuntimeBackend(
+            report.path, intra_op_threads=threads, inter_op_threads=1, providers=["CPUExecutionProvider"]
+        )
         try:
             for b in batches:
-                rows.append({**base, "runtime": "onnxruntime", "batch": b,
-                             **measure_calls(lambda b=b: backend.infer(inputs[b]), b, seconds)})
+                rows.append(
+                    {
+                        **base,
+                        "runtime": "onnxruntime",
+                        "batch": b,
+                        **measure_calls(lambda b=b: backend.infer(inputs[b]), b, seconds),
+                    }
+                )
         finally:
             backend.close()
     return rows
@@ -81,39 +107,63 @@ def default_configs() -> list[ModelConfig]:
     return configs
 
 
-def run_default_bench(threads: int = 2, seconds: float = 3.0, out: Path = Path("docs/benchmarks.md"),
-                      command: str = "poseloop bench infer") -> list[dict]:
+def run_default_bench(
+    threads: int = 2,
+    seconds: float = 3.0,
+    out: Path = Path("docs/benchmarks.md"),
+    command: str = "poseloop bench infer",
+) -> list[dict]:
     """Every default config at 128x96 and 256x192; writes the docs section and returns the rows."""
-    rows = [row for config in default_configs() for size in DEFAULT_SIZES
-            for row in run_infer_bench(config, size, threads=threads, seconds=seconds)]
+    rows = [
+        row
+        for config in default_configs()
+        for size in DEFAULT_SIZES
+        for row in run_infer_bench(config, size, threads=threads, seconds=seconds)
+    ]
     write_benchmark_section(rows, path=out, command=command, seconds=seconds)
     return rows
 
 
-def write_benchmark_section(rows: Sequence[dict], path: str | Path = "docs/benchmarks.md", section: str = SECTION,
-                            command: str = "poseloop bench infer", seconds: float | None = None) -> None:
+def write_benchmark_section(
+    rows: Sequence[dict],
+    path: str | Path = "docs/benchmarks.md",
+    section: str = SECTION,
+    command: str = "poseloop bench infer",
+    seconds: float | None = None,
+) -> None:
     """Replace (or create) the `## section` of the markdown file with a table of `rows`; other sections stay."""
     threads = sorted({row["threads"] for row in rows})
     timing = f"~{seconds:g} s of timed calls per row" if seconds is not None else "timed calls"
-    body = "\n".join([
-        f"Command: `{command}`",
-        "",
-        f"- Machine: {machine_description()}; {', '.join(map(str, threads))} intra-op thread(s) per runtime",
-        f"- Software: torch {torch.__version__}, onnxruntime {ort.__version__}",
-        f"- Commit: {git_commit()}",
-        f"- Method: random-init weights, normalised random input; {WARMUP_CALLS} warm-up calls, then {timing} "
-        f"(at least {MIN_TIMED_CALLS}); ms/person and persons/s from the median call, best ms/person from the "
-        "fastest call (closer to an idle machine's figure when the CPU is shared). Load average at write time: "
-        f"{' '.join(f'{v:.1f}' for v in os.getloadavg())}. ONNX Runtime runs the exported, parity-checked file "
-        "through `serving.backends.onnxruntime.OnnxRuntimeBackend` (CPU EP, inter-op threads 1).",
-        "",
-        markdown_table(
-            ["model", "input (HxW)", "runtime", "batch", "ms/person", "persons/s", "best ms/person"],
-            [[f"{r['backbone']} + {r['head']}{r['head_channels']}", r["input"], r["runtime"], r["batch"],
-              f"{r['ms_per_person']:.2f}", f"{r['persons_per_s']:.1f}", f"{r['best_ms_per_person']:.2f}"]
-             for r in rows],
-        ),
-    ])
+    body = "\n".join(
+        [
+            f"Command: `{command}`",
+            "",
+            f"- Machine: {machine_description()}; {', '.join(map(str, threads))} intra-op thread(s) per runtime",
+            f"- Software: torch {torch.__version__}, onnxruntime {ort.__version__}",
+            f"- Commit: {git_commit()}",
+            f"- Method: random-init weights, normalised random input; {WARMUP_CALLS} warm-up calls, then {timing} "
+            f"(at least {MIN_TIMED_CALLS}); ms/person and persons/s from the median call, best ms/person from the "
+            "fastest call (closer to an idle machine's figure when the CPU is shared). Load average at write time: "
+            f"{' '.join(f'{v:.1f}' for v in os.getloadavg())}. ONNX Runtime runs the exported, parity-checked file "
+            "through `serving.backends.onnxruntime.OnnxRuntimeBackend` (CPU EP, inter-op threads 1).",
+            "",
+            markdown_table(
+                ["model", "input (HxW)", "runtime", "batch", "ms/person", "persons/s", "best ms/person"],
+                [
+                    [
+                        f"{r['backbone']} + {r['head']}{r['head_channels']}",
+                        r["input"],
+                        r["runtime"],
+                        r["batch"],
+                        f"{r['ms_per_person']:.2f}",
+                        f"{r['persons_per_s']:.1f}",
+                        f"{r['best_ms_per_person']:.2f}",
+                    ]
+                    for r in rows
+                ],
+            ),
+        ]
+    )
     replace_section(Path(path), section, body)
 
 
@@ -129,8 +179,12 @@ def measure_calls(call: Callable[[], object], batch: int, seconds: float) -> dic
         call()
         times.append(time.perf_counter() - start)
     median = statistics.median(times)
-    return {"ms_per_person": 1000.0 * median / batch, "persons_per_s": batch / median,
-            "best_ms_per_person": 1000.0 * min(times) / batch, "calls": len(times)}
+    return {
+        "ms_per_person": 1000.0 * median / batch,
+        "persons_per_s": batch / median,
+        "best_ms_per_person": 1000.0 * min(times) / batch,
+        "calls": len(times),
+    }
 
 
 def _schema_for(num_keypoints: int) -> KeypointSchema:

@@ -1,14 +1,15 @@
 """Resumable benchmark tables: each row is a training config; finished rows are cached by config hash."""
+
 from __future__ import annotations
 
 import fcntl
 import json
 import os
 import time
+from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 from training.config import TrainConfig
 
@@ -43,8 +44,12 @@ def save_result(path: Path, key: str, value: dict) -> dict:
     return results
 
 
-def run_rows(rows: list[BenchRow], results_path: Path, evaluate: Callable[[Path, TrainConfig], dict],
-             trainer_kwargs: Callable[[BenchRow], dict] | None = None) -> dict:
+def run_rows(
+    rows: list[BenchRow],
+    results_path: Path,
+    evaluate: Callable[[Path, TrainConfig], dict],
+    trainer_kwargs: Callable[[BenchRow], dict] | None = None,
+) -> dict:
     """Train (or resume) every row not yet cached, evaluate its best checkpoint, and cache the result.
 
     The cache key is the config hash, so changing a row's config reruns it; a killed run resumes from last.pt.
@@ -61,12 +66,22 @@ def run_rows(rows: list[BenchRow], results_path: Path, evaluate: Callable[[Path,
         extra = trainer_kwargs(row) if trainer_kwargs else {}
         result = Trainer(row.config, **extra).fit(resume=True)
         metrics = evaluate(result.run_dir / "best.pt", row.config)
-        results = save_result(results_path, key, {
-            "label": row.label, **row.info, "run": row.config.name, "iterations": row.config.optim.iterations,
-            "best_step": result.best_step, "wall_time_min": round((time.time() - t0) / 60, 1),
-            "train_time_min": round(_train_time_s(result.run_dir) / 60, 1), "stopped": result.stopped_reason,
-            "metrics": metrics, "done": True,
-        })
+        results = save_result(
+            results_path,
+            key,
+            {
+                "label": row.label,
+                **row.info,
+                "run": row.config.name,
+                "iterations": row.config.optim.iterations,
+                "best_step": result.best_step,
+                "wall_time_min": round((time.time() - t0) / 60, 1),
+                "train_time_min": round(_train_time_s(result.run_dir) / 60, 1),
+                "stopped": result.stopped_reason,
+                "metrics": metrics,
+                "done": True,
+            },
+        )
     return load_results(results_path)
 
 

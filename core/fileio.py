@@ -1,4 +1,5 @@
 """Atomic file writes (no torch): readers never see half a file, whatever process writes it."""
+
 from __future__ import annotations
 
 import os

@@ -1,15 +1,16 @@
 """Claim → run (a chunk of) a retrain job → finish or release: the one code path of both worker kinds."""
+
 from __future__ import annotations
 
 import logging
 import os
 import socket
 
-from serving.jobs import Job, LeaseLost
-from serving.registry import ModelRegistry
-from serving.settings import Settings
-from serving.uploads import UploadStore
-from training.retrain import RetrainContext, run_retrain
+from continual.jobs import Job, LeaseLost
+from continual.retrain import RetrainContext, run_retrain
+from continual.settings import Settings
+from continual.uploads import UploadStore
+from models.registry import ModelRegistry
 
 log = logging.getLogger("poseloop.worker")
 
@@ -19,10 +20,15 @@ def worker_name(kind: str) -> str:
 
 
 def context(settings: Settings, owner: str) -> RetrainContext:
-    from serving.queue import jobs_store
+    from continual.queue import jobs_store
 
-    return RetrainContext(settings, jobs_store(settings), ModelRegistry(settings.registry_dir, settings.keep_versions),
-                          UploadStore(settings.data_dir / "uploads"), owner)
+    return RetrainContext(
+        settings,
+        jobs_store(settings),
+        ModelRegistry(settings.registry_dir, settings.keep_versions),
+        UploadStore(settings.data_dir / "uploads"),
+        owner,
+    )
 
 
 def work_once(ctx: RetrainContext, job_id: str | None = None, chunk_steps: int | None = None) -> tuple[str, Job | None]:
@@ -39,7 +45,7 @@ def work_once(ctx: RetrainContext, job_id: str | None = None, chunk_steps: int |
     except BaseException:  # shutdown (SIGTERM/Ctrl-C): hand the job back so the next worker resumes it at once
         try:
             ctx.jobs.release(job.id, ctx.owner, log=f"{ctx.owner} stopped; job released for resumption")
-        except Exception:  # noqa: BLE001 - the lease then expires and the job is taken over later
+        except Exception:
             log.exception("could not release job %s; it resumes once its lease expires", job.id)
         raise
     if done is None:

@@ -24,32 +24,44 @@ that stall); tritonclient's gRPC half needs grpcio (`tritonclient[grpc]`, or nvi
 Threading: every method may be called from any thread. tritonclient's HTTP client is not thread-safe, so
 each thread gets its own client (kept until close()); load/unload are serialised by one lock.
 """
+
 from __future__ import annotations
 
 import hashlib
 import json
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
+from models.metadata import ModelMetadata
 from serving.backends import BackendLoadError
 from serving.backends.embedded import warm_up
-from serving.metadata import ModelMetadata
+from serving.triton.control import Control, GrpcControl, HttpControl
 from serving.triton.repository import (
-    DEFAULT_INPUT_NAME, DEFAULT_OUTPUT_NAME, MODEL_FILENAME, ModelIO, check_version, config_json,
-    parse_pbtxt, python_backend_config_dict, read_config, remove_version, render_pbtxt, sort_versions, version_dirs,
-    write_config, write_model_version,
+    DEFAULT_INPUT_NAME,
+    DEFAULT_OUTPUT_NAME,
+    MODEL_FILENAME,
+    ModelIO,
+    Runtime,
+    check_version,
+    config_json,
+    model_config,
+    parse_pbtxt,
+    python_backend_config_dict,
+    read_config,
+    remove_version,
+    render_pbtxt,
+    sort_versions,
+    version_dirs,
+    write_config,
+    write_model_version,
 )
 from serving.triton.server import REPOSITORY_SECRET_HEADER
-
-
-GRPC_HEADER_PREFIX = "triton-grpc-protocol-"
 
 
 class TritonInferError(RuntimeError):
@@ -77,12 +89,25 @@ class TritonBackend:
     grpc_url: "127.0.0.1:8001" to send repository control over gRPC (recommended; see module docstring).
     """
 
-    def __init__(self, url: str, repo: Path | None = None, model_name: str = "poseloop",
-                 repository_secret: str | None = None, keep_versions: int = 3, *, max_batch_size: int = 16,
-                 instance_count: int = 1, intra_op_threads: int = 1, max_queue_delay_us: int = 2000,
-                 sys_path: list[str] | None = None, ready_timeout_s: float = 120.0,
-                 grpc_url: str | None = None, runtime: Runtime = "python", kind: str = "KIND_CPU",
-                 control: bool = True) -> None:
+    def __init__(
+        self,
+        url: str,
+        repo: Path | None = None,
+        model_name: str = "poseloop",
+        repository_secret: str | None = None,
+        keep_versions: int = 3,
+        *,
+        max_batch_size: int = 16,
+        instance_count: int = 1,
+        intra_op_threads: int = 1,
+        max_queue_delay_us: int = 2000,
+        sys_path: list[str] | None = None,
+        ready_timeout_s: float = 120.0,
+        grpc_url: str | None = None,
+        runtime: Runtime = "python",
+        kind: str = "KIND_CPU",
+        control: bool = True,
+    ) -> None:
         if keep_versions < 1:
             raise ValueError(f"keep_versions {keep_versions} < 1")
         self.host = url.split("://", 1)[-1].rstrip("/")
@@ -95,8 +120,12 @@ class TritonBackend:
             raise ValueError(f"runtime {runtime!r} not in ('python', 'onnxruntime')")
         self.runtime, self.kind, self.control = runtime, kind, control
         self._sys_path = sys_path
-        self._config_kwargs = dict(max_batch_size=max_batch_size, instance_count=instance_count,
-                                   intra_op_threads=intra_op_threads, max_queue_delay_us=max_queue_delay_us)
+        self._config_kwargs = dict(
+            max_batch_size=max_batch_size,
+            instance_count=instance_count,
+            intra_op_threads=intra_op_threads,
+            max_queue_delay_us=max_queue_delay_us,
+        )
         self._headers = {REPOSITORY_SECRET_HEADER: repository_secret} if repository_secret else None
         self._names: dict[str, tuple[str, str]] = {}  # version -> (input name, output name)
         self._local = threading.local()
@@ -104,8 +133,11 @@ class TritonBackend:
         self._clients_lock = threading.Lock()
         self._repository_lock = threading.Lock()
         self._closed = False
-        self._control: _Control = (_GrpcControl(grpc_url, self._headers, ready_timeout_s) if grpc_url
-                                   else _HttpControl(self._client, self._headers))
+        self._control: Control = (
+            GrpcControl(grpc_url, self._headers, ready_timeout_s)
+            if grpc_url
+            else HttpControl(self._client, self._headers)
+        )
 
     # ------------------------------------------------------------ VersionedBackend
 
@@ -176,12 +208,16 @@ class TritonBackend:
         client = self._client()
         parts = []
         for start in range(0, len(batch), self.max_batch_size):
-            chunk = batch[start:start + self.max_batch_size]
+            chunk = batch[start : start + self.max_batch_size]
             tensor = httpclient.InferInput(input_name, list(chunk.shape), "FP32")
             tensor.set_data_from_numpy(chunk, binary_data=True)
             try:
-                result = client.infer(self.model_name, [tensor], model_version=version,
-                                      outputs=[httpclient.InferRequestedOutput(output_name, binary_data=True)])
+                result = client.infer(
+                    self.model_name,
+                    [tensor],
+                    model_version=version,
+                    outputs=[httpclient.InferRequestedOutput(output_name, binary_data=True)],
+                )
             except InferenceServerException as err:
                 raise TritonInferError(f"{self.model_name} version {version}: {err.message()}", err.status()) from err
             parts.append(result.as_numpy(output_name))
@@ -196,8 +232,11 @@ class TritonBackend:
             index = self._control.index()
         except InferenceServerException as err:
             raise RuntimeError(f"repository index of {self.model_name}: {err.message()}") from err
-        ready = {str(e["version"]) for e in index
-                 if e.get("name") == self.model_name and e.get("state") == "READY" and e.get("version")}
+        ready = {
+            str(e["version"])
+            for e in index
+            if e.get("name") == self.model_name and e.get("state") == "READY" and e.get("version")
+        }
         return sorted(ready, key=int)
 
     def close(self) -> None:
@@ -222,8 +261,9 @@ class TritonBackend:
             raise RuntimeError("TritonBackend is closed")
         client = getattr(self._local, "client", None)
         if client is None:
-            client = httpclient.InferenceServerClient(self.host, connection_timeout=self.ready_timeout_s,
-                                                      network_timeout=self.ready_timeout_s)
+            client = httpclient.InferenceServerClient(
+                self.host, connection_timeout=self.ready_timeout_s, network_timeout=self.ready_timeout_s
+            )
             self._local.client = client
             with self._clients_lock:
                 self._clients.append(client)
@@ -242,10 +282,12 @@ class TritonBackend:
 
     def _repo_config(self, io: ModelIO, versions: list[str]) -> dict[str, Any]:
         if self.runtime == "python":
-            return python_backend_config_dict(self.model_name, io, versions=versions, sys_path=self._sys_path,
-                                              **self._config_kwargs)
-        return model_config(self.model_name, io, runtime="onnxruntime", kind=self.kind, versions=versions,
-                            **self._config_kwargs)
+            return python_backend_config_dict(
+                self.model_name, io, versions=versions, sys_path=self._sys_path, **self._config_kwargs
+            )
+        return model_config(
+            self.model_name, io, runtime="onnxruntime", kind=self.kind, versions=versions, **self._config_kwargs
+        )
 
     def _load_into_repo(self, version: str, onnx_path: Path, io: ModelIO, pinned: list[str]) -> None:
         previous_config = read_config(self.repo, self.model_name)
@@ -260,8 +302,9 @@ class TritonBackend:
                 write_config(self.repo, self.model_name, previous_config)
             if not existed:
                 remove_version(self.repo, self.model_name, version)
-            raise BackendLoadError(f"Triton failed to load {self.model_name} version {version}: "
-                                   f"{err.message()}") from err
+            raise BackendLoadError(
+                f"Triton failed to load {self.model_name} version {version}: {err.message()}"
+            ) from err
 
     def _load_external(self, version: str, pinned: list[str]) -> None:
         try:
@@ -271,8 +314,9 @@ class TritonBackend:
                     return
             self._control.load(self.model_name, json.dumps(self._config_pinning(pinned)))
         except InferenceServerException as err:
-            raise BackendLoadError(f"Triton failed to load {self.model_name} version {version}: "
-                                   f"{err.message()}") from err
+            raise BackendLoadError(
+                f"Triton failed to load {self.model_name} version {version}: {err.message()}"
+            ) from err
 
     def _serve_only(self, versions: list[str]) -> None:
         """Serve exactly `versions`: re-load pinning them (the model is unloaded only when none remain)."""
@@ -297,27 +341,35 @@ class TritonBackend:
 
     def _check_same_io(self, version: str, io: ModelIO) -> None:
         config = self._control.config(self.model_name)
-        served = [(t["name"], t["data_type"], tuple(int(d) for d in t["dims"]))
-                  for kind in ("input", "output") for t in config.get(kind, [])]
+        served = [
+            (t["name"], t["data_type"], tuple(int(d) for d in t["dims"]))
+            for kind in ("input", "output")
+            for t in config.get(kind, [])
+        ]
         wanted = [(t.name, t.data_type, t.dims) for t in (*io.inputs, *io.outputs)]
         if served != wanted:
-            raise BackendLoadError(f"version {version} has I/O {wanted}, the loaded versions serve {served}; "
-                                   "all versions of one Triton model share one config (use a new model name)")
+            raise BackendLoadError(
+                f"version {version} has I/O {wanted}, the loaded versions serve {served}; "
+                "all versions of one Triton model share one config (use a new model name)"
+            )
 
     def _check_same_file(self, version: str, onnx_path: Path) -> None:
         if self.repo is None:
             return
         served = self.repo / self.model_name / version / MODEL_FILENAME
         if served.exists() and _sha256(served) != _sha256(onnx_path):
-            raise BackendLoadError(f"version {version} is already loaded from a different file; versions are "
-                                   "immutable (load it under a new version)")
+            raise BackendLoadError(
+                f"version {version} is already loaded from a different file; versions are "
+                "immutable (load it under a new version)"
+            )
 
     def _wait_ready(self, version: str) -> None:
         deadline = time.monotonic() + self.ready_timeout_s
         while not self._control.ready(self.model_name, version):
             if time.monotonic() > deadline:
-                raise BackendLoadError(f"{self.model_name} version {version} not ready after "
-                                       f"{self.ready_timeout_s:.0f} s")
+                raise BackendLoadError(
+                    f"{self.model_name} version {version} not ready after {self.ready_timeout_s:.0f} s"
+                )
             time.sleep(0.05)
 
     def _prune(self, loaded: list[str]) -> None:
@@ -325,79 +377,10 @@ class TritonBackend:
         if self.repo is None:
             return
         on_disk = version_dirs(self.repo, self.model_name)
-        keep = set(loaded) | set(on_disk[-self.keep_versions:])
+        keep = set(loaded) | set(on_disk[-self.keep_versions :])
         for version in on_disk:
             if version not in keep:
                 remove_version(self.repo, self.model_name, version)
-
-
-class _Control(Protocol):
-    """Repository control and model state: what load/unload/loaded_versions need from the server."""
-
-    def index(self) -> list[dict[str, Any]]: ...
-    def load(self, model: str, config: str | None) -> None: ...
-    def unload(self, model: str) -> None: ...
-    def config(self, model: str) -> dict[str, Any]: ...
-    def ready(self, model: str, version: str) -> bool: ...
-    def close(self) -> None: ...
-
-
-class _HttpControl:
-    """Over the KServe HTTP API, with the calling thread's HTTP client."""
-
-    def __init__(self, client: Callable[[], httpclient.InferenceServerClient], headers: dict | None) -> None:
-        self._client, self._headers = client, headers
-
-    def index(self) -> list[dict[str, Any]]:
-        return self._client().get_model_repository_index(headers=self._headers)
-
-    def load(self, model: str, config: str | None) -> None:
-        self._client().load_model(model, headers=self._headers, config=config)
-
-    def unload(self, model: str) -> None:
-        self._client().unload_model(model, headers=self._headers)
-
-    def config(self, model: str) -> dict[str, Any]:
-        return dict(self._client().get_model_config(model))
-
-    def ready(self, model: str, version: str) -> bool:
-        return self._client().is_model_ready(model, version)
-
-    def close(self) -> None:
-        """The HTTP clients are closed by the backend."""
-
-
-class _GrpcControl:
-    """Over gRPC (one thread-safe channel); JSON answers use protobuf-JSON (int64 as strings)."""
-
-    def __init__(self, url: str, headers: dict | None, timeout_s: float) -> None:
-        import tritonclient.grpc as grpcclient  # needs grpcio
-
-        self._client = grpcclient.InferenceServerClient(url.split("://", 1)[-1])
-        # Triton 2.51 expects a restricted gRPC protocol's header under this prefix (verified).
-        self._headers = {GRPC_HEADER_PREFIX + k: v for k, v in headers.items()} if headers else None
-        self._timeout = timeout_s
-
-    def index(self) -> list[dict[str, Any]]:
-        answer = self._client.get_model_repository_index(headers=self._headers, as_json=True,
-                                                         client_timeout=self._timeout)
-        return answer.get("models", [])
-
-    def load(self, model: str, config: str | None) -> None:
-        self._client.load_model(model, headers=self._headers, config=config, client_timeout=self._timeout)
-
-    def unload(self, model: str) -> None:
-        self._client.unload_model(model, headers=self._headers, client_timeout=self._timeout)
-
-    def config(self, model: str) -> dict[str, Any]:
-        return self._client.get_model_config(model, headers=self._headers, as_json=True,
-                                             client_timeout=self._timeout)["config"]
-
-    def ready(self, model: str, version: str) -> bool:
-        return self._client.is_model_ready(model, version, headers=self._headers, client_timeout=self._timeout)
-
-    def close(self) -> None:
-        self._client.close()
 
 
 def _read_candidate(version: str, onnx_path: Path) -> tuple[ModelMetadata, ModelIO]:
@@ -405,11 +388,12 @@ def _read_candidate(version: str, onnx_path: Path) -> tuple[ModelMetadata, Model
     try:
         io = ModelIO.from_onnx(onnx_path)
         meta = ModelMetadata.from_onnx(onnx_path)
-    except Exception as err:  # noqa: BLE001 - unreadable file, broken metadata, unservable graph
+    except Exception as err:
         raise BackendLoadError(f"version {version} ({onnx_path}): {err}") from err
     if io != ModelIO.from_metadata(meta):
-        raise BackendLoadError(f"version {version} ({onnx_path}): graph I/O {io} disagrees with its metadata "
-                               f"{ModelIO.from_metadata(meta)}")
+        raise BackendLoadError(
+            f"version {version} ({onnx_path}): graph I/O {io} disagrees with its metadata {ModelIO.from_metadata(meta)}"
+        )
     return meta, io
 
 

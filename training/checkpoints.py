@@ -1,0 +1,122 @@
+"""Checkpoints written by the trainer: load one, export it to ONNX with the metadata contract, evaluate it."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+SCHEMA_OF_DATASET = {"lsp": "lsp14", "coco": "coco17", "mpii": "mpii16"}
+
+
+def load_checkpoint(path: Path):
+    """(TrainConfig, PoseNet with weights, checkpoint dict) from a best.pt written by the trainer."""
+    import torch
+
+    from models.network import build_model
+    from training.config import TrainConfig
+
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    config = TrainConfig.model_validate(state["config"])
+    model = build_model(config.model.model_copy(update={"pretrained": False}))
+    model.load_state_dict(state["model"])
+    model.eval()
+    return config, model, state
+
+
+def _val_crops(config, model, count: int = 8) -> list[np.ndarray] | None:
+    """Normalised crops of the first validation persons, for the export parity check (None without data)."""
+    from training.data import build_splits
+    from training.datasets.topdown import TopDownDataset
+    from training.engine import codec_for
+
+    try:
+        splits = build_splits(config.data)
+    except FileNotFoundError:
+        return None
+    dataset = TopDownDataset(splits.val[:count], codec_for(config), model.mean, model.std, config.data.padding)
+    return [dataset[i]["image"].numpy() for i in range(len(dataset))]
+
+
+def export_checkpoint(checkpoint: Path, out: Path, version: str | None = None, weights: str = "float32"):
+    from models.export import export_onnx
+    from models.schemas import get_schema
+    from training.engine import codec_for
+
+    config, model, state = load_checkpoint(checkpoint)
+    codec = codec_for(config)
+    schema = get_schema(SCHEMA_OF_DATASET[config.data.dataset])
+    metrics = state.get("metrics", {})
+    extra = {
+        "poseloop.metrics": json.dumps({k: round(v, 3) for k, v in metrics.items() if "/" not in k}),
+        "poseloop.config_hash": config.config_hash(),
+        "poseloop.git_commit": state.get("git_commit", "unknown"),
+    }
+    return export_onnx(
+        model,
+        codec,
+        schema,
+        Path(out),
+        version=version or f"{config.name}@{state['step']}",
+        trained_on=state.get("trained_on", ""),
+        extra_metadata=extra,
+        parity_images=_val_crops(config, model),
+        padding=config.data.padding,
+        weights=weights,
+    )
+
+
+def evaluate_checkpoint(
+    checkpoint: Path,
+    split: str = "val",
+    flip_test: bool | None = None,
+    refinement: str | None = None,
+    device: str | None = None,
+    per_person: bool = False,
+    reliability: bool = False,
+) -> dict:
+    """Metrics of a checkpoint on `split`: "val", "train" (the records it trained on) or "unseen" (labeled
+    training records beyond its label budget, e.g. LSP im0101–0800 for N = 100: a labeled stand-in for the
+    unlabeled pool, to measure how good its pseudo-labels would be without touching validation)."""
+    from training.data import build_splits
+    from training.engine import codec_for, pick_device
+    from training.evaluator import evaluate_model
+
+    if split not in ("val", "train", "unseen"):
+        raise ValueError(f"split must be val, train or unseen, got {split!r}")
+    config, model, _ = load_checkpoint(checkpoint)
+    if refinement:
+        config = config.model_copy(update={"codec": config.codec.model_copy(update={"refinement": refinement})})
+    # Labeled splits only, without the budget: label budgets keep a prefix, so the run's records are the first
+    # `label_budget` and the unseen ones the rest.
+    splits = build_splits(config.data.model_copy(update={"unlabeled": None, "label_budget": None}))
+    budget = config.data.label_budget or len(splits.train)
+    records = {"val": splits.val, "train": splits.train[:budget], "unseen": splits.train[budget:]}[split]
+    if split == "unseen" and not records:
+        raise ValueError(f"{checkpoint} trained on every labeled record: no unseen split")
+    flip = config.eval.flip_test if flip_test is None else flip_test
+    dev = pick_device(device)
+    metrics = evaluate_model(
+        model.to(dev),
+        records,
+        config.data.dataset,
+        codec_for(config),
+        model.mean,
+        model.std,
+        config.data.padding,
+        flip,
+        config.eval.batch_size,
+        dev,
+        coco_gt=config.data.val_ann_file,
+        per_person=per_person,
+        reliability=reliability,
+    )
+    return {
+        "checkpoint": str(checkpoint),
+        "split": split,
+        "persons": len(records),
+        "flip_test": flip,
+        "refinement": config.codec.refinement,
+        **metrics,
+    }
