@@ -6,9 +6,11 @@
 #   beat                                the retrain scheduler (run exactly one)
 #   triton-sync                         follows the registry, loads every servable version into Triton
 # Targets:
-#   cpu (default, the last stage)   docker build -t poseloop .
+#   cpu (default, the last stage)   docker build -t poseloop .              every role, CPU torch
 #   gpu (CUDA torch, onnxruntime-gpu; for the training worker)
 #                                   docker build --target gpu -t poseloop-gpu .
+#   api (no torch: the API, triton-sync and the ingest worker never import it; `serve` only needs the base install)
+#                                   docker build --target api -t poseloop-api .
 # Build args: TORCH_VERSION, TORCH_CPU_INDEX_URL, TORCH_CUDA_INDEX_URL (pick the cuXYZ index your driver supports),
 # ORT_GPU_SPEC. deploy/docker-compose.yml and deploy/k8s/ use both targets; see docs/deploy.md.
 ARG PYTHON_IMAGE=python:3.11-slim
@@ -20,7 +22,7 @@ FROM ${PYTHON_IMAGE} AS source
 COPY . /context
 RUN mkdir -p /app/artifacts \
     && cd /context \
-    && cp -a pyproject.toml README.md poseloop models training serving configs deploy /app/ \
+    && cp -a pyproject.toml README.md poseloop core models training continual serving configs deploy /app/ \
     && if [ -d artifacts ]; then cp -a artifacts/. /app/artifacts/; fi
 
 # ---------------------------------------------------------------- a venv with pip settings
@@ -36,9 +38,9 @@ RUN pip install --index-url ${TORCH_CPU_INDEX_URL} torch==${TORCH_VERSION}
 COPY --from=source /app /app
 # Editable install at the final path (/app): the repo-relative defaults (configs/ for POSELOOP_RETRAIN_CONFIG,
 # artifacts/ for the bundled model) resolve inside /app exactly as in a checkout.
-RUN pip install -e /app \
+RUN pip install -e "/app[train]" \
     && poseloop weights fetch --quiet \
-    && python -m compileall -q /app/poseloop /app/models /app/training /app/serving
+    && python -m compileall -q /app/poseloop /app/core /app/models /app/training /app/continual /app/serving
 
 # ---------------------------------------------------------------- GPU build: CUDA torch + onnxruntime-gpu
 FROM venv AS build-gpu
@@ -49,11 +51,17 @@ RUN pip install --index-url ${TORCH_CUDA_INDEX_URL} torch==${TORCH_VERSION}
 COPY --from=source /app /app
 # The project depends on `onnxruntime` (CPU); both wheels install the same `onnxruntime` package, so the CPU
 # one is removed before the GPU one goes in (`pip check` then reports the swapped name; that is expected).
-RUN pip install -e /app \
+RUN pip install -e "/app[train]" \
     && pip uninstall -y onnxruntime \
     && pip install "${ORT_GPU_SPEC}" \
     && poseloop weights fetch --quiet \
-    && python -m compileall -q /app/poseloop /app/models /app/training /app/serving
+    && python -m compileall -q /app/poseloop /app/core /app/models /app/training /app/continual /app/serving
+
+# ---------------------------------------------------------------- API build: the base install only (no torch)
+FROM venv AS build-api
+COPY --from=source /app /app
+RUN pip install -e /app \
+    && python -m compileall -q /app/poseloop /app/core /app/models /app/continual /app/serving
 
 # ---------------------------------------------------------------- runtime base: non-root user 1000
 FROM ${PYTHON_IMAGE} AS runtime
@@ -79,6 +87,12 @@ COPY --from=build-gpu /opt/poseloop-cache /opt/poseloop-cache
 COPY --from=build-gpu /app /app
 USER 1000:1000
 CMD ["worker"]
+
+FROM runtime AS api
+COPY --from=build-api /opt/venv /opt/venv
+COPY --from=build-api /app /app
+USER 1000:1000
+CMD ["serve", "--host", "0.0.0.0", "--port", "8080"]
 
 # Last stage = the default target (`docker build .` gives the CPU image).
 FROM runtime AS cpu

@@ -7,12 +7,12 @@ PIP    := $(PY) -m pip
 TORCH_SPEC  ?= torch==2.13.0
 TORCH_INDEX ?=
 
-.PHONY: install up test bench clean
+.PHONY: install up test test-fast lint format bench clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install -q $(TORCH_INDEX) "$(TORCH_SPEC)"
-	$(PIP) install -q -e ".[test]"
+	$(PIP) install -q -e ".[train,test,lint]"
 	$(PIP) install -q -e ".[triton]" || echo "warning: nvidia-pytriton not installable here; Triton tests will skip"
 	$(PY) -m poseloop.cli weights fetch --quiet || echo "warning: pretrained backbone weights not fetched (offline?); they are fetched on first use"
 	touch $@
@@ -22,11 +22,27 @@ install: $(VENV)/.installed
 up: install
 	$(VENV)/bin/poseloop up
 
+# the whole suite: real datasets, Redis, Celery workers, uvicorn and tritonserver where present
 test: install
 	$(VENV)/bin/pytest -q
+
+# unit tests only (no dataset, Redis, Triton or server processes): the inner dev loop, under 2 minutes
+test-fast: install
+	$(VENV)/bin/pytest -q -m "not slow and not data and not integration"
+
+# ruff (lint + format check), mypy, import contracts
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports
+
+format: install
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
 
 bench: install
 	$(VENV)/bin/poseloop bench infer
 
 clean:
-	rm -rf $(VENV) runs .pytest_cache
+	rm -rf $(VENV) runs .pytest_cache .mypy_cache .ruff_cache

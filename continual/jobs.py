@@ -15,6 +15,7 @@ Limits (embedded mode): one machine (SQLite over a network filesystem is not saf
 
 from __future__ import annotations
 
+import builtins
 import json
 import sqlite3
 import time
@@ -173,7 +174,7 @@ class JobStore:
         with self._tx() as db:
             return _get(db, job_id)
 
-    def list(self, limit: int = 50, state: str | None = None) -> list[Job]:
+    def list(self, limit: int = 50, state: str | None = None) -> builtins.list[Job]:
         with self._tx() as db:
             if state:
                 rows = db.execute("SELECT * FROM jobs WHERE state = ? ORDER BY created DESC LIMIT ?", (state, limit))
@@ -181,7 +182,7 @@ class JobStore:
                 rows = db.execute("SELECT * FROM jobs ORDER BY created DESC LIMIT ?", (limit,))
             return [_job(r) for r in rows.fetchall()]
 
-    def logs(self, job_id: str, tail: int = 50) -> list[str]:
+    def logs(self, job_id: str, tail: int = 50) -> builtins.list[str]:
         with self._tx() as db:
             rows = db.execute(
                 "SELECT ts, line FROM job_logs WHERE job_id = ? ORDER BY id DESC LIMIT ?", (job_id, tail)
@@ -265,7 +266,7 @@ class JobStore:
             if log:
                 _log(db, job_id, log)
 
-    def orphans(self, queued_for_s: float) -> list[Job]:
+    def orphans(self, queued_for_s: float) -> builtins.list[Job]:
         """Jobs nobody is working on: running with an expired lease, or queued for longer than `queued_for_s`
         (their message may have been lost with a broker restart). The scheduler re-sends them."""
         with self._tx() as db:

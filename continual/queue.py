@@ -21,17 +21,17 @@ INGEST_TASK = "poseloop.ingest_check"
 
 
 def jobs_store(settings: Settings) -> JobStore:
-    return JobStore(settings.data_dir / "jobs.db")
+    return JobStore(settings.loop.data_dir / "jobs.db")
 
 
 def celery_app(settings: Settings):
     """The Celery app shared by the API (sending) and the workers (poseloop.worker.tasks registers the tasks)."""
     from celery import Celery
 
-    if not settings.broker_url:
+    if not settings.loop.broker_url:
         raise ValueError("no broker configured (POSELOOP_BROKER_URL)")
-    vt = {"visibility_timeout": settings.visibility_timeout_s}
-    app = Celery("poseloop", broker=settings.broker_url, backend=settings.broker_url)
+    vt = {"visibility_timeout": settings.loop.visibility_timeout_s}
+    app = Celery("poseloop", broker=settings.loop.broker_url, backend=settings.loop.broker_url)
     app.conf.update(
         task_acks_late=True,  # a message leaves Redis only after its task returned
         task_reject_on_worker_lost=True,  # a killed child re-queues instead of acking
@@ -49,7 +49,7 @@ def celery_app(settings: Settings):
             SCHEDULE_TASK: {"queue": "ingest"},
             INGEST_TASK: {"queue": "ingest"},
         },
-        beat_schedule={"maybe-retrain": {"task": SCHEDULE_TASK, "schedule": settings.retrain_check_s}},
+        beat_schedule={"maybe-retrain": {"task": SCHEDULE_TASK, "schedule": settings.retrain.check_s}},
         timezone="UTC",
     )
     return app
@@ -61,7 +61,7 @@ class JobQueue:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.jobs = jobs_store(settings)
-        self._celery = celery_app(settings) if settings.broker_url else None
+        self._celery = celery_app(settings) if settings.loop.broker_url else None
 
     @property
     def mode(self) -> str:

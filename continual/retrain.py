@@ -56,7 +56,7 @@ class Reporter:
             return
         self._last = time.time()
         cancel = self.ctx.jobs.heartbeat(
-            self.job_id, self.ctx.owner, self.ctx.settings.job_lease_s, self.progress, result, log_line
+            self.job_id, self.ctx.owner, self.ctx.settings.loop.job_lease_s, self.progress, result, log_line
         )
         if cancel:
             raise JobCancelled("cancelled by request")
@@ -86,13 +86,14 @@ class Reporter:
             "agreement",
             "lr",
         )
+        losses: dict[str, Any] = {k: round(float(row[k]), 6) for k in keep if k in row}
         self.beat(
             stage="train",
             step=step,
             total_steps=total,
             percent=round(100 * step / total, 1),
             eta_s=None if eta is None else round(eta, 1),
-            **{k: round(float(row[k]), 6) for k in keep if k in row},
+            **losses,
         )
 
 
@@ -122,16 +123,19 @@ def _stages(ctx: RetrainContext, job: Job, reporter: Reporter, chunk_steps: int 
         reporter.beat(result={"plan": result["plan"]}, log_line=f"plan: {result['plan']}", stage="plan")
     plan = result["plan"]
     parent = ctx.registry.get(plan["parent"])
-    config = _config(ctx.settings, parent.checkpoint_path, job, plan)
+    checkpoint = parent.checkpoint_path
+    if checkpoint is None:
+        raise RegistryError(f"version {parent.version} has no training checkpoint to start from")
+    config = _config(ctx.settings, checkpoint, job, plan)
     if "candidate" not in result:
         if "active_metric" not in result:
             reporter.beat(stage="baseline", force=True)
-            result["active_metric"] = _evaluate(parent.checkpoint_path, config)
+            result["active_metric"] = _evaluate(checkpoint, config)
             reporter.beat(
                 result={"active_metric": result["active_metric"]},
                 log_line=f"active version {parent.version}: {result['active_metric']}",
             )
-        trained = _train(ctx, config, parent.checkpoint_path, plan, reporter, chunk_steps)
+        trained = _train(ctx, config, checkpoint, plan, reporter, chunk_steps)
         if trained is None:
             return None
         result["training"] = trained
@@ -164,8 +168,8 @@ def _plan(ctx: RetrainContext, job: Job) -> dict[str, Any]:
     return {
         "parent": active.version,
         "unlabeled_seq": seq,
-        "iterations": int(job.params.get("iterations") or ctx.settings.retrain_iterations),
-        "nproc": int(job.params.get("nproc") or ctx.settings.train_nproc),
+        "iterations": int(job.params.get("iterations") or ctx.settings.retrain.iterations),
+        "nproc": int(job.params.get("nproc") or ctx.settings.retrain.train_nproc),
     }
 
 
@@ -177,18 +181,18 @@ def _config(settings: Settings, checkpoint: Path, job: Job, plan: dict):
     from training.config import config_with, load_config
 
     base = torch.load(checkpoint, map_location="cpu", weights_only=True)["config"]
-    recipe = load_config(settings.retrain_config)
+    recipe = load_config(settings.retrain.config)
     n = plan["iterations"]
     return config_with(
         base,
         {
             "name": f"retrain-{job.id}",
-            "output_dir": str(settings.data_dir / "jobs"),
+            "output_dir": str(settings.loop.data_dir / "jobs"),
             "init_checkpoint": None,  # the job passes the active version's checkpoint explicitly
             "method": recipe.method.model_dump(mode="json"),
             "model": {"pretrained": False},  # weights come from the active checkpoint
             "data": {"unlabeled": None, "num_workers": 0},
-            "optim": {"iterations": n, "lr": settings.retrain_lr},
+            "optim": {"iterations": n, "lr": settings.retrain.lr},
             "schedule": {
                 "log_every": max(1, min(10, n // 10)),
                 "val_every": max(1, n // 2),
@@ -222,21 +226,24 @@ def _evaluate(checkpoint: Path, config) -> dict[str, float]:
     """Metric of a checkpoint on the config's validation set (the same numbers the gate compares)."""
     from training.checkpoints import load_checkpoint
     from training.data import build_splits
-    from training.engine import codec_for
+    from training.engine import codec_for, pick_device
     from training.evaluator import evaluate_model, metric_name
 
     _, model, _ = load_checkpoint(checkpoint)
     splits = build_splits(config.data)
+    device = pick_device(None)
     metrics = evaluate_model(
-        model,
+        model.to(device),
         splits.val,
-        config.data.dataset,
-        codec_for(config),
-        model.mean,
-        model.std,
-        config.data.padding,
-        config.eval.flip_test,
-        config.eval.batch_size,
+        dataset=config.data.dataset,
+        codec=codec_for(config),
+        mean=model.mean,
+        std=model.std,
+        padding=config.data.padding,
+        flip_test=config.eval.flip_test,
+        batch_size=config.eval.batch_size,
+        device=device,
+        coco_gt=config.data.val_ann_file,
     )
     key = metric_name(config.data.dataset)
     return {"metric": key, "value": round(metrics[key], 3), "persons": len(splits.val)}
@@ -256,7 +263,7 @@ def _train(
         step=0,
         total_steps=config.optim.iterations,
     )
-    nproc = int(plan.get("nproc") or ctx.settings.train_nproc)
+    nproc = int(plan.get("nproc") or ctx.settings.retrain.train_nproc)
     if nproc > 1:
         out = _train_under_torchrun(config, init, records, reporter, chunk_steps, nproc)
     else:
@@ -385,7 +392,7 @@ def _register(ctx: RetrainContext, job: Job, config, plan: dict, trained: dict, 
 def _gate(ctx: RetrainContext, job: Job, plan: dict, result: dict) -> dict[str, Any]:
     version = result["candidate"]["version"]
     trained, active = result["training"], result["active_metric"]
-    margin = float(job.params.get("margin", ctx.settings.promotion_margin))
+    margin = float(job.params.get("margin", ctx.settings.retrain.promotion_margin))
     actor = f"job:{job.id}"
     gain = round(trained["value"] - active["value"], 3)
     decision = {

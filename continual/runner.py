@@ -10,6 +10,7 @@ from continual.jobs import Job, LeaseLost
 from continual.retrain import RetrainContext, run_retrain
 from continual.settings import Settings
 from continual.uploads import UploadStore
+from core.logs import log_context
 from models.registry import ModelRegistry
 
 log = logging.getLogger("poseloop.worker")
@@ -25,17 +26,22 @@ def context(settings: Settings, owner: str) -> RetrainContext:
     return RetrainContext(
         settings,
         jobs_store(settings),
-        ModelRegistry(settings.registry_dir, settings.keep_versions),
-        UploadStore(settings.data_dir / "uploads"),
+        ModelRegistry(settings.registry.dir, settings.registry.keep_versions),
+        UploadStore(settings.loop.data_dir / "uploads"),
         owner,
     )
 
 
 def work_once(ctx: RetrainContext, job_id: str | None = None, chunk_steps: int | None = None) -> tuple[str, Job | None]:
     """("idle" | "finished" | "paused" | "lost", job). Paused = a chunk was done; the job is claimable again."""
-    job = ctx.jobs.claim(ctx.owner, ctx.settings.job_lease_s, job_id)
+    job = ctx.jobs.claim(ctx.owner, ctx.settings.loop.job_lease_s, job_id)
     if job is None:
         return "idle", None
+    with log_context(job_id=job.id):
+        return _work_on(ctx, job, chunk_steps)
+
+
+def _work_on(ctx: RetrainContext, job: Job, chunk_steps: int | None) -> tuple[str, Job | None]:
     log.info("working on job %s (attempt %d)", job.id, job.attempts)
     try:
         done = run_retrain(ctx, job, chunk_steps)

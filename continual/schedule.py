@@ -31,8 +31,8 @@ def retrain_reason(registry: ModelRegistry, uploads: UploadStore, min_new: int, 
 def tick(queue: JobQueue, registry: ModelRegistry, uploads: UploadStore) -> dict:
     """One scheduler pass: re-send orphans, then maybe submit a retrain (single-flight makes repeats harmless)."""
     s = queue.settings
-    resent = [job.id for job in queue.jobs.orphans(s.orphan_after_s) if queue.dispatch(job.id)]
-    reason = retrain_reason(registry, uploads, s.retrain_min_new_images, s.retrain_max_age_h)
+    resent = [job.id for job in queue.jobs.orphans(s.loop.orphan_after_s) if queue.dispatch(job.id)]
+    reason = retrain_reason(registry, uploads, s.retrain.min_new_images, s.retrain.max_age_h)
     job_id = None
     if reason is not None:
         job, _ = queue.submit_retrain({"reason": reason}, actor="scheduler")

@@ -96,7 +96,7 @@ class UploadStore:
         self._schema_ready = False
 
     # ------------------------------------------------------------------ writes
-    def add(self, data: bytes, name: str, boxes: list[list[float]] | None, source: str, actor: str) -> AddResult:
+    def add(self, data: bytes, name: str, boxes: object, source: str, actor: str) -> AddResult:
         """Validate, store durably, then index one image. `boxes` is untrusted JSON (one [x, y, w, h] is taken
         as a one-box list); InputError names what is wrong with the image or which box is bad."""
         header = check_image(data, self.max_pixels)
@@ -120,8 +120,12 @@ class UploadStore:
                 (sha, relative.as_posix(), width, height, boxes_json, len(data), name, source, actor, _now()),
             )
             if cursor.rowcount == 1:
+                assert cursor.lastrowid is not None, "an INSERT that stored a row has its rowid"
                 return AddResult("accepted", sha, cursor.lastrowid)
-        return AddResult("duplicate", sha, self._seq_of(sha))  # another writer stored the same bytes first
+        seq = self._seq_of(sha)  # another writer stored the same bytes first
+        if seq is None:
+            raise RuntimeError(f"upload {sha} was neither inserted nor found in the index")
+        return AddResult("duplicate", sha, seq)
 
     def reject(self, name: str, reason: str, actor: str) -> None:
         """Record a refused item (counted by stats)."""

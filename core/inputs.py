@@ -19,6 +19,7 @@ import re
 import struct
 import threading
 from dataclasses import dataclass
+from typing import cast
 
 import cv2
 import numpy as np
@@ -113,8 +114,8 @@ def decode_pose_input(
     """(RGB image, boxes or None) from a PoseInput; InputError for anything wrong."""
     image = decode_image(pose_input.data, max_pixels, header)
     h, w = image.shape[:2]
-    if pose_input.boxes_text:
-        return image, parse_boxes_text(pose_input.boxes, w, h, max_boxes)
+    if pose_input.boxes_text:  # then `boxes` is the raw text (or None), see PoseInput
+        return image, parse_boxes_text(cast("str | None", pose_input.boxes), w, h, max_boxes)
     return image, parse_boxes(pose_input.boxes, w, h, max_boxes)
 
 

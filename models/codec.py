@@ -70,7 +70,7 @@ class HeatmapCodec:
     def decode(self, heatmaps: np.ndarray, refinement: Refinement | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Heatmaps (N, K, h, w) → keypoints (N, K, 2) in input pixels and scores (N, K) = peak values."""
         hm = np.asarray(heatmaps, np.float32)
-        n, k, h, w = hm.shape
+        n, k, _, w = hm.shape
         flat = hm.reshape(n, k, -1)
         idx = flat.argmax(-1)
         scores = np.take_along_axis(flat, idx[..., None], -1)[..., 0]
@@ -97,7 +97,7 @@ class HeatmapCodec:
 
     def _dark(self, hm: np.ndarray, coords: np.ndarray) -> np.ndarray:
         """DARK (Zhang et al. CVPR'20): blur, log, one Newton step on the log-heatmap at the argmax."""
-        n, k, h, w = hm.shape
+        n, k, _, _ = hm.shape
         blurred = np.empty_like(hm)
         for i in range(n):
             for j in range(k):

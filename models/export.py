@@ -342,16 +342,18 @@ def deploy_copy(model: torch.nn.Module) -> torch.nn.Module:
             if not isinstance(bn, nn.BatchNorm2d) or bn.running_mean is None:
                 continue
             transpose = isinstance(conv, nn.ConvTranspose2d)
-            if isinstance(conv, nn.Conv2d) or (transpose and conv.groups == 1):
+            if isinstance(conv, nn.Conv2d) or (isinstance(conv, nn.ConvTranspose2d) and conv.groups == 1):
                 setattr(seq, conv_name, fuse_conv_bn_eval(conv, bn, transpose=transpose))
                 setattr(seq, bn_name, nn.Identity())
     for m in deploy.modules():
         if isinstance(getattr(m, "inplace", None), bool):
-            m.inplace = False
+            m.inplace = False  # type: ignore[assignment]  # torch types Module attributes as Tensor | Module
     return deploy
 
 
-def _to_onnx(model: torch.nn.Module, input_size: Size, opset: int, exporter: Exporter) -> tuple[onnx.ModelProto, str]:
+def _to_onnx(
+    model: torch.nn.Module, input_size: Size, opset: int, exporter: Exporter
+) -> tuple[onnx.ModelProto, Exporter]:
     """ModelProto with a dynamic batch axis, from the dynamo exporter or (fallback) the TorchScript one."""
     if exporter not in ("dynamo", "torchscript"):
         raise ValueError(f"unknown exporter {exporter!r}")
@@ -398,6 +400,8 @@ def _export_dynamo(model: torch.nn.Module, example: torch.Tensor, opset: int) ->
             verbose=False,
             report=False,
         )
+    if program is None:  # dynamo=True always returns the program; None is the TorchScript exporter's answer
+        raise RuntimeError("torch.onnx.export(dynamo=True) returned no ONNXProgram")
     proto = program.model_proto
     for value in (*proto.graph.input, *proto.graph.output):  # torch.export names the axis "s0"-style
         dim = value.type.tensor_type.shape.dim[0]
@@ -413,7 +417,7 @@ def _export_torchscript(model: torch.nn.Module, example: torch.Tensor, opset: in
         torch.onnx.export(
             model,
             (example,),
-            buffer,
+            buffer,  # type: ignore[arg-type]  # typed as a path, but the TorchScript exporter also writes to files
             input_names=[INPUT_NAME],
             output_names=[OUTPUT_NAME],
             opset_version=opset,

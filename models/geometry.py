@@ -9,6 +9,7 @@ Conventions (used everywhere in PoseLoop):
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import NamedTuple
 
 import cv2
@@ -84,15 +85,21 @@ def transform_points(points: np.ndarray, matrix: np.ndarray) -> np.ndarray:
     return (p @ m[:, :2].T + m[:, 2]).astype(np.float32)
 
 
-def warp_image(image: np.ndarray, matrix: np.ndarray, out: Size, border_value: float | tuple = 0) -> np.ndarray:
-    """Crop/warp an HxWxC image with a 2x3 affine (bilinear, constant border)."""
+def warp_image(
+    image: np.ndarray, matrix: np.ndarray, out: Size, border_value: float | Sequence[float] = 0
+) -> np.ndarray:
+    """Crop/warp an HxWxC image with a 2x3 affine (bilinear, constant border).
+
+    border_value is an OpenCV Scalar: per-channel values, or one number that fills the first channel only (the
+    others get 0), exactly as cv2.warpAffine treats a bare number."""
+    border = tuple(border_value) if isinstance(border_value, Sequence) else (float(border_value),)
     return cv2.warpAffine(
         image,
         matrix.astype(np.float64),
         (out.w, out.h),
         flags=cv2.INTER_LINEAR,
         borderMode=cv2.BORDER_CONSTANT,
-        borderValue=border_value,
+        borderValue=border,
     )
 
 

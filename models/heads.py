@@ -21,7 +21,8 @@ from torch import Tensor, nn
 def _init_final(conv: nn.Conv2d) -> None:
     """SimpleBaseline init of the heatmap layer: weights N(0, 0.001), bias 0."""
     nn.init.normal_(conv.weight, std=0.001)
-    nn.init.zeros_(conv.bias)
+    if conv.bias is not None:  # every caller's conv has one
+        nn.init.zeros_(conv.bias)
 
 
 class DeconvHead(nn.Module):

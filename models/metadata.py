@@ -11,8 +11,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
+from typing import cast
 
-from models.codec import HeatmapCodec
+from models.codec import HeatmapCodec, Refinement
 from models.geometry import Size
 from models.schemas import KeypointSchema
 
@@ -67,7 +68,7 @@ class ModelMetadata:
         mode = refinement or self.decode
         if mode not in DECODE_MODES:
             raise ValueError(f"refinement {mode!r} not in {DECODE_MODES}")
-        return HeatmapCodec.for_input(self.input_size, self.heatmap_stride, self.sigma, mode)
+        return HeatmapCodec.for_input(self.input_size, self.heatmap_stride, self.sigma, cast(Refinement, mode))
 
     @classmethod
     def from_props(cls, props: Mapping[str, str], source: str = "model") -> ModelMetadata:
@@ -127,4 +128,4 @@ def _three_floats(text: str) -> tuple[float, float, float]:
     values = tuple(float(v) for v in json.loads(text))
     if len(values) != 3:
         raise ValueError(f"expected 3 per-channel values, got {len(values)}")
-    return values  # type: ignore[return-value]
+    return values

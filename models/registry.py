@@ -22,9 +22,9 @@ active versions; older retired/rejected versions lose their files (the index kee
 
 from __future__ import annotations
 
+import builtins
 import contextlib
 import fcntl
-import hashlib
 import json
 import os
 import shutil
@@ -37,14 +37,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from core.fileio import fsync_dir
+from core.fileio import atomic_copy, atomic_write_bytes, fsync_dir
 from models.metadata import ModelMetadata
 
 STATES = ("candidate", "active", "retired", "rejected")
 MODEL_FILE = "model.onnx"
 META_FILE = "meta.json"
 STALE_STAGING_S = 6 * 3600
-_CHUNK = 1 << 20
 
 
 class RegistryError(RuntimeError):
@@ -143,11 +142,11 @@ class ModelRegistry:
         stage = self.staging_dir / f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex}"
         stage.mkdir()
         try:
-            files = {MODEL_FILE: _copy_and_hash(onnx_path, stage / MODEL_FILE)}
+            files = {MODEL_FILE: atomic_copy(onnx_path, stage / MODEL_FILE)}
             checkpoint_name = None
             if checkpoint_path is not None:
                 checkpoint_name = "checkpoint" + Path(checkpoint_path).suffix
-                files[checkpoint_name] = _copy_and_hash(Path(checkpoint_path), stage / checkpoint_name)
+                files[checkpoint_name] = atomic_copy(Path(checkpoint_path), stage / checkpoint_name)
             with self._locked():
                 index = self._read_index()
                 version = str(self._next_version(index))
@@ -166,7 +165,7 @@ class ModelRegistry:
                     "onnx": summary,
                     "source": str(onnx_path),
                 }
-                _write_durable(stage / META_FILE, (json.dumps(meta, indent=2) + "\n").encode())
+                atomic_write_bytes(stage / META_FILE, (json.dumps(meta, indent=2) + "\n").encode())
                 fsync_dir(stage)
                 os.rename(stage, self.versions_dir / version)
                 fsync_dir(self.versions_dir)
@@ -272,7 +271,7 @@ class ModelRegistry:
         with self._locked():
             return self._prune_locked(self._read_index(), actor)
 
-    # ------------------------------------------------------------------ reads (no lock: the index is replaced atomically)
+    # -------------------------------------------------------------- reads (no lock: the index is replaced atomically)
     def list(self) -> list[VersionInfo]:
         index = self._read_index()
         return [self._info(v, e) for v, e in sorted(index["versions"].items(), key=lambda kv: int(kv[0]))]
@@ -290,7 +289,7 @@ class ModelRegistry:
         prev = index["previous_active"]
         return self._info(prev, index["versions"][prev]) if prev else None
 
-    def events(self, limit: int = 100) -> list[dict[str, Any]]:
+    def events(self, limit: int = 100) -> builtins.list[dict[str, Any]]:
         """The last `limit` audit events, oldest first."""
         if limit <= 0 or not self.audit_path.exists():
             return []
@@ -318,10 +317,7 @@ class ModelRegistry:
         return json.loads(self.index_path.read_text())
 
     def _write_index(self, index: dict[str, Any]) -> None:
-        tmp = self.root / f".index.{os.getpid()}.{uuid.uuid4().hex}.tmp"
-        _write_durable(tmp, (json.dumps(index, indent=1, sort_keys=True) + "\n").encode())
-        os.replace(tmp, self.index_path)
-        fsync_dir(self.root)
+        atomic_write_bytes(self.index_path, (json.dumps(index, indent=1, sort_keys=True) + "\n").encode())
 
     def _audit(
         self,
@@ -329,7 +325,7 @@ class ModelRegistry:
         action: str,
         version: str,
         from_state: str | None,
-        to_state: str,
+        to_state: str | None,
         reason: str | None,
         **extra: Any,
     ) -> None:
@@ -377,7 +373,7 @@ class ModelRegistry:
         numbers += [int(p.name) for p in self.versions_dir.iterdir() if p.name.isdigit()]
         return max(numbers, default=0) + 1
 
-    def _prune_locked(self, index: dict[str, Any], actor: str) -> list[str]:
+    def _prune_locked(self, index: dict[str, Any], actor: str) -> builtins.list[str]:
         versions = sorted(index["versions"], key=int, reverse=True)
         protected = {index["active"], index["previous_active"], *versions[: self.keep_last]}
         pruned = []
@@ -429,26 +425,6 @@ def onnx_summary(meta: ModelMetadata) -> dict[str, Any]:
         "export_version": meta.version,
         "trained_on": meta.trained_on,
     }
-
-
-def _copy_and_hash(src: Path, dst: Path) -> dict[str, Any]:
-    """Copy `src` to `dst` (fsynced); returns {"sha256", "size"} of the bytes written."""
-    digest, size = hashlib.sha256(), 0
-    with open(src, "rb") as fin, open(dst, "wb") as fout:
-        while chunk := fin.read(_CHUNK):
-            digest.update(chunk)
-            fout.write(chunk)
-            size += len(chunk)
-        fout.flush()
-        os.fsync(fout.fileno())
-    return {"sha256": digest.hexdigest(), "size": size}
-
-
-def _write_durable(path: Path, data: bytes) -> None:
-    with open(path, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
 
 
 def _pid_alive(pid: int) -> bool:

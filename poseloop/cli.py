@@ -200,10 +200,10 @@ def serve(
     if dev:
         overrides["dev"] = True
     settings = load_settings(env_file, **overrides)
-    if settings.bootstrap_model is None:  # an empty registry gets the bundled default model as version 1
+    if settings.registry.bootstrap_model is None:  # an empty registry gets the bundled default model as version 1
         from poseloop.workflows import default_model_path
 
-        settings = settings.model_copy(update={"bootstrap_model": default_model_path()})
+        settings = settings.updated(bootstrap_model=default_model_path())
     run_server(settings)
 
 
@@ -309,7 +309,7 @@ def up(
     from poseloop.up import run_up
     from poseloop.workflows import ensure_first_model
 
-    first = ensure_first_model(load_settings(dev=True).registry_dir, model)
+    first = ensure_first_model(load_settings(dev=True).registry.dir, model)
     raise typer.Exit(run_up(port, str(first) if first else None))
 
 
@@ -323,14 +323,12 @@ def worker(
     ),
 ):
     """The training worker: Celery `train` worker when POSELOOP_BROKER_URL is set, else the embedded worker."""
-    import logging
-
-    from continual.settings import load_settings
+    from continual.settings import load_settings, setup_process_logging
 
     if queue not in ("train", "ingest"):
         raise typer.BadParameter(f"queue {queue!r} is not train or ingest", param_hint="--queue")
     settings = load_settings()
-    if settings.broker_url:
+    if settings.loop.broker_url:
         from poseloop.up import celery_worker_argv
 
         argv = celery_worker_argv(queue)
@@ -346,7 +344,7 @@ def worker(
     def _stop(signum, _frame):  # interrupts a running job too: it is released and resumes from its checkpoint
         raise SystemExit(128 + signum)
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    setup_process_logging(settings)
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, _stop)
     run_embedded_worker(settings)
@@ -359,10 +357,10 @@ def beat():
     from poseloop.up import celery_beat_argv
 
     settings = load_settings()
-    if not settings.broker_url:
+    if not settings.loop.broker_url:
         raise typer.BadParameter("beat needs POSELOOP_BROKER_URL (without Redis, `poseloop worker` schedules)")
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
-    argv = celery_beat_argv(str(settings.data_dir))
+    settings.loop.data_dir.mkdir(parents=True, exist_ok=True)
+    argv = celery_beat_argv(str(settings.loop.data_dir))
     os.execv(argv[0], argv)
 
 
@@ -373,22 +371,23 @@ def triton_sync(
 ):
     """Keep one Triton server's repository in step with the registry (a sidecar per Triton replica): loads every
     servable version (active, previous, newest candidates), unloads the rest. Uses POSELOOP_TRITON_* settings."""
-    import logging
     import signal
     import threading
 
-    from continual.settings import load_settings
+    from continual.settings import load_settings, setup_process_logging
     from models.registry import ModelRegistry
     from serving.app import triton_backend
     from serving.triton.sync import TritonSync
 
     settings = load_settings()
-    if settings.triton_repository is None:
+    if settings.triton.repository is None:
         raise typer.BadParameter("set POSELOOP_TRITON_REPOSITORY (the server's --model-repository, shared with it)")
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    backend = triton_backend(settings.model_copy(update={"triton_control": True}))  # it owns the repository
+    setup_process_logging(settings)
+    backend = triton_backend(settings.updated(triton_control=True))  # it owns the repository
     sync = TritonSync(
-        ModelRegistry(settings.registry_dir, keep_last=settings.keep_versions), backend, settings.keep_versions
+        ModelRegistry(settings.registry.dir, keep_last=settings.registry.keep_versions),
+        backend,
+        settings.registry.keep_versions,
     )
     with backend:
         if once:
@@ -446,10 +445,9 @@ def demo(
 
     try:
         given = {"infer": infer_token, "upload": upload_token, "ops": ops_token}
+        explicit = {k: v for k, v in given.items() if v}
         tokens = (
-            given
-            if all(given.values())
-            else {**load_dev_tokens(load_settings().data_dir), **{k: v for k, v in given.items() if v}}
+            explicit if len(explicit) == len(given) else {**load_dev_tokens(load_settings().loop.data_dir), **explicit}
         )
         run_demo(url, tokens, default_data_root(), out, iterations, margin=margin)
     except DemoError as err:

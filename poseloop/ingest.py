@@ -72,6 +72,7 @@ def ingest(
     """Upload every `every`th image of `source` (at most `limit`) in batches of `batch`; IngestError on failure."""
     if every < 1 or batch < 1 or (limit is not None and limit < 1):
         raise IngestError("--every, --batch and --limit must be >= 1")
+    total: int | None
     if source.is_dir():
         sidecar = boxes or (source / "boxes.json" if (source / "boxes.json").is_file() else None)
         items, total = folder_items(source, every, load_boxes(sidecar) if sidecar else {})

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import platform
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -29,7 +30,7 @@ def package(
     command: str,
     threads: int = 2,
     size_budget_mb: float = SIZE_BUDGET_MB,
-    candidates: list[Path] = (),
+    candidates: Sequence[Path] = (),
 ) -> dict:
     """candidates: best.pt of the other runs the recipe was chosen against (their validation figures go in the
     card's selection table; the shipped checkpoint is listed too)."""
@@ -139,7 +140,15 @@ def evaluate_onnx(onnx_path: Path, split: str = "val") -> dict[str, dict[str, fl
     results = {}
     for name, flip_test in (("no_flip", False), ("flip", True)):
         metrics = evaluate_model(
-            OnnxModule(), records, "lsp", meta.codec(), meta.mean, meta.std, meta.padding, flip_test, 32
+            OnnxModule(),
+            records,
+            dataset="lsp",
+            codec=meta.codec(),
+            mean=meta.mean,
+            std=meta.std,
+            padding=meta.padding,
+            flip_test=flip_test,
+            batch_size=32,
         )
         results[name] = {k: round(v, 2) for k, v in metrics.items()}
     return results
@@ -203,7 +212,8 @@ below was measured by `poseloop release` on the shipped files (`release.json` ho
   same weights in float16 with the training config; retrain jobs start from it). Total {r["total_mb"]} MB.
 - Export checks: ONNX Runtime vs PyTorch (rounded weights) max |Δheatmap| {r["export"]["parity_max_abs_diff"]:.2g},
   keypoints within {r["export"]["parity_max_keypoint_px"]:.2g} px; float16 rounding itself moves heatmaps by at
-  most {r["export"]["float16_rounding_max_abs_diff"]:.2g} and keypoints by {r["export"]["float16_rounding_max_keypoint_px"]:.2g} px.
+  most {r["export"]["float16_rounding_max_abs_diff"]:.2g} and keypoints by \
+{r["export"]["float16_rounding_max_keypoint_px"]:.2g} px.
 
 ## Data, licences, citations
 - Labeled: Leeds Sports Pose (LSP), images im0001–0800 (the training part of the project's split of the LSP

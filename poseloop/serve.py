@@ -7,7 +7,6 @@ start; use them as `Authorization: Bearer <token>`. They live as long as the pro
 from __future__ import annotations
 
 import contextlib
-import logging
 import os
 import socket
 import subprocess
@@ -16,34 +15,32 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from continual.settings import Settings
+from continual.settings import Settings, setup_process_logging
 
 
 @contextlib.contextmanager
 def managed_triton(settings: Settings) -> Iterator[Settings]:
     """For backend=triton with `triton_managed`: start a real tritonserver (from the nvidia-pytriton wheel) with
     its repository under the registry dir and a fresh repository-API secret; stop it (and its stubs) on exit."""
-    if settings.backend != "triton" or not settings.triton_managed:
+    if settings.inference.backend != "triton" or not settings.triton.managed:
         yield settings
         return
     import secrets
 
     from serving.triton.server import TritonServer
 
-    repo = Path(settings.registry_dir) / "triton_repository"
+    repo = Path(settings.registry.dir) / "triton_repository"
     server = TritonServer(
-        repo, repository_secret=secrets.token_urlsafe(24), log_path=Path(settings.registry_dir) / "tritonserver.log"
+        repo, repository_secret=secrets.token_urlsafe(24), log_path=Path(settings.registry.dir) / "tritonserver.log"
     )
     server.start()
     print(f"tritonserver (managed) at {server.url}, repository {repo}", file=sys.stderr)
     try:
-        yield settings.model_copy(
-            update={
-                "triton_url": server.url,
-                "triton_grpc_url": server.grpc_url,
-                "triton_repository": repo,
-                "triton_repository_secret": server.repository_secret,
-            }
+        yield settings.updated(
+            triton_url=server.url,
+            triton_grpc_url=server.grpc_url,
+            triton_repository=repo,
+            triton_repository_secret=server.repository_secret,
         )
     finally:
         server.stop()
@@ -54,7 +51,7 @@ def _exit_on_sigterm(signum, frame) -> None:
 
 
 def run_server(settings: Settings) -> None:
-    """Serve on settings.host:settings.port until interrupted (starting a managed tritonserver if configured).
+    """Serve on settings.api.host:settings.api.port until interrupted (starting a managed tritonserver if configured).
 
     uvicorn re-raises SIGTERM after its graceful shutdown; turning it into SystemExit lets the managed
     tritonserver (and anything else held here) be stopped instead of orphaned.
@@ -71,19 +68,24 @@ def _run_uvicorn(settings: Settings) -> None:
 
     from serving.app import create_app
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    setup_process_logging(settings)
     app = create_app(settings)
     if app.state.dev_tokens:
         print("PoseLoop dev mode: generated API tokens (valid for this process only):", file=sys.stderr)
         for role, token in app.state.dev_tokens.items():
             print(f"  {role:<6} Authorization: Bearer {token}", file=sys.stderr)
     print(
-        f"PoseLoop API on http://{settings.host}:{settings.port} (docs: /docs, registry: {settings.registry_dir}, "
-        f"backend: {settings.backend})",
+        f"PoseLoop API on http://{settings.api.host}:{settings.api.port} (docs: /docs, "
+        f"registry: {settings.registry.dir}, backend: {settings.inference.backend})",
         file=sys.stderr,
     )
     uvicorn.run(
-        app, host=settings.host, port=settings.port, log_level="info", access_log=False, timeout_graceful_shutdown=10
+        app,
+        host=settings.api.host,
+        port=settings.api.port,
+        log_level="info",
+        access_log=False,
+        timeout_graceful_shutdown=10,
     )
 
 
@@ -99,12 +101,12 @@ def serve_in_subprocess(
     port = port or _free_port()
     child_env = {**os.environ, "POSELOOP_HOST": "127.0.0.1", "POSELOOP_PORT": str(port), **env}
     code = "from poseloop.serve import run_server; from continual.settings import Settings; run_server(Settings())"
-    out = open(log_path, "w") if log_path else subprocess.DEVNULL  # noqa: SIM115 - closed below
+    logfile = open(log_path, "w") if log_path else None  # noqa: SIM115 - closed below
     proc = subprocess.Popen(
         [sys.executable, "-c", code],
         cwd=Path(__file__).resolve().parent.parent,
         env=child_env,
-        stdout=out,
+        stdout=logfile if logfile is not None else subprocess.DEVNULL,
         stderr=subprocess.STDOUT,
     )
     base = f"http://127.0.0.1:{port}"
@@ -127,8 +129,8 @@ def serve_in_subprocess(
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
-        if log_path:
-            out.close()
+        if logfile is not None:
+            logfile.close()
 
 
 def _free_port() -> int:

@@ -100,7 +100,8 @@ class Supervisor:
         )
         threading.Thread(target=self._pump, args=(child, child.proc), daemon=True).start()
 
-    def _pump(self, child: Child, proc: subprocess.Popen) -> None:
+    def _pump(self, child: Child, proc: subprocess.Popen[str]) -> None:
+        assert proc.stdout is not None, "_start opens the child with stdout=PIPE"
         for line in proc.stdout:
             self.say(child.name, line)
 
@@ -111,6 +112,7 @@ class Supervisor:
             self._start(child)
         while not self.stopping.wait(0.5):
             for child in self.children:
+                assert child.proc is not None, "every child was started above"
                 code = child.proc.poll()
                 if code is None:
                     continue

@@ -30,6 +30,7 @@ from continual.queue import JobQueue
 from continual.settings import Settings
 from continual.uploads import UploadStore
 from core.inputs import InputError, PixelBudget, PoseInput, check_image, decode_pose_input
+from core.logs import log_context
 from models.registry import ModelRegistry, RegistryError, VersionNotFound
 from serving.auth import AuthError, TokenAuth
 from serving.backends import VersionedBackend
@@ -37,6 +38,7 @@ from serving.batching import BatchError, MicroBatcher, Overloaded, PoseResult
 from serving.manager import ModelManager, NoActiveModel, PromotionError
 from serving.metrics import Metrics, MetricsMiddleware
 from serving.render import render_poses
+from serving.request_ids import RequestIdMiddleware, request_id_of
 from serving.routes import health, models, ops, pose, unlabeled
 
 if TYPE_CHECKING:
@@ -69,14 +71,16 @@ class Service:
         self.settings, self.manager, self.auth, self.metrics = settings, manager, auth, metrics
         self.batcher = MicroBatcher(
             manager,
-            settings.max_batch,
-            settings.max_wait_ms,
-            settings.max_queue,
+            settings.inference.max_batch,
+            settings.inference.max_wait_ms,
+            settings.inference.max_queue,
             on_batch=metrics.observe_batch,
             on_error=metrics.observe_backend_error,
         )
-        self.pixel_budget = PixelBudget(settings.pixel_budget)
-        self.uploads = UploadStore(settings.data_dir / "uploads", settings.max_pixels, settings.max_boxes)
+        self.pixel_budget = PixelBudget(settings.limits.pixel_budget)
+        self.uploads = UploadStore(
+            settings.loop.data_dir / "uploads", settings.limits.max_pixels, settings.limits.max_boxes
+        )
         self.queue = JobQueue(settings)
         self._ready_at = 0.0
         self._stop = threading.Event()
@@ -85,7 +89,7 @@ class Service:
     def start(self) -> None:
         self.batcher.start()
         self.metrics.set_active(self.manager.active_version)
-        if self.settings.registry_poll_s > 0:
+        if self.settings.registry.poll_s > 0:
             self._poller = threading.Thread(target=self._poll, name="poseloop-registry-poll", daemon=True)
             self._poller.start()
 
@@ -102,14 +106,16 @@ class Service:
 
         def prepare():  # in a worker thread: header checks, decoding and cropping are CPU work
             with self.batcher.expecting():
-                header = check_image(pose_input.data, settings.max_pixels)
+                header = check_image(pose_input.data, settings.limits.max_pixels)
                 pixels = header.width * header.height
                 try:
-                    self.pixel_budget.acquire(pixels, settings.request_timeout_s)
+                    self.pixel_budget.acquire(pixels, settings.api.request_timeout_s)
                 except TimeoutError as err:
                     raise Overloaded(f"too many large images in flight: {err}") from None
                 try:
-                    image, boxes = decode_pose_input(pose_input, settings.max_pixels, settings.max_boxes, header)
+                    image, boxes = decode_pose_input(
+                        pose_input, settings.limits.max_pixels, settings.limits.max_boxes, header
+                    )
                     decoded = time.perf_counter()
                     future = self.batcher.submit(image, boxes)
                 except BaseException:
@@ -121,9 +127,9 @@ class Service:
 
         image, future, decoded = await run_in_threadpool(prepare)
         try:
-            result: PoseResult = await asyncio.wait_for(asyncio.wrap_future(future), settings.request_timeout_s)
+            result: PoseResult = await asyncio.wait_for(asyncio.wrap_future(future), settings.api.request_timeout_s)
         except TimeoutError:
-            raise Overloaded(f"no result within {settings.request_timeout_s} s; retry later") from None
+            raise Overloaded(f"no result within {settings.api.request_timeout_s} s; retry later") from None
         total = (time.perf_counter() - start) * 1e3
         timing = {
             "total": total,
@@ -153,6 +159,8 @@ class Service:
             if rollback:
                 report = self.manager.rollback(actor, version, reason)
             else:
+                if version is None:
+                    raise PromotionError("promote needs a version (only a rollback defaults to the previous one)")
                 report = self.manager.promote(version, actor, reason)
         except PromotionError as err:
             self.metrics.promotions.labels(action, err.code).inc()
@@ -192,7 +200,7 @@ class Service:
         return SafeJSONResponse(content, headers=headers)
 
     def _poll(self) -> None:
-        while not self._stop.wait(self.settings.registry_poll_s):
+        while not self._stop.wait(self.settings.registry.poll_s):
             try:
                 if self.manager.sync():
                     self.metrics.set_active(self.manager.active_version)
@@ -215,44 +223,46 @@ def triton_backend(settings: Settings) -> TritonBackend:
     from serving.triton.backend import TritonBackend  # imported only when asked for
 
     return TritonBackend(
-        settings.triton_url,
-        settings.triton_repository,
-        settings.triton_model,
-        settings.triton_repository_secret,
-        keep_versions=settings.keep_versions,
-        max_batch_size=settings.max_batch,
-        intra_op_threads=settings.ort_threads,
-        grpc_url=settings.triton_grpc_url,
-        runtime=settings.triton_runtime,
-        kind=settings.triton_kind,
-        control=settings.triton_control,
+        settings.triton.url,
+        settings.triton.repository,
+        settings.triton.model,
+        settings.triton.repository_secret,
+        keep_versions=settings.registry.keep_versions,
+        max_batch_size=settings.inference.max_batch,
+        intra_op_threads=settings.inference.ort_threads,
+        grpc_url=settings.triton.grpc_url,
+        runtime=settings.triton.runtime,
+        kind=settings.triton.kind,
+        control=settings.triton.control,
     )
 
 
 def build_backend(settings: Settings) -> VersionedBackend:
-    if settings.backend == "triton":
+    if settings.inference.backend == "triton":
         return triton_backend(settings)
     from serving.backends.embedded import EmbeddedBackend
 
-    return EmbeddedBackend(intra_op_threads=settings.ort_threads, inter_op_threads=settings.ort_inter_threads)
+    return EmbeddedBackend(
+        intra_op_threads=settings.inference.ort_threads, inter_op_threads=settings.inference.ort_inter_threads
+    )
 
 
 def build_manager(settings: Settings) -> ModelManager:
-    registry = ModelRegistry(settings.registry_dir, keep_last=settings.keep_versions)
+    registry = ModelRegistry(settings.registry.dir, keep_last=settings.registry.keep_versions)
     return ModelManager(registry, build_backend(settings))
 
 
 def bootstrap(manager: ModelManager, settings: Settings) -> None:
-    """With no active version, register `settings.bootstrap_model` (unless already registered) and promote it.
+    """With no active version, register `settings.registry.bootstrap_model` (unless already registered) and promote it.
 
     A training checkpoint next to it (best.pt, checkpoint.pt or <stem>.pt) is registered too: retrain jobs start
     from the active version's checkpoint.
     """
-    if settings.bootstrap_model is None or manager.registry.active() is not None:
+    if settings.registry.bootstrap_model is None or manager.registry.active() is not None:
         return
     import hashlib
 
-    model = settings.bootstrap_model
+    model = settings.registry.bootstrap_model
     digest = hashlib.sha256(model.read_bytes()).hexdigest()
     known = [
         v
@@ -302,6 +312,7 @@ def create_app(settings: Settings, manager: ModelManager | None = None) -> FastA
         app.include_router(router)
     _install_error_handlers(app)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
+    app.add_middleware(RequestIdMiddleware)  # outermost: every log line of the request carries its id
     return app
 
 
@@ -344,9 +355,14 @@ def _install_error_handlers(app: FastAPI) -> None:
         )
 
     @app.exception_handler(Exception)
-    async def _unexpected(_request: Request, exc: Exception) -> JSONResponse:
-        log.exception("unhandled error")
-        return error_response(500, "internal_error", f"{type(exc).__name__}: {exc}")
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        # The client gets the request id, never the exception: details (paths, internals) stay in the log.
+        # This handler runs outside the middleware stack, so it binds and echoes the id itself.
+        request_id = request_id_of(request.scope) or "-"
+        with log_context(request_id=request_id):
+            log.error("unhandled error", exc_info=exc)
+        message = f"internal error (request id {request_id}); the details are in the server log"
+        return error_response(500, "internal_error", message, {"X-Request-ID": request_id})
 
 
 def _finite(value):

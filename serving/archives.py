@@ -91,7 +91,7 @@ class Archive:
                     ):
                         if member.size > MAX_BOXES_JSON:
                             raise _boxes_too_large(name, member.size)
-                        boxes_member, boxes = name, self._read_boxes(tar.extractfile(member).read())
+                        boxes_member, boxes = name, self._read_boxes(_member_bytes(tar, member))
         except _TAR_ERRORS as err:
             raise InputError(
                 400, "malformed_archive", f"'archive' {self.name!r} is not a readable tar: {type(err).__name__}: {err}"
@@ -113,7 +113,7 @@ class Archive:
                     elif member.size > self.limits.max_member_bytes:
                         yield name, _too_large(member.size, self.limits.max_member_bytes)
                     else:
-                        yield name, tar.extractfile(member).read()
+                        yield name, _member_bytes(tar, member)
         except _TAR_ERRORS as err:  # the file changed since pass 1, or a failing disk
             yield self.name, InputError(400, "malformed_archive", f"reading stopped: {type(err).__name__}: {err}")
 
@@ -208,6 +208,14 @@ def _zip_end_record(file: BinaryIO) -> tuple[int, int]:
 
 def _boxes_too_large(name: str, size: int) -> InputError:
     return InputError(413, "boxes_too_large", f"'archive' member {name} is {size} bytes, limit {MAX_BOXES_JSON}")
+
+
+def _member_bytes(tar: tarfile.TarFile, member: tarfile.TarInfo) -> bytes:
+    """A regular file member's bytes (`extractfile` returns None only for a member that is not a file)."""
+    f = tar.extractfile(member)
+    if f is None:
+        raise InputError(422, "not_a_file", "archive member is a link or special file")
+    return f.read()
 
 
 def _normalise(name: str) -> str:

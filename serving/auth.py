@@ -37,9 +37,9 @@ class TokenAuth:
     @classmethod
     def from_settings(cls, settings: Settings) -> tuple[TokenAuth, dict[str, str]]:
         """(auth, generated) where `generated` maps role → token in dev mode without configured tokens."""
-        if settings.tokens:
-            return cls(dict(settings.tokens)), {}
-        if not settings.dev:
+        if settings.api.tokens:
+            return cls(dict(settings.api.tokens)), {}
+        if not settings.api.dev:
             raise ValueError(
                 'no API tokens configured: set POSELOOP_TOKENS=\'{"<token>": ["infer"], ...}\' '
                 "or POSELOOP_DEV=1 for generated development tokens"

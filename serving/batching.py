@@ -2,11 +2,11 @@
 
 Requests are queued whole. A worker thread takes the first waiting request, waits up to `max_wait_ms` for
 more — but only while other requests are on their way (announced with `expecting()` before their image is
-decoded), so a lone request never waits — while the batch has room for the next *whole* request (at most `max_batch` crops; a single request with
-more crops forms its own batch, run in `max_batch` chunks), then takes ONE lease on the active model version,
-runs the crops through it and decodes each request with that same version. Every request learns the version
-that computed it, so the label in the response is truthful even while a promotion flips the active version
-between batches. A request's crops are never split across versions.
+decoded), so a lone request never waits — while the batch has room for the next *whole* request (at most
+`max_batch` crops; a single request with more crops forms its own batch, run in `max_batch` chunks), then takes
+ONE lease on the active model version, runs the crops through it and decodes each request with that same version.
+Every request learns the version that computed it, so the label in the response is truthful even while a
+promotion flips the active version between batches. A request's crops are never split across versions.
 
 Crops are prepared in the caller's thread with the version active at submit time; if a promotion changed the
 preprocessing (input size, mean/std, padding) before the batch runs, the worker re-crops that request.
@@ -235,7 +235,5 @@ def _preprocess_key(meta: ModelMetadata) -> tuple:
 
 def _fail(job: _Job, err: BaseException) -> None:
     if not job.future.done():
-        try:
+        with contextlib.suppress(Exception):
             job.future.set_exception(err)
-        except Exception:
-            pass

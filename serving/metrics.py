@@ -102,14 +102,16 @@ class MetricsMiddleware:
             await self.app(scope, receive, send)
             return
         start = time.perf_counter()
-        info = {"status": 500, "version": None}
+        status: int = 500
+        version: str | None = None
 
         async def send_wrapper(message) -> None:
+            nonlocal status, version
             if message["type"] == "http.response.start":
-                info["status"] = message["status"]
+                status = message["status"]
                 for name, value in message.get("headers", []):
                     if name.lower() == b"x-model-version":
-                        info["version"] = value.decode("latin-1")
+                        version = value.decode("latin-1")
             await send(message)
 
         try:
@@ -118,5 +120,5 @@ class MetricsMiddleware:
             route = scope.get("route")
             template = getattr(route, "path", None) or "unmatched"
             self.metrics.observe_request(
-                template, scope.get("method", ""), info["status"], info["version"], time.perf_counter() - start
+                template, scope.get("method", ""), status, version, time.perf_counter() - start
             )

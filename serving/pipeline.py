@@ -103,7 +103,7 @@ class PosePipeline:
         keypoints = self.codec.to_image(crop_keypoints, prepared.affines)
         return [
             PersonPose(
-                box=tuple(float(v) for v in box),
+                box=(float(box[0]), float(box[1]), float(box[2]), float(box[3])),
                 score=float(s.mean()),
                 keypoints=k,
                 keypoint_scores=s,

@@ -13,7 +13,8 @@ from serving.pipeline import PersonPose
 
 def limb_colours(count: int) -> list[tuple[int, int, int]]:
     """`count` distinct, saturated RGB colours (evenly spaced hues)."""
-    return [tuple(int(255 * c) for c in colorsys.hsv_to_rgb(i / max(count, 1), 0.9, 1.0)) for i in range(count)]
+    hsv = (colorsys.hsv_to_rgb(i / max(count, 1), 0.9, 1.0) for i in range(count))
+    return [(int(255 * r), int(255 * g), int(255 * b)) for r, g, b in hsv]
 
 
 def render_poses(image_rgb: np.ndarray, poses: Sequence[PersonPose], skeleton: Sequence[Sequence[int]]) -> np.ndarray:
@@ -33,7 +34,9 @@ def render_poses(image_rgb: np.ndarray, poses: Sequence[PersonPose], skeleton: S
         for (a, b), colour in zip(skeleton, colours):
             _blend(
                 out,
-                lambda img, o: cv2.line(img, _pt(points[a], o), _pt(points[b], o), colour, thickness, cv2.LINE_AA),
+                lambda img, o, p=points[a], q=points[b], c=colour: cv2.line(
+                    img, _pt(p, o), _pt(q, o), c, thickness, cv2.LINE_AA
+                ),
                 np.stack([points[a], points[b]]),
                 thickness,
                 min(alpha[a], alpha[b]),
@@ -41,7 +44,7 @@ def render_poses(image_rgb: np.ndarray, poses: Sequence[PersonPose], skeleton: S
         for j, point in enumerate(points):
             _blend(
                 out,
-                lambda img, o: cv2.circle(img, _pt(point, o), radius, (255, 255, 255), -1, cv2.LINE_AA),
+                lambda img, o, p=point: cv2.circle(img, _pt(p, o), radius, (255, 255, 255), -1, cv2.LINE_AA),
                 point[None],
                 radius,
                 alpha[j],

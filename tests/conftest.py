@@ -3,11 +3,35 @@ model (checkpoint + ONNX) that every continual-loop test starts from."""
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
 
 from training.datasets import default_data_root
+
+# Tests using these fixtures need the real datasets, a trained model or a Redis server: `make test-fast` leaves
+# them out (marker `integration`); `make test` runs everything.
+INTEGRATION_FIXTURES = {"data_root", "small_model", "redis_server"}
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    for item in items:
+        if INTEGRATION_FIXTURES & set(item.fixturenames):
+            item.add_marker(pytest.mark.integration)
+
+
+@pytest.fixture
+def redis_server(tmp_path):
+    """A real redis-server on a free port with AOF in tmp_path (tests.redis_fixtures.RedisServer)."""
+    from tests.redis_fixtures import RedisServer
+
+    if shutil.which("redis-server") is None:
+        pytest.skip("redis-server not installed (apt install redis-server; .ci/run does)")
+    server = RedisServer(tmp_path)
+    server.start()
+    yield server
+    server.stop()
 
 
 @pytest.fixture(scope="session")

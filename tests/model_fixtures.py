@@ -12,9 +12,11 @@ from torch import nn
 from models.geometry import Size
 from models.network import ModelConfig, PoseNet, build_model
 
+INPUT_SIZE = Size(96, 128)
+
 
 def realistic_posenet(
-    seed: int = 0, input_size: Size = Size(96, 128), head: str = "deconv", head_channels: int = 128
+    seed: int = 0, input_size: Size = INPUT_SIZE, head: str = "deconv", head_channels: int = 128
 ) -> PoseNet:
     torch.manual_seed(seed)
     model = build_model(

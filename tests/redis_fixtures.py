@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-import pytest
 import redis
 
 from tests.serving_fixtures import free_port
@@ -64,16 +62,6 @@ class RedisServer:
         if self.proc and self.proc.poll() is None:
             self.proc.terminate()  # SIGTERM: redis flushes the AOF and exits
             self.proc.wait(20)
-
-
-@pytest.fixture
-def redis_server(tmp_path):
-    if shutil.which("redis-server") is None:
-        pytest.skip("redis-server not installed (apt install redis-server; .ci/run does)")
-    server = RedisServer(tmp_path)
-    server.start()
-    yield server
-    server.stop()
 
 
 class CeleryWorker:

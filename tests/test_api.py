@@ -62,7 +62,7 @@ def local_poses(onnx_path, image, boxes):
 
 
 def test_empty_registry_not_ready_then_ready_after_promote(live, client, models_dir) -> None:
-    base, registry, _app = live
+    _base, registry, _app = live
     assert client.get("/healthz").json() == {"status": "ok"}
     r = client.get("/readyz")
     assert r.status_code == 503 and r.json()["error"]["code"] == "not_ready"
@@ -156,7 +156,7 @@ def test_render_returns_png(live, client) -> None:
 
 
 def test_models_endpoints_promote_reject_and_rollback(live, client, models_dir) -> None:
-    base, registry, _app = live
+    _base, registry, _app = live
     r = client.get("/v1/models", headers=auth(INFER))
     doc = r.json()
     assert doc["active"] == doc["serving"] == "1"
@@ -237,8 +237,8 @@ def test_settings_from_env_and_env_file(tmp_path, monkeypatch) -> None:
     env_file.write_text(f"POSELOOP_MAX_BOXES=3\nPOSELOOP_PORT=9001\nPOSELOOP_TOKENS={json.dumps({INFER: ['infer']})}\n")
     monkeypatch.setenv("POSELOOP_PORT", "9002")  # the environment beats the file
     settings = load_settings(env_file, max_batch=4)  # keyword overrides beat both
-    assert (settings.max_boxes, settings.port, settings.max_batch) == (3, 9002, 4)
-    assert settings.tokens[INFER].roles == ("infer",)
+    assert (settings.limits.max_boxes, settings.api.port, settings.inference.max_batch) == (3, 9002, 4)
+    assert settings.api.tokens[INFER].roles == ("infer",)
 
 
 def test_broken_active_version_at_start_is_not_ready_and_recoverable(tmp_path) -> None:

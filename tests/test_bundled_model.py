@@ -109,7 +109,7 @@ def test_predict_and_first_start_use_it(val_people, tmp_path, monkeypatch) -> No
     from serving.app import create_app
 
     monkeypatch.delenv("POSELOOP_MODEL", raising=False)
-    image, box, gt = val_people[0]
+    image, box, _gt = val_people[0]
     path = tmp_path / "person.jpg"
     cv2.imwrite(str(path), cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
     result = predict_image(path, [box])
@@ -137,5 +137,5 @@ def test_predict_and_first_start_use_it(val_people, tmp_path, monkeypatch) -> No
         served = np.array([[k["x"], k["y"]] for k in r.json()["persons"][0]["keypoints"]])
     local = np.array([[k["x"], k["y"]] for k in result["persons"][0]["keypoints"]])
     assert np.abs(served - local).max() < 0.01  # the API and the CLI give the same keypoints
-    registered = ModelRegistry(settings.registry_dir).get("1")
+    registered = ModelRegistry(settings.registry.dir).get("1")
     assert registered.checkpoint_path is not None and registered.checkpoint_path.exists()  # retrains start from it

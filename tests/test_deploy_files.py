@@ -38,6 +38,14 @@ NON_SETTINGS = {
     "POSELOOP_DATA",  # training.datasets.default_data_root
     "POSELOOP_CACHE",  # models.pretrained.cache_dir
 }
+
+
+def test_non_settings_variables_are_the_documented_others():
+    from continual.settings import OTHER_VARIABLES
+
+    assert set(OTHER_VARIABLES) >= NON_SETTINGS, "Settings would reject a variable the deployment sets"
+
+
 # Settings fields the deployment relies on that the Python side is adding with this issue.
 NEW_FIELDS = {"triton_runtime", "triton_kind", "triton_control"}
 COMPOSE_SERVICES = {"redis", "triton", "triton-sync", "api", "worker", "ingest-worker", "beat", "flower", "lb"}
@@ -50,9 +58,9 @@ WORKLOADS = ("Deployment", "StatefulSet")
 
 
 def settings_fields() -> set[str]:
-    from continual.settings import Settings
+    from continual.settings import flat_fields
 
-    return set(Settings.model_fields)
+    return set(flat_fields())
 
 
 def env_names(text: str) -> dict[str, bool]:
@@ -236,9 +244,9 @@ def test_compose_services_replicas_and_load_balancer(compose) -> None:
     assert f"proxy_pass http://${variable};" in conf
     assert "listen 8080;" in conf
     max_body = int(re.search(r"client_max_body_size (\d+)m;", conf).group(1)) * 1024 * 1024
-    from continual.settings import Settings
+    from continual.settings import setting_default
 
-    assert max_body >= Settings.model_fields["max_upload_bytes"].default, "nginx would cut off allowed uploads"
+    assert max_body >= setting_default("max_upload_bytes"), "nginx would cut off allowed uploads"
 
 
 def test_compose_gpu_services_reserve_a_gpu(compose) -> None:
@@ -357,13 +365,13 @@ def test_env_example_loads_through_settings(example_env) -> None:
 
     assert not settings_problems(example_env, ".env.example")
     settings = Settings(_env_file=ENV_EXAMPLE)  # the pydantic-settings dotenv path itself
-    assert not settings.dev and settings.tokens, "production example: real tokens, no dev mode"
-    assert all(len(token) >= MIN_TOKEN_LENGTH for token in settings.tokens)
-    assert {"infer", "upload", "ops"} <= {role for spec in settings.tokens.values() for role in spec.roles}
-    assert settings.backend == "triton" and settings.broker_url == "redis://redis:6379/0"
-    assert settings.retrain_config == Path("/app/configs/ssl/continual.yaml")
-    assert (ROOT / settings.retrain_config.relative_to("/app")).exists(), "the image's retrain config is missing"
-    bundled = settings.bootstrap_model.relative_to("/app")
+    assert not settings.api.dev and settings.api.tokens, "production example: real tokens, no dev mode"
+    assert all(len(token) >= MIN_TOKEN_LENGTH for token in settings.api.tokens)
+    assert {"infer", "upload", "ops"} <= {role for spec in settings.api.tokens.values() for role in spec.roles}
+    assert settings.inference.backend == "triton" and settings.loop.broker_url == "redis://redis:6379/0"
+    assert settings.retrain.config == Path("/app/configs/ssl/continual.yaml")
+    assert (ROOT / settings.retrain.config.relative_to("/app")).exists(), "the image's retrain config is missing"
+    bundled = settings.registry.bootstrap_model.relative_to("/app")
     assert bundled.parts[0] == "artifacts", "the bootstrap model must be the one the Dockerfile copies"
 
 
@@ -790,3 +798,16 @@ def test_bundled_model_matches_the_production_config() -> None:
     for model in bundled:
         text = onnxruntime_config("poseloop", ModelMetadata.from_onnx(model), versions=["1"], kind="KIND_GPU")
         assert config_mismatches(text, model) == [], model
+
+
+def test_dockerfile_api_target_has_no_torch() -> None:
+    """The API image installs the base package only: torch and the training extra stay out of it."""
+    stages = dockerfile_stages()
+    build = "\n".join(stages["build-api"])
+    assert "pip install -e /app" in build and "[train]" not in build and "torch" not in build
+    assert "USER 1000:1000" in stages["api"] and "build-api" in "\n".join(stages["api"])
+    pyproject = (ROOT / "pyproject.toml").read_text()
+    base = re.search(r"^dependencies = \[(.*?)\]", pyproject, re.S | re.M).group(1)
+    assert "torch" not in base, "torch must stay in the train extra"
+    for build_stage in ("build-cpu", "build-gpu"):
+        assert '"/app[train]"' in "\n".join(stages[build_stage])

@@ -49,7 +49,7 @@ def test_resume_is_exact(tmp_path, data_root):
     resumed.fit(progress=False)
     for (k, a), b in zip(straight.method.state_dict().items(), resumed.method.state_dict().values()):
         assert torch.allclose(a.float(), b.float(), atol=1e-6), k
-    rows = [json.loads(l) for l in (tmp_path / "b" / "run" / "metrics.jsonl").read_text().splitlines()]
+    rows = [json.loads(line) for line in (tmp_path / "b" / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows if "loss_sup" in r] == [1, 2, 3, 4, 5, 6]
 
 
@@ -57,7 +57,7 @@ def test_training_learns_and_writes_artifacts(tmp_path, data_root):
     cfg = _config(tmp_path, "learn", 40, ["optim.lr=3e-3", "schedule.val_every=40"])
     trainer = _small_val(Trainer(cfg, device="cpu"))
     result = trainer.fit(progress=False)
-    rows = [json.loads(l) for l in (result.run_dir / "metrics.jsonl").read_text().splitlines()]
+    rows = [json.loads(line) for line in (result.run_dir / "metrics.jsonl").read_text().splitlines()]
     losses = [r["loss_sup"] for r in rows if "loss_sup" in r]
     assert sum(losses[-5:]) < 0.8 * sum(losses[:5])  # it fits 8 images (no optimiser step would give ~1.0)
     assert any("val/pck_limbs" in r for r in rows)

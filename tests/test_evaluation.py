@@ -135,7 +135,18 @@ def test_per_person_and_reliability_scores_refuse_non_lsp_datasets():
 
     for flag in ("per_person", "reliability"):  # refused before any prediction, instead of silently left out
         with pytest.raises(ValueError, match="LSP PCK only, not mpii"):
-            evaluate_model(None, [], "mpii", None, None, None, **{flag: True})
+            evaluate_model(
+                None,
+                [],
+                dataset="mpii",
+                codec=None,
+                mean=None,
+                std=None,
+                padding=1.25,
+                flip_test=False,
+                batch_size=1,
+                **{flag: True},
+            )
 
 
 def test_pck_rejects_bad_shapes():

@@ -38,7 +38,7 @@ def test_crop_affine_roundtrip_and_centre(box, scale, rot):
 @given(box=boxes)
 @settings(max_examples=40, deadline=None)
 def test_center_scale_keeps_aspect_and_contains_box(box):
-    center, size = box_to_center_scale(np.array(box), OUT.aspect, 1.25)
+    _center, size = box_to_center_scale(np.array(box), OUT.aspect, 1.25)
     assert abs(size[0] / size[1] - OUT.aspect) < 1e-4
     assert size[0] >= box[2] * 1.25 - 1e-3 and size[1] >= box[3] * 1.25 - 1e-3
 

@@ -119,7 +119,7 @@ def active_intervals(timeline: list[tuple[str, float, float]]) -> dict[str, list
 
 
 def test_hot_swap_under_load_is_lossless_and_labels_are_truthful(registry_with_versions) -> None:
-    root, registry, paths, broken = registry_with_versions
+    _root, registry, paths, broken = registry_with_versions
     refs = references(paths)
     for a in refs:  # every version's keypoints differ from every other's somewhere by > 2 px
         for b in refs:

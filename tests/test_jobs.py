@@ -103,7 +103,7 @@ def test_processes_opening_a_new_database_at_once_all_succeed(tmp_path):
     for round_ in range(60):
         path, barrier, errors = tmp_path / f"db{round_}.sqlite", threading.Barrier(4), []
 
-        def open_it():
+        def open_it(path=path, barrier=barrier, errors=errors):
             barrier.wait()
             try:
                 open_wal(path, "CREATE TABLE IF NOT EXISTS t (a INTEGER);")

@@ -268,7 +268,7 @@ def test_malformed_corpus_gets_4xx_and_server_survives(server) -> None:
     )
 )
 def test_fuzzed_images_never_5xx(server, data) -> None:
-    client, proc = server
+    client, _proc = server
     response = client.post("/v1/pose", files={"image": ("x", data)})
     assert response.status_code < 500, response.text
     if response.status_code != 200:

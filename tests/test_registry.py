@@ -56,7 +56,7 @@ def test_register_writes_complete_immutable_version(tmp_path, model_file) -> Non
 
 def test_crash_mid_register_leaves_no_visible_version(tmp_path, model_file, monkeypatch) -> None:
     reg = ModelRegistry(tmp_path / "reg")
-    real_write = registry_module._write_durable
+    real_write = registry_module.atomic_write_bytes
 
     def crash_on_meta(path, data):
         if path.name == "meta.json":
@@ -64,13 +64,13 @@ def test_crash_mid_register_leaves_no_visible_version(tmp_path, model_file, monk
             raise OSError("simulated crash while writing meta.json")
         real_write(path, data)
 
-    monkeypatch.setattr(registry_module, "_write_durable", crash_on_meta)
+    monkeypatch.setattr(registry_module, "atomic_write_bytes", crash_on_meta)
     with pytest.raises(OSError, match="simulated crash"):
         reg.register(model_file)
     assert reg.list() == [] and list(reg.versions_dir.iterdir()) == [] and list(reg.staging_dir.iterdir()) == []
 
     # crash after the directory was renamed but before the index write: the directory is invisible
-    monkeypatch.setattr(registry_module, "_write_durable", real_write)
+    monkeypatch.setattr(registry_module, "atomic_write_bytes", real_write)
     real_write_index = ModelRegistry._write_index
     monkeypatch.setattr(ModelRegistry, "_write_index", lambda self, index: (_ for _ in ()).throw(OSError("crash")))
     with pytest.raises(OSError):

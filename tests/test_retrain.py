@@ -15,8 +15,8 @@ from tests.loop_fixtures import RETRAIN_OVERRIDES, install_active, loop_settings
 @pytest.fixture
 def loop(tmp_path, small_model, data_root):
     settings = loop_settings(tmp_path)
-    registry = install_active(settings.registry_dir, *small_model)
-    upload_lspet(UploadStore(settings.data_dir / "uploads"), data_root, 12)
+    registry = install_active(settings.registry.dir, *small_model)
+    upload_lspet(UploadStore(settings.loop.data_dir / "uploads"), data_root, 12)
     return settings, registry, JobQueue(settings), context(settings, "test-worker")
 
 
@@ -27,7 +27,7 @@ def _submit(queue, iterations=6, **params):
 
 
 def test_retrain_promotes_a_candidate_that_passes_the_gate(loop):
-    settings, registry, queue, ctx = loop
+    _settings, registry, queue, ctx = loop
     parent = registry.active().version
     job = _submit(queue, margin=-100.0)  # any non-collapsed candidate passes
     outcome, done = work_once(ctx)
@@ -114,8 +114,8 @@ def test_cancel_of_a_paused_job_needs_no_worker(loop):
 
 def test_empty_pool_fails_visibly(tmp_path, small_model):
     settings = loop_settings(tmp_path)
-    install_active(settings.registry_dir, *small_model)
-    job, _ = JobQueue(settings).submit_retrain({"iterations": 2}, "ops")
+    install_active(settings.registry.dir, *small_model)
+    _job, _ = JobQueue(settings).submit_retrain({"iterations": 2}, "ops")
     _, done = work_once(context(settings, "w"))
     assert done.state == "failed" and "pool is empty" in done.error
 
@@ -124,8 +124,8 @@ def test_retrain_on_two_ddp_processes_resumes_across_chunks(tmp_path, small_mode
     """train_nproc=2: each chunk runs under torchrun (gloo here, NCCL on GPUs); heartbeats come from rank 0's
     metrics, the second chunk resumes from the first chunk's checkpoint, and the candidate goes through the gate."""
     settings = loop_settings(tmp_path)
-    registry = install_active(settings.registry_dir, *small_model)
-    upload_lspet(UploadStore(settings.data_dir / "uploads"), data_root, 8)
+    registry = install_active(settings.registry.dir, *small_model)
+    upload_lspet(UploadStore(settings.loop.data_dir / "uploads"), data_root, 8)
     queue, ctx = JobQueue(settings), context(settings, "ddp-worker")
     job = _submit(queue, iterations=4, margin=-100.0, nproc=2)  # per job; POSELOOP_TRAIN_NPROC sets the default
     assert work_once(ctx, chunk_steps=2)[0] == "paused"

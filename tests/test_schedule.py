@@ -35,9 +35,9 @@ def test_tick_submits_once_and_resends_orphans(tmp_path):
     settings = load_settings(
         registry_dir=tmp_path / "reg", data_dir=tmp_path / "data", retrain_min_new_images=1, orphan_after_s=0
     )
-    registry = ModelRegistry(settings.registry_dir)
+    registry = ModelRegistry(settings.registry.dir)
     registry.set_active(registry.register(tiny_pose_onnx(tmp_path / "a.onnx"), actor="t").version, "t")
-    store = UploadStore(settings.data_dir / "uploads")
+    store = UploadStore(settings.loop.data_dir / "uploads")
     store.add(_image(1), "1.png", None, "t", "t")
     queue = JobQueue(settings)
     first = tick(queue, registry, store)

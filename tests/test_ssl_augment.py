@@ -169,7 +169,7 @@ def test_masks_cover_joints_and_not_the_transposed_location(fn):
     m = mask[0, 0]
     assert m[120, 10] == 1 and m[40, 93] == 1  # mask[row = y, col = x]
     assert m[93, 40] == 0 and m[10, 120 % W] == 0  # never at (row = x, col = y)
-    rows, cols = torch.nonzero(m, as_tuple=True)
+    _rows, _cols = torch.nonzero(m, as_tuple=True)
     expected = torch.zeros(H, W)
     expected[120 - 12 :, : 10 + 13] = 1  # box clipped by the bottom edge (rows) ...
     expected[40 - 12 : 40 + 13, 93 - 12 :] = 1  # ... and by the right edge (columns)

@@ -29,7 +29,7 @@ def test_up_runs_the_loop_and_demo_walks_it(tmp_path, data_root, small_model):
         "POSELOOP_RETRAIN_CHECK_S": "3600",
     }
     env.pop("POSELOOP_TOKENS", None)
-    log = open(tmp_path / "up.log", "w")
+    log = open(tmp_path / "up.log", "w")  # noqa: SIM115 - the child writes to it until the test ends
     proc = subprocess.Popen(
         [sys.executable, "-m", "poseloop.cli", "up", "--model", str(onnx_path), "--port", str(port)],
         cwd=REPO,

@@ -120,7 +120,7 @@ def test_store_concurrent_adds_of_the_same_bytes(tmp_path) -> None:
     for round_ in range(8):
         data, barrier, results = png(100 + round_), threading.Barrier(2), []
 
-        def add(store: UploadStore, name: str) -> None:
+        def add(store: UploadStore, name: str, data=data, barrier=barrier, results=results) -> None:
             barrier.wait()
             results.append(store.add(data, name, None, "test", name))
 
@@ -155,7 +155,7 @@ def live(tmp_path_factory):
         tokens={UPLOAD: {"roles": ["upload"], "name": "uploader"}, OPS: ["ops"], INFER: ["infer"]},
     )
     with thread_server(create_app(settings)) as base:
-        yield base, settings, ModelRegistry(settings.registry_dir)
+        yield base, settings, ModelRegistry(settings.registry.dir)
 
 
 @pytest.fixture(scope="module")
@@ -165,7 +165,7 @@ def client(live):
 
 
 def store_of(live) -> UploadStore:
-    return UploadStore(live[1].data_dir / "uploads")
+    return UploadStore(live[1].loop.data_dir / "uploads")
 
 
 def post(client, files=None, data=None, token=UPLOAD) -> httpx.Response:
@@ -360,7 +360,7 @@ def test_size_and_count_limits_refuse_the_whole_request(live, client) -> None:
 
 
 def test_stats_counts_new_since_the_active_model(live, client, tmp_path) -> None:
-    base, settings, registry = live
+    _base, _settings, registry = live
     post(client, [("files", (f"s{i}.png", png(300 + i))) for i in range(3)])
     stats = client.get("/v1/unlabeled/stats", headers=auth(OPS)).json()
     snap = store_of(live).snapshot()

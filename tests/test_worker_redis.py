@@ -11,7 +11,7 @@ from continual.schedule import tick
 from continual.settings import load_settings
 from continual.uploads import UploadStore
 from tests.loop_fixtures import RETRAIN_OVERRIDES, install_active, lspet_images, upload_lspet
-from tests.redis_fixtures import CeleryWorker, loop_env, redis_server, wait_for  # noqa: F401 - fixture
+from tests.redis_fixtures import CeleryWorker, loop_env, wait_for
 from tests.serving_fixtures import auth, process_server
 
 pytestmark = pytest.mark.slow
@@ -23,8 +23,8 @@ def stack(tmp_path, small_model, redis_server, data_root, monkeypatch):
     for key, value in env.items():
         monkeypatch.setenv(key, value)
     settings = load_settings()
-    registry = install_active(settings.registry_dir, *small_model)
-    uploads = UploadStore(settings.data_dir / "uploads")
+    registry = install_active(settings.registry.dir, *small_model)
+    uploads = UploadStore(settings.loop.data_dir / "uploads")
     upload_lspet(uploads, data_root, 12)
     workers: list[CeleryWorker] = []
 
@@ -60,7 +60,7 @@ def test_kill_9_of_the_training_worker_mid_job_resumes(stack):
     # Redis redelivers the unacked message by itself, but only when kombu next restores unacked messages (~100 s
     # observed); the scheduler's sweep (celery beat, every retrain_check_s) re-sends it once the lease expired
     wait_for(lambda: job.id in [j.id for j in queue.jobs.orphans(3600)], 60, "the dead worker's lease to expire")
-    assert job.id in tick(queue, registry, UploadStore(settings.data_dir / "uploads"))["resent"]
+    assert job.id in tick(queue, registry, UploadStore(settings.loop.data_dir / "uploads"))["resent"]
     done = _final(queue.jobs, job.id)
     assert done.state == "succeeded", done.error
     assert done.attempts >= 2 and any("resuming" in line for line in queue.jobs.logs(job.id, 200))
@@ -72,7 +72,7 @@ def test_kill_9_of_the_training_worker_mid_job_resumes(stack):
 
 
 def test_redis_restart_loses_no_job_and_no_upload(stack, redis_server, data_root):
-    settings, registry, uploads, queue, start_worker, _ = stack
+    _settings, registry, uploads, queue, start_worker, _ = stack
     # 1. a job queued in Redis survives a restart (AOF) and runs once a worker comes
     job, _ = queue.submit_retrain({"iterations": 3, "overrides": RETRAIN_OVERRIDES, "margin": 100.0}, "ops")
     redis_server.stop()
@@ -98,7 +98,7 @@ def test_redis_restart_loses_no_job_and_no_upload(stack, redis_server, data_root
 
 
 def test_end_to_end_upload_retrain_gate_hot_swap_over_http(stack, data_root, tmp_path):
-    settings, registry, _, _, start_worker, env = stack
+    _settings, _registry, _, _, start_worker, env = stack
     tokens = {
         "u" * 20: {"roles": ["upload"], "name": "uploader"},
         "o" * 20: {"roles": ["ops"], "name": "ops"},

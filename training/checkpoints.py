@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING, cast
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from models.export import WeightStorage
 
 SCHEMA_OF_DATASET = {"lsp": "lsp14", "coco": "coco17", "mpii": "mpii16"}
 
@@ -63,7 +67,7 @@ def export_checkpoint(checkpoint: Path, out: Path, version: str | None = None, w
         extra_metadata=extra,
         parity_images=_val_crops(config, model),
         padding=config.data.padding,
-        weights=weights,
+        weights=cast("WeightStorage", weights),  # a CLI string: export_onnx rejects anything else
     )
 
 
@@ -100,14 +104,14 @@ def evaluate_checkpoint(
     metrics = evaluate_model(
         model.to(dev),
         records,
-        config.data.dataset,
-        codec_for(config),
-        model.mean,
-        model.std,
-        config.data.padding,
-        flip,
-        config.eval.batch_size,
-        dev,
+        dataset=config.data.dataset,
+        codec=codec_for(config),
+        mean=model.mean,
+        std=model.std,
+        padding=config.data.padding,
+        flip_test=flip,
+        batch_size=config.eval.batch_size,
+        device=dev,
         coco_gt=config.data.val_ann_file,
         per_person=per_person,
         reliability=reliability,

@@ -1,28 +1,30 @@
 """The one training loop: data, optimisation, AMP, logging, validation, checkpoints and resume.
 
-Methods (training/methods) only say what one step computes; everything else lives here.
+Methods (training/methods) only say what one step computes; everything else lives here. The loop counts
+optimizer steps (`optim.iterations`), not epochs; a step sees one global batch of labeled crops (plus one of
+unlabeled crops for semi-supervised methods), split over ranks under torchrun (training/distributed.py).
+What the run writes and how resume reads it back is in training/run_files.py; the endless, resumable batches
+come from training/loader.py (`InfiniteLoader`, re-exported here).
 """
 
 from __future__ import annotations
 
 import json
 import math
-import os
 import random
-import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
 from models.codec import HeatmapCodec
 from models.network import build_model
+from training import run_files
 from training.config import TrainConfig
 from training.data import Splits, build_splits
 from training.datasets.records import PersonRecord
@@ -30,8 +32,11 @@ from training.datasets.topdown import TopDownDataset
 from training.distributed import DistContext, context_from_env, init_process_group
 from training.evaluator import evaluate_model, metric_name
 from training.inference import HeatmapEnsemble
+from training.loader import InfiniteLoader
 from training.methods import LabeledBatch, Method, UnlabeledBatch, build_method
 from training.plots import plot_curves
+
+__all__ = ["InfiniteLoader", "TrainResult", "Trainer", "codec_for", "lr_factor", "pick_device", "seed_everything"]
 
 
 def seed_everything(seed: int) -> None:
@@ -46,93 +51,10 @@ def pick_device(requested: str | None = None) -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def git_commit() -> str:
-    try:
-        return subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"],
-            capture_output=True,
-            text=True,
-            cwd=Path(__file__).parent,
-            check=True,
-        ).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-
-
-def load_init(model: torch.nn.Module, checkpoint: str | Path) -> None:
-    """Warm start from a best.pt; only auxiliary heads the checkpoint lacks may stay at their fresh init."""
-    state = torch.load(checkpoint, map_location="cpu", weights_only=True)
-    missing, unexpected = model.load_state_dict(state["model"], strict=False)
-    bad = [k for k in missing if not k.startswith("aux_heads.")] + list(unexpected)
-    if bad:
-        raise RuntimeError(f"{checkpoint} does not fit this model: {bad[:5]}")
-
-
 def codec_for(config: TrainConfig) -> HeatmapCodec:
     return HeatmapCodec.for_input(
         config.data.input_size, config.codec.stride, config.codec.sigma, config.codec.refinement
     )
-
-
-def atomic_save(obj, path: Path) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save(obj, tmp)
-    with open(tmp, "rb") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-class InfiniteLoader:
-    """Endless shuffled batches; resumable exactly at (epoch, batch) so a resumed run sees the same data.
-
-    Each epoch's order comes from a DistributedSampler seeded by (seed, epoch): with several processes, rank r
-    takes every world-th sample, so its batch k is its share of global batch k and the union over ranks is exactly
-    the single-process batch (same order, same augmentation draws). Sets smaller than a batch are drawn with
-    replacement. The dataset's epoch (its augmentation draw) advances with each pass.
-    """
-
-    def __init__(
-        self,
-        dataset: TopDownDataset,
-        batch_size: int,
-        seed: int,
-        num_workers: int,
-        position: tuple[int, int] = (0, 0),
-        dist: DistContext = DistContext(),
-    ):
-        self.dataset = dataset
-        self.batch_size = batch_size  # global: every rank gets batch_size / world_size of it
-        self.seed = seed
-        self.num_workers = num_workers
-        self.dist = dist
-        self.epoch, self.batch = position
-
-    @property
-    def position(self) -> tuple[int, int]:
-        return self.epoch, self.batch
-
-    def _batches(self) -> list[list[int]]:
-        n, d = len(self.dataset), self.dist
-        local = d.shard(self.batch_size)
-        if n < self.batch_size:
-            g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
-            return [torch.randint(n, (self.batch_size,), generator=g)[d.rank :: d.world_size].tolist()]
-        sampler = DistributedSampler(
-            self.dataset, num_replicas=d.world_size, rank=d.rank, shuffle=True, seed=self.seed * 100_003, drop_last=True
-        )
-        sampler.set_epoch(self.epoch)
-        order = list(sampler)
-        return [order[i : i + local] for i in range(0, len(order) - local + 1, local)]
-
-    def __iter__(self) -> Iterator[dict]:
-        while True:
-            self.dataset.set_epoch(self.epoch)
-            batches = self._batches()[self.batch :]
-            loader = DataLoader(self.dataset, batch_sampler=batches, num_workers=self.num_workers)
-            for item in loader:
-                self.batch += 1
-                yield item
-            self.epoch, self.batch = self.epoch + 1, 0
 
 
 def lr_factor(step: int, config: TrainConfig) -> float:
@@ -188,13 +110,13 @@ class Trainer:
         student = build_model(config.model)
         init_checkpoint = init_checkpoint or config.init_checkpoint
         if init_checkpoint:
-            load_init(student, init_checkpoint)
+            run_files.load_init(student, init_checkpoint)
         self.method: Method = build_method(config.method.name, student, **config.method.params)
         if self.dist.enabled and self.device.type == "cuda":  # gloo has no SyncBatchNorm: CPU ranks keep local BN
             self.method = torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.method)
         self.method.to(self.device)
         self.memory_format = torch.channels_last if config.optim.channels_last else torch.contiguous_format
-        self.method.to(memory_format=self.memory_format)
+        self.method.to(memory_format=self.memory_format)  # type: ignore[call-overload]  # Module.to's stubs omit it
         self.step_module = self._data_parallel()
         self.mean, self.std = student.mean, student.std
         self.optimizer = self._optimizer()
@@ -237,34 +159,27 @@ class Trainer:
     # ------------------------------------------------------------------ checkpoints
     @property
     def last_path(self) -> Path:
-        return self.run_dir / "last.pt"
+        return self.run_dir / run_files.LAST_FILE
 
     def save_checkpoint(self) -> None:
         if not self.dist.is_main:
             return
-        atomic_save(
-            {
-                "step": self.step,
-                "method": self.method.state_dict(),
-                "optimizer": self.optimizer.state_dict(),
-                "scaler": self.scaler.state_dict(),
-                "best_metric": self.best_metric,
-                "best_step": self.best_step,
-                "positions": self.positions,
-                "torch_rng": torch.get_rng_state(),
-                "config": self.config.model_dump(mode="json"),
-                "git_commit": git_commit(),
-            },
+        run_files.save_last(
             self.last_path,
+            step=self.step,
+            method=self.method,
+            optimizer=self.optimizer,
+            scaler=self.scaler,
+            best_metric=self.best_metric,
+            best_step=self.best_step,
+            positions=self.positions,
+            config=self.config,
         )
 
     def try_resume(self) -> bool:
         if not self.last_path.exists():
             return False
-        state = torch.load(self.last_path, map_location="cpu", weights_only=False)
-        saved = TrainConfig.model_validate(state["config"]).model_dump(mode="json")  # fills fields added since
-        if saved != self.config.model_dump(mode="json"):
-            raise RuntimeError(f"{self.last_path} was written by a different config; use a new run name or delete it")
+        state = run_files.load_last(self.last_path, self.config)
         self.method.load_state_dict(state["method"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scaler.load_state_dict(state["scaler"])
@@ -277,31 +192,19 @@ class Trainer:
 
     def _mark_unpromotable(self, reason: str) -> None:
         """A collapsed run keeps its files for inspection, but its model must never be promoted."""
-        if not self.dist.is_main:
-            return
-        (self.run_dir / "UNPROMOTABLE").write_text(reason + "\n")
-        best = self.run_dir / "best.pt"
-        if best.exists():
-            state = torch.load(best, map_location="cpu", weights_only=True)
-            state["promotable"] = False
-            state["unpromotable_reason"] = reason
-            atomic_save(state, best)
+        if self.dist.is_main:
+            run_files.mark_unpromotable(self.run_dir, reason)
 
     def save_best(self, metrics: dict[str, float]) -> None:
         if not self.dist.is_main:
             return
-        atomic_save(
-            {
-                "model": self.method.student.state_dict(),
-                "model_config": self.config.model.model_dump(mode="json"),
-                "config": self.config.model_dump(mode="json"),
-                "metrics": metrics,
-                "step": self.step,
-                "trained_on": self.splits.description,
-                "git_commit": git_commit(),
-                "promotable": True,
-            },
-            self.run_dir / "best.pt",
+        run_files.save_best(
+            self.run_dir / run_files.BEST_FILE,
+            student=self.method.student,
+            config=self.config,
+            metrics=metrics,
+            step=self.step,
+            trained_on=self.splits.description,
         )
 
     # ------------------------------------------------------------------ validation and logs
@@ -319,14 +222,14 @@ class Trainer:
         return evaluate_model(
             model,
             self.splits.val,
-            self.config.data.dataset,
-            self.codec,
-            self.mean,
-            self.std,
-            self.config.data.padding,
-            e.flip_test,
-            e.batch_size,
-            self.device,
+            dataset=self.config.data.dataset,
+            codec=self.codec,
+            mean=self.mean,
+            std=self.std,
+            padding=self.config.data.padding,
+            flip_test=e.flip_test,
+            batch_size=e.batch_size,
+            device=self.device,
             coco_gt=self.config.data.val_ann_file,
         )
 
@@ -334,18 +237,16 @@ class Trainer:
         self.history.append(row)
         if not self.dist.is_main:
             return
-        with open(self.run_dir / "metrics.jsonl", "a") as f:
-            f.write(json.dumps(row) + "\n")
+        run_files.append_metrics(self.run_dir / run_files.METRICS_FILE, row)
         if self._on_log is not None:
             self._on_log(row)
 
     def _load_history(self) -> None:
-        path = self.run_dir / "metrics.jsonl"
+        path = self.run_dir / run_files.METRICS_FILE
         if path.exists():
-            rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-            self.history = [r for r in rows if r.get("step", 0) <= self.step]
+            self.history = [r for r in run_files.read_metrics(path) if r.get("step", 0) <= self.step]
             if self.dist.is_main:
-                path.write_text("".join(json.dumps(r) + "\n" for r in self.history))
+                run_files.write_metrics(path, self.history)
 
     # ------------------------------------------------------------------ the loop
     def fit(
@@ -366,7 +267,7 @@ class Trainer:
         if resume and self.try_resume():
             self._load_history()
         elif main:
-            (self.run_dir / "metrics.jsonl").unlink(missing_ok=True)
+            (self.run_dir / run_files.METRICS_FILE).unlink(missing_ok=True)
         if main:
             (self.run_dir / "config.json").write_text(json.dumps(cfg.model_dump(mode="json"), indent=2))
         loaders = {

@@ -18,16 +18,28 @@ def metric_name(dataset: str) -> str:
     return {"lsp": "pck_limbs", "mpii": "pckh", "coco": "ap"}[dataset]
 
 
+def _ground_truth(records: list[PersonRecord]) -> tuple[np.ndarray, np.ndarray]:
+    """Stacked (N, K, 2) keypoints and (N, K) visibility of labeled records (ValueError on an unlabeled one)."""
+    keypoints, visibility = [], []
+    for r in records:
+        if r.keypoints is None or r.visibility is None:
+            raise ValueError(f"{r.record_id} is unlabeled: evaluation needs ground-truth keypoints")
+        keypoints.append(r.keypoints)
+        visibility.append(r.visibility)
+    return np.stack(keypoints), np.stack(visibility)
+
+
 def evaluate_model(
     model: torch.nn.Module,
     records: list[PersonRecord],
+    *,
     dataset: str,
     codec: HeatmapCodec,
     mean,
     std,
-    padding: float = 1.25,
-    flip_test: bool = False,
-    batch_size: int = 64,
+    padding: float,
+    flip_test: bool,
+    batch_size: int,
     device: torch.device | str = "cpu",
     coco_gt=None,
     per_person: bool = False,
@@ -39,10 +51,14 @@ def evaluate_model(
     peak (`evaluation.confidence_reliability`), i.e. how good this model's pseudo-labels would be."""
     if (per_person or reliability) and dataset != "lsp":
         raise ValueError(f"per-person and reliability scores are LSP PCK only, not {dataset}")
-    pred = predict_records(model, records, codec, mean, std, padding, flip_test, batch_size, device)
+    pred = predict_records(
+        model, records, codec, mean, std, padding=padding, flip_test=flip_test, batch_size=batch_size, device=device
+    )
     if dataset == "lsp":
-        gt = np.stack([r.keypoints for r in records])
+        gt, _ = _ground_truth(records)
         result = evaluation.lsp_pck(pred.keypoints, gt)
+        correct, counted = result.correct, result.counted
+        assert correct is not None and counted is not None  # pck() always keeps them
         metrics: dict[str, Any] = {"pck_all": result.subset["all"], "pck_limbs": result.subset["limbs"]}
         from models.schemas import LSP14
 
@@ -50,17 +66,17 @@ def evaluate_model(
         limbs = list(evaluation.LSP_SUBSETS["limbs"])
         if per_person:
             metrics["per_person"] = {
-                "limbs_correct": result.correct[:, limbs].sum(1).tolist(),
-                "limbs_counted": result.counted[:, limbs].sum(1).tolist(),
+                "limbs_correct": correct[:, limbs].sum(1).tolist(),
+                "limbs_counted": counted[:, limbs].sum(1).tolist(),
             }
         if reliability:
             metrics["reliability"] = evaluation.confidence_reliability(
-                result.correct[:, limbs], result.counted[:, limbs], pred.scores[:, limbs]
+                correct[:, limbs], counted[:, limbs], pred.scores[:, limbs]
             )
         return metrics
     if dataset == "mpii":
-        gt = np.stack([r.keypoints for r in records])
-        mask = np.stack([r.visibility > 0 for r in records])
+        gt, visibility = _ground_truth(records)
+        mask = visibility > 0
         fallback = evaluation.mpii_head_size_from_box(np.stack([r.box for r in records]))
         heads = np.array([r.head_size or f for r, f in zip(records, fallback)], np.float64)
         result = evaluation.pckh(pred.keypoints, gt, mask, heads)

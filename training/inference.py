@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -23,7 +24,7 @@ class Predictions:
 class HeatmapEnsemble(torch.nn.Module):
     """Averages the heatmaps of several networks (the two-net result of dual methods)."""
 
-    def __init__(self, members: list[torch.nn.Module]):
+    def __init__(self, members: Sequence[torch.nn.Module]):
         super().__init__()
         self.members = torch.nn.ModuleList(members)
         self.train(members[0].training)
@@ -56,12 +57,19 @@ def predict_records(
     device: torch.device | str = "cpu",
     num_workers: int = 0,
 ) -> Predictions:
-    """Keypoints in image pixels for each record's box (eval crop, no augmentation)."""
+    """Keypoints in image pixels for each record's box (eval crop, no augmentation).
+
+    Always runs with contiguous (NCHW) weights: a model trained channels_last gives slightly different floats,
+    enough to move a joint across a PCK threshold, so the validation logged during training and any later
+    re-score of the saved checkpoint would disagree."""
     dataset = TopDownDataset(records, codec, mean, std, padding=padding, augment=None)
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
     flip_index = get_schema(records[0].schema).flip_index if flip_test else None
     was_training = model.training
+    channels_last = _is_channels_last(model)
     model.eval()
+    if channels_last:
+        model.to(memory_format=torch.contiguous_format)  # type: ignore[call-overload]  # Module.to's stubs omit it
     keypoints, scores = [], []
     try:
         for item in loader:
@@ -71,4 +79,14 @@ def predict_records(
             scores.append(crop_scores)
     finally:
         model.train(was_training)
+        if channels_last:
+            model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
     return Predictions(np.concatenate(keypoints), np.concatenate(scores))
+
+
+def _is_channels_last(model: torch.nn.Module) -> bool:
+    """Whether the model's 4-D weights are stored NHWC (the trainer's channels_last option)."""
+    weights = [p for p in model.parameters() if p.dim() == 4]
+    return (
+        bool(weights) and not weights[0].is_contiguous() and weights[0].is_contiguous(memory_format=torch.channels_last)
+    )

@@ -64,6 +64,12 @@ class Bottleneck(nn.Module):
 class ResNet(Backbone):
     """ResNet trunk; forward (N,3,H,W) -> [layer1 (s4), layer2 (s8), layer3 (s16), layer4 (s32)]."""
 
+    # set with setattr in __init__ (torchvision's parameter names)
+    layer1: nn.Sequential
+    layer2: nn.Sequential
+    layer3: nn.Sequential
+    layer4: nn.Sequential
+
     def __init__(self, block: type[BasicBlock] | type[Bottleneck], depths: tuple[int, int, int, int]) -> None:
         super().__init__()
         self.conv1 = nn.Conv2d(3, 64, 7, 2, 3, bias=False)

@@ -8,6 +8,7 @@ Timing: 3 warm-up calls, then timed calls for `seconds` (at least 5); per-call m
 
 from __future__ import annotations
 
+import functools
 import os
 import statistics
 import tempfile
@@ -20,7 +21,7 @@ import onnxruntime as ort
 import torch
 
 from models.codec import HeatmapCodec
-from models.export import export_onnx
+from models.export import Exporter, export_onnx
 from models.geometry import Size
 from models.network import HEADS, ModelConfig, build_model
 from models.schemas import SCHEMAS, KeypointSchema
@@ -39,7 +40,7 @@ def run_infer_bench(
     threads: int = 2,
     batches: Sequence[int] = (1, 8),
     seconds: float = 3.0,
-    exporter: str = "dynamo",
+    exporter: Exporter = "dynamo",
 ) -> list[dict]:
     """One row per (runtime, batch) for `model_config` (random init) at `input_size` = Size(w, h)."""
     input_size = Size(*input_size)
@@ -91,7 +92,7 @@ def run_infer_bench(
                         **base,
                         "runtime": "onnxruntime",
                         "batch": b,
-                        **measure_calls(lambda b=b: backend.infer(inputs[b]), b, seconds),
+                        **measure_calls(functools.partial(backend.infer, inputs[b]), b, seconds),
                     }
                 )
         finally:

@@ -23,6 +23,7 @@ import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import cv2
 import httpx
@@ -32,6 +33,9 @@ from models.registry import ModelRegistry
 from poseloop.bench.doc import git_commit, machine_description, markdown_table, replace_section
 from poseloop.serve import serve_in_subprocess
 from serving.backends.onnxruntime import OnnxRuntimeBackend
+
+if TYPE_CHECKING:
+    from serving.triton.server import TritonServer
 
 SECTION = "Serving (HTTP)"
 IMAGE_WH = (640, 480)
@@ -99,12 +103,10 @@ def raw_ort(model_path: Path, threads: int, seconds: float, batch: int = 16) -> 
     size = backend.metadata.input_size
     rng = np.random.default_rng(0)
     try:
-        single = _median_call_s(
-            lambda x=rng.standard_normal((1, 3, size.h, size.w), np.float32): backend.infer(x), seconds
-        )
-        batched = _median_call_s(
-            lambda x=rng.standard_normal((batch, 3, size.h, size.w), np.float32): backend.infer(x), seconds
-        )
+        one = rng.standard_normal((1, 3, size.h, size.w), np.float32)
+        many = rng.standard_normal((batch, 3, size.h, size.w), np.float32)
+        single = _median_call_s(lambda: backend.infer(one), seconds)
+        batched = _median_call_s(lambda: backend.infer(many), seconds)
     finally:
         backend.close()
     return {"single_ms": single * 1e3, "batched_persons_per_s": batch / batched, "batch": batch}
@@ -124,14 +126,14 @@ async def load_test(base: str, token: str, body: dict, concurrency: int, duratio
             while (now := time.perf_counter()) < deadline:
                 try:
                     r = await client.post("/v1/pose", files=body)
-                    ok = r.status_code == 200
+                    ok, failure = r.status_code == 200, str(r.status_code)
                 except httpx.HTTPError as err:
-                    ok, r = False, err
+                    ok, failure = False, str(err)
                 if measuring.is_set():
                     if ok:
                         latencies.append(time.perf_counter() - now)
                     else:
-                        errors.append(str(getattr(r, "status_code", r)))
+                        errors.append(failure)
 
         start = time.perf_counter()
         tasks = [asyncio.create_task(worker(start + warmup_s + duration_s)) for _ in range(concurrency)]
@@ -212,7 +214,8 @@ class _backend_env:
     """Context manager: POSELOOP_* variables selecting the backend (starts tritonserver for "triton")."""
 
     def __init__(self, backend: str, tmp: str) -> None:
-        self.backend, self.tmp, self.server = backend, Path(tmp), None
+        self.backend, self.tmp = backend, Path(tmp)
+        self.server: TritonServer | None = None
 
     def __enter__(self) -> dict[str, str]:
         if self.backend == "embedded":
@@ -224,19 +227,19 @@ class _backend_env:
             from serving.triton.server import TritonServer
         except ImportError as err:
             raise _Skip(f"Triton modules not importable: {err}") from err
-        self.server = TritonServer(self.tmp / "triton_repo", log_path=self.tmp / "tritonserver.log")
+        server = self.server = TritonServer(self.tmp / "triton_repo", log_path=self.tmp / "tritonserver.log")
         try:
-            self.server.start()
+            server.start()
         except Exception as err:
             raise _Skip(f"tritonserver cannot run here: {str(err).splitlines()[0]}") from err
         env = {
             "POSELOOP_BACKEND": "triton",
-            "POSELOOP_TRITON_URL": self.server.url,
-            "POSELOOP_TRITON_REPOSITORY": str(self.server.repo),
-            "POSELOOP_TRITON_REPOSITORY_SECRET": self.server.repository_secret,
+            "POSELOOP_TRITON_URL": server.url,
+            "POSELOOP_TRITON_REPOSITORY": str(server.repo),
+            "POSELOOP_TRITON_REPOSITORY_SECRET": server.repository_secret,
         }
-        if self.server.grpc_url:
-            env["POSELOOP_TRITON_GRPC_URL"] = self.server.grpc_url
+        if server.grpc_url:
+            env["POSELOOP_TRITON_GRPC_URL"] = server.grpc_url
         return env
 
     def __exit__(self, *exc) -> None:

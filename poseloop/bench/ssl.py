@@ -9,15 +9,26 @@ comparison is fair. supervised_800 is the upper reference. Rows are cached by co
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TypedDict
 
 from poseloop.bench.doc import git_commit, machine_description, markdown_table, replace_section
 from poseloop.bench.runs import BenchRow, load_results, run_rows, save_result
 from training.config import TrainConfig, load_config
 from training.evaluation import paired_bootstrap_delta
 
-CONFIGS = Path(__file__).resolve().parent.parent / "configs" / "ssl"
+CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "ssl"
 METHODS = ("supervised", "posecons", "posedual", "dsph", "trs", "akm", "continual")
-PROFILES = {
+
+
+class Profile(TypedDict):
+    """A bench budget: config overrides, supervised warm-up steps, then SSL steps per method."""
+
+    overrides: list[str]
+    warmup: int
+    steps: int
+
+
+PROFILES: dict[str, Profile] = {
     # warm-up supervised steps, then SSL steps per method. Measured s/step on one CPU thread, batch 32+32:
     # supervised 1.1, posecons 2.3, trs 2.3, akm 3.3, continual 3.6, posedual 4.1, dsph 7.2 → ≈ 7.5 CPU-hours,
     # i.e. ≈ 3.8 h as two bench processes (`--only`) on the 2-core box.

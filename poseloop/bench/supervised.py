@@ -8,7 +8,7 @@ from poseloop.bench.doc import git_commit, machine_description, markdown_table, 
 from poseloop.bench.runs import BenchRow, run_rows
 from training.config import TrainConfig, load_config
 
-CONFIG = Path(__file__).resolve().parent.parent / "configs" / "lsp_mbv2_128x96.yaml"
+CONFIG = Path(__file__).resolve().parents[2] / "configs" / "lsp_mbv2_128x96.yaml"
 RESULTS = Path("docs/results/supervised.json")
 # (labels, ImageNet init, iterations): the 2-core CPU budget decides the schedules; see docs/benchmarks.md.
 PLAN = [(800, True, 3000), (100, True, 800), (200, True, 800), (800, False, 1000), (100, False, 400), (200, False, 400)]

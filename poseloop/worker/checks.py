@@ -21,7 +21,9 @@ THUMBNAIL_SIDE = 160
 def check_pending(store: UploadStore, registry: ModelRegistry, limit: int = 64) -> int:
     """Check up to `limit` unchecked images; returns how many were checked (0 = nothing to do / no model)."""
     active = registry.active()
-    pending = store.unchecked(limit) if active is not None else []
+    if active is None:
+        return 0
+    pending = store.unchecked(limit)
     if not pending:
         return 0
     from serving.backends.onnxruntime import OnnxRuntimeBackend
@@ -31,7 +33,7 @@ def check_pending(store: UploadStore, registry: ModelRegistry, limit: int = 64) 
         rgb = load_image_rgb(item.path.read_bytes())
         scale = THUMBNAIL_SIDE / max(rgb.shape[:2])
         thumb = cv2.resize(rgb, None, fx=min(scale, 1.0), fy=min(scale, 1.0), interpolation=cv2.INTER_AREA)
-        ok, jpeg = cv2.imencode(".jpg", cv2.cvtColor(thumb, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 85])
+        _ok, jpeg = cv2.imencode(".jpg", cv2.cvtColor(thumb, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 85])
         path = store.thumbnail_path(item.sha256)
         path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_bytes(path, jpeg.tobytes())

@@ -29,7 +29,7 @@ def run_embedded_worker(settings: Settings, stop: threading.Event | None = None,
     log.info("embedded worker %s polling %s", ctx.owner, ctx.jobs.path)
     while not stop.is_set():
         if schedule and time.monotonic() >= next_tick:
-            next_tick = time.monotonic() + settings.retrain_check_s
+            next_tick = time.monotonic() + settings.retrain.check_s
             try:
                 decision = tick(queue, ctx.registry, ctx.uploads)
                 if decision["retrain"]:
@@ -38,4 +38,4 @@ def run_embedded_worker(settings: Settings, stop: threading.Event | None = None,
                 log.exception("scheduler tick failed")
         outcome, _ = work_once(ctx)
         if outcome == "idle" and check_pending(ctx.uploads, ctx.registry) == 0:
-            stop.wait(settings.worker_poll_s)
+            stop.wait(settings.loop.worker_poll_s)

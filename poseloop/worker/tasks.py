@@ -24,20 +24,22 @@ app = celery_app(settings)
 @app.task(name=RETRAIN_TASK, acks_late=True, reject_on_worker_lost=True)
 def retrain(job_id: str) -> dict:
     ctx = context(settings, worker_name("celery"))
-    outcome, job = work_once(ctx, job_id, settings.retrain_chunk_steps)
+    outcome, job = work_once(ctx, job_id, settings.retrain.chunk_steps)
     if outcome == "paused":
         JobQueue(settings).dispatch(job_id)  # next chunk; the message is acked only after this returns
     elif outcome == "idle" and ctx.jobs.get(job_id).state in ACTIVE_STATES:
         # another worker holds a live lease (or held it before dying): look again once that lease could expire
-        retrain.apply_async(args=[job_id], countdown=min(settings.job_lease_s, settings.visibility_timeout_s / 2))
+        retrain.apply_async(
+            args=[job_id], countdown=min(settings.loop.job_lease_s, settings.loop.visibility_timeout_s / 2)
+        )
     return {"job": job_id, "outcome": outcome, "state": job.state if job else None}
 
 
 @app.task(name=INGEST_TASK)
 def ingest_check() -> dict:
     """Thumbnails and teacher confidence for new uploads (CPU, ONNX Runtime)."""
-    store = UploadStore(settings.data_dir / "uploads")
-    registry = ModelRegistry(settings.registry_dir, settings.keep_versions)
+    store = UploadStore(settings.loop.data_dir / "uploads")
+    registry = ModelRegistry(settings.registry.dir, settings.registry.keep_versions)
     checked = 0
     while (n := check_pending(store, registry)) > 0:
         checked += n
@@ -46,5 +48,5 @@ def ingest_check() -> dict:
 
 @app.task(name=SCHEDULE_TASK)
 def maybe_retrain() -> dict:
-    registry = ModelRegistry(settings.registry_dir, settings.keep_versions)
-    return tick(JobQueue(settings), registry, UploadStore(settings.data_dir / "uploads"))
+    registry = ModelRegistry(settings.registry.dir, settings.registry.keep_versions)
+    return tick(JobQueue(settings), registry, UploadStore(settings.loop.data_dir / "uploads"))

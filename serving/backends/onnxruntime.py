@@ -84,8 +84,9 @@ class OnnxRuntimeBackend:
     def _check_signature(self) -> None:
         """The graph's I/O names and static dims agree with the metadata contract."""
         meta = self._metadata
-        inputs = {i.name: i.shape for i in self._session.get_inputs()}
-        outputs = {o.name: o.shape for o in self._session.get_outputs()}
+        session = self._require_session()
+        inputs = {i.name: i.shape for i in session.get_inputs()}
+        outputs = {o.name: o.shape for o in session.get_outputs()}
         expected_in = [3, meta.input_size.h, meta.input_size.w]
         expected_out = [meta.schema.num_keypoints, meta.heatmap_size.h, meta.heatmap_size.w]
         if INPUT_NAME not in inputs or list(inputs[INPUT_NAME][1:]) != expected_in:

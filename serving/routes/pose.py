@@ -115,7 +115,7 @@ def to_coco(poses, image_id: int | None) -> list[dict]:
 
 async def read_pose_input(request: Request, settings, boxes_query: str | None, image_id: int | None) -> PoseInput:
     """The encoded image, raw boxes and image id from any accepted content type (size-limited; see module doc)."""
-    body = await _read_body(request, settings.max_image_bytes * 4 // 3 + (1 << 20))
+    body = await _read_body(request, settings.limits.max_image_bytes * 4 // 3 + (1 << 20))
     ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if ctype == "application/json":
         doc = parse_json(body)
@@ -123,7 +123,7 @@ async def read_pose_input(request: Request, settings, boxes_query: str | None, i
             raise InputError(422, "invalid_request", "the JSON body must be an object with an 'image' field")
         if "image" not in doc:
             raise InputError(422, "missing_image", "the JSON body has no 'image' field (base64)")
-        data = decode_base64_image(doc["image"], settings.max_image_bytes)
+        data = decode_base64_image(doc["image"], settings.limits.max_image_bytes)
         return PoseInput(data, doc.get("boxes"), False, _pick_id(image_id, doc.get("image_id")))
     if ctype == "multipart/form-data":
         form = await _parse_multipart(request.headers, body)
@@ -133,8 +133,10 @@ async def read_pose_input(request: Request, settings, boxes_query: str | None, i
         if not isinstance(upload, UploadFile):
             raise InputError(422, "invalid_image_field", "'image' must be a file upload, not a text field")
         data = await upload.read()
-        if len(data) > settings.max_image_bytes:
-            raise InputError(413, "image_too_large", f"image is {len(data)} bytes, limit {settings.max_image_bytes}")
+        if len(data) > settings.limits.max_image_bytes:
+            raise InputError(
+                413, "image_too_large", f"image is {len(data)} bytes, limit {settings.limits.max_image_bytes}"
+            )
         form_boxes = form.get("boxes")
         if form_boxes is not None and not isinstance(form_boxes, str):
             raise InputError(422, "invalid_boxes", "'boxes' must be a text field holding JSON")
@@ -146,8 +148,10 @@ async def read_pose_input(request: Request, settings, boxes_query: str | None, i
             _pick_id(image_id, form_id if isinstance(form_id, str) else None),
         )
     if ctype.startswith("image/") or ctype == "application/octet-stream":
-        if len(body) > settings.max_image_bytes:
-            raise InputError(413, "image_too_large", f"image is {len(body)} bytes, limit {settings.max_image_bytes}")
+        if len(body) > settings.limits.max_image_bytes:
+            raise InputError(
+                413, "image_too_large", f"image is {len(body)} bytes, limit {settings.limits.max_image_bytes}"
+            )
         return PoseInput(body, boxes_query, True, image_id)
     raise InputError(
         415,

@@ -20,7 +20,7 @@ is refused whole with 413 and nothing is stored. An image over `max_image_bytes`
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.concurrency import run_in_threadpool
@@ -111,7 +111,7 @@ async def _read_form(request: Request, settings: Settings) -> FormData:
             f"Content-Type {ctype or '(none)'!r} is not accepted; send "
             "multipart/form-data with 'files' parts or one 'archive' part",
         )
-    limit = settings.max_upload_bytes
+    limit = settings.limits.max_upload_bytes
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise InputError(
@@ -120,7 +120,7 @@ async def _read_form(request: Request, settings: Settings) -> FormData:
             f"request body is {declared} bytes, limit {limit} (max_upload_bytes); split the upload",
         )
 
-    async def counted() -> AsyncIterator[bytes]:
+    async def counted() -> AsyncGenerator[bytes, None]:
         size = 0
         async for chunk in request.stream():
             size += len(chunk)
@@ -135,7 +135,7 @@ async def _read_form(request: Request, settings: Settings) -> FormData:
     parser = MultiPartParser(
         request.headers,
         counted(),
-        max_files=settings.max_upload_files,
+        max_files=settings.limits.max_upload_files,
         max_fields=len(FIELDS),
         max_part_size=MAX_FIELD_BYTES,
     )
@@ -146,7 +146,8 @@ async def _read_form(request: Request, settings: Settings) -> FormData:
             raise InputError(
                 413,
                 "too_many_files",
-                f"more than {settings.max_upload_files} files in one request (max_upload_files); split the upload",
+                f"more than {settings.limits.max_upload_files} files in one request (max_upload_files); "
+                "split the upload",
             ) from None
         raise InputError(400, "malformed_multipart", f"multipart body cannot be parsed: {err}") from None
 
@@ -168,13 +169,17 @@ def _ingest(store: UploadStore, form: FormData, settings: Settings, actor: str) 
         if boxes_text is not None:
             raise InputError(422, "invalid_boxes", "'boxes' applies to 'files'; put boxes.json inside the archive")
         limits = ArchiveLimits(
-            settings.max_upload_files, settings.max_image_bytes, ARCHIVE_EXPANSION * settings.max_upload_bytes
+            settings.limits.max_upload_files,
+            settings.limits.max_image_bytes,
+            ARCHIVE_EXPANSION * settings.limits.max_upload_bytes,
         )
         archive = Archive(archives[0].file, archives[0].filename or "archive", limits)
         return store.add_many(archive.images(), source or f"archive:{archive.name}", actor)
     names = [f.filename or f"files[{i}]" for i, f in enumerate(files)]
     boxes = _boxes_per_file(boxes_text, names)
-    items = ((name, _read_part(part, settings.max_image_bytes), box) for name, part, box in zip(names, files, boxes))
+    items = (
+        (name, _read_part(part, settings.limits.max_image_bytes), box) for name, part, box in zip(names, files, boxes)
+    )
     return store.add_many(items, source or "files", actor)
 
 
@@ -208,13 +213,15 @@ def _read_part(part: UploadFile, limit: int) -> bytes | InputError:
 
 def _file_parts(form: FormData, field: str) -> list[UploadFile]:
     parts = form.getlist(field)
-    if any(not isinstance(p, UploadFile) for p in parts):
+    files = [p for p in parts if isinstance(p, UploadFile)]
+    if len(files) != len(parts):
         raise InputError(422, f"invalid_{field}", f"'{field}' must be file parts (with a filename), not text fields")
-    return parts
+    return files
 
 
 def _text_field(form: FormData, field: str) -> str | None:
     values = form.getlist(field)
-    if len(values) > 1 or any(not isinstance(v, str) for v in values):
+    texts = [v for v in values if isinstance(v, str)]
+    if len(values) > 1 or len(texts) != len(values):
         raise InputError(422, f"invalid_{field}", f"'{field}' must be a single text field")
-    return values[0] if values else None
+    return texts[0] if texts else None

@@ -120,7 +120,7 @@ class TritonBackend:
             raise ValueError(f"runtime {runtime!r} not in ('python', 'onnxruntime')")
         self.runtime, self.kind, self.control = runtime, kind, control
         self._sys_path = sys_path
-        self._config_kwargs = dict(
+        self._config_kwargs: dict[str, Any] = dict(
             max_batch_size=max_batch_size,
             instance_count=instance_count,
             intra_op_threads=intra_op_threads,
@@ -166,7 +166,7 @@ class TritonBackend:
             pinned = sort_versions([*current, version])
             existed = self.repo is not None and version in version_dirs(self.repo, self.model_name)
             if self.repo is not None:
-                self._load_into_repo(version, onnx_path, io, pinned)
+                self._load_into_repo(self.repo, version, onnx_path, io, pinned)
             else:
                 self._load_external(version, pinned)
             self._names[version] = (io.inputs[0].name, io.outputs[0].name)
@@ -289,19 +289,19 @@ class TritonBackend:
             self.model_name, io, runtime="onnxruntime", kind=self.kind, versions=versions, **self._config_kwargs
         )
 
-    def _load_into_repo(self, version: str, onnx_path: Path, io: ModelIO, pinned: list[str]) -> None:
-        previous_config = read_config(self.repo, self.model_name)
-        existed = version in version_dirs(self.repo, self.model_name)
-        write_model_version(self.repo, self.model_name, version, onnx_path)
+    def _load_into_repo(self, repo: Path, version: str, onnx_path: Path, io: ModelIO, pinned: list[str]) -> None:
+        previous_config = read_config(repo, self.model_name)
+        existed = version in version_dirs(repo, self.model_name)
+        write_model_version(repo, self.model_name, version, onnx_path)
         config = self._repo_config(io, pinned)
-        write_config(self.repo, self.model_name, render_pbtxt(config))
+        write_config(repo, self.model_name, render_pbtxt(config))
         try:
             self._control.load(self.model_name, config_json(config))
         except InferenceServerException as err:
             if previous_config is not None:  # what is on disk describes what serves
-                write_config(self.repo, self.model_name, previous_config)
+                write_config(repo, self.model_name, previous_config)
             if not existed:
-                remove_version(self.repo, self.model_name, version)
+                remove_version(repo, self.model_name, version)
             raise BackendLoadError(
                 f"Triton failed to load {self.model_name} version {version}: {err.message()}"
             ) from err

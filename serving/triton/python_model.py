@@ -38,7 +38,7 @@ class TritonPythonModel:
         options.intra_op_num_threads = int(params.get("intra_op_thread_count", "1"))
         options.inter_op_num_threads = int(params.get("inter_op_thread_count", "1"))
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        providers = ["CPUExecutionProvider"]
+        providers: list[str | tuple[str, dict[str, int]]] = ["CPUExecutionProvider"]
         if args.get("model_instance_kind") == "GPU" and "CUDAExecutionProvider" in ort.get_available_providers():
             providers.insert(0, ("CUDAExecutionProvider", {"device_id": int(args["model_instance_device_id"])}))
         path = os.path.join(args["model_repository"], args["model_version"], "model.onnx")

@@ -35,7 +35,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any, Literal
 
-from core.fileio import atomic_write_bytes
+from core.fileio import atomic_copy, atomic_write_bytes
 from models.metadata import ModelMetadata
 
 MODEL_FILENAME = "model.onnx"
@@ -298,6 +298,8 @@ def model_config_pb2() -> ModuleType:
     if path is None or not path.exists():
         raise RepositoryError("tritonclient's model_config_pb2.py not found (install tritonclient[http])")
     module_spec = importlib.util.spec_from_file_location("_poseloop_model_config_pb2", path)
+    if module_spec is None or module_spec.loader is None:
+        raise RepositoryError(f"cannot load {path} as a Python module")
     module = importlib.util.module_from_spec(module_spec)
     module_spec.loader.exec_module(module)
     return module
@@ -389,8 +391,8 @@ def write_model_version(repo: Path, model_name: str, version: str, onnx_path: Pa
     """Copy the ONNX file to <repo>/<model>/<version>/model.onnx and the Python-backend model.py beside it."""
     version_dir = Path(repo) / model_name / check_version(version)
     version_dir.mkdir(parents=True, exist_ok=True)
-    _atomic_copy(Path(onnx_path), version_dir / MODEL_FILENAME)
-    _atomic_copy(PYTHON_MODEL_TEMPLATE, version_dir / PYTHON_MODEL_FILENAME)
+    atomic_copy(Path(onnx_path), version_dir / MODEL_FILENAME)
+    atomic_copy(PYTHON_MODEL_TEMPLATE, version_dir / PYTHON_MODEL_FILENAME)
     return version_dir
 
 
@@ -415,17 +417,6 @@ def version_dirs(repo: Path, model_name: str) -> list[str]:
 
 def remove_version(repo: Path, model_name: str, version: str) -> None:
     shutil.rmtree(Path(repo) / model_name / check_version(version), ignore_errors=True)
-
-
-def _atomic_copy(src: Path, dst: Path) -> None:
-    tmp = dst.with_name(f".{dst.name}.{os.getpid()}.tmp")
-    try:
-        shutil.copyfile(src, tmp)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, dst)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def config_json(config: Mapping[str, Any]) -> str:

@@ -20,6 +20,7 @@ assembled in a private temp dir, as PyTriton does.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import logging
 import os
 import secrets
@@ -276,6 +277,7 @@ class TritonServer:
         (copies, ~3 MB). Other layouts (NGC image) already have the stub in place and are used as they are."""
         if dist.stub is None:
             return
+        assert self._workdir is not None, "start() creates the work directory first"
         target = self._workdir / "backends" / "python"
         shutil.copytree(dist.backends / "python", target, ignore=shutil.ignore_patterns("__pycache__"))
         shutil.copy2(dist.stub, target / "triton_python_backend_stub")
@@ -293,6 +295,7 @@ class TritonServer:
         return env
 
     def _launch(self, dist: TritonDistribution) -> None:
+        assert self._log_path is not None, "start() sets the log path first"
         with open(self._log_path, "ab") as logfile:
             self._proc = subprocess.Popen(
                 self.command(),
@@ -335,10 +338,8 @@ class TritonServer:
                 proc.wait(timeout=self.exit_timeout_s + 10)
             except subprocess.TimeoutExpired:
                 log.warning("tritonserver %d ignored SIGTERM; killing its process group", proc.pid)
-        try:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(proc.pid, signal.SIGKILL)  # the group id is the server's pid (start_new_session)
-        except (ProcessLookupError, PermissionError):
-            pass
         proc.wait()
         deadline = time.monotonic() + 5.0
         while _group_members(proc.pid) and time.monotonic() < deadline:

@@ -114,10 +114,10 @@ def read_image_size(path: str | Path) -> tuple[int, int]:
     try:
         from PIL import Image
     except ImportError:  # pillow comes with matplotlib; decode as a fallback
-        Image = None
-    if Image is not None:
-        with Image.open(path) as image:
-            return image.size
+        pass
+    else:
+        with Image.open(path) as handle:
+            return handle.size
     import cv2
 
     image = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)

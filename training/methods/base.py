@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 import torch
 from torch import nn
+
+if TYPE_CHECKING:
+    from models.network import PoseNet
 
 
 @dataclass
@@ -46,7 +49,7 @@ class Method(nn.Module):
     method_name: ClassVar[str] = ""
     needs_unlabeled: ClassVar[bool] = False
 
-    def __init__(self, student: nn.Module):
+    def __init__(self, student: PoseNet):
         super().__init__()
         self.student = student
 
@@ -67,7 +70,7 @@ class Method(nn.Module):
         """Why training must stop because predictions collapsed (None while healthy)."""
         return None
 
-    def students(self) -> list[nn.Module]:
+    def students(self) -> list[PoseNet]:
         """Every trained network; dual methods return two, whose averaged heatmaps are the ensemble."""
         return [self.student]
 

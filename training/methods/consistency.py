@@ -18,7 +18,7 @@ from __future__ import annotations
 import contextlib
 import copy
 from dataclasses import dataclass, fields, replace
-from typing import ClassVar, Literal
+from typing import TYPE_CHECKING, ClassVar, Literal
 
 import torch
 from torch import nn
@@ -28,6 +28,9 @@ from training.methods.base import LabeledBatch, Method, StepOutput, UnlabeledBat
 from training.ssl import augment, pseudo
 from training.ssl.monitor import CollapseGuard, collapse_stats
 from training.ssl.teachers import EMATeacher, ReviewerTeacher
+
+if TYPE_CHECKING:
+    from models.network import PoseNet
 
 
 @dataclass(frozen=True)
@@ -76,7 +79,7 @@ class ConsistencyMethod(Method):
     needs_unlabeled = True
     defaults: ClassVar[ConsistencySpec] = ConsistencySpec()
 
-    def __init__(self, student: nn.Module, **params):
+    def __init__(self, student: PoseNet, **params):
         super().__init__(student)
         known = {f.name for f in fields(ConsistencySpec)}
         unknown = set(params) - known
@@ -108,7 +111,7 @@ class ConsistencyMethod(Method):
         self.generator = torch.Generator().manual_seed(spec.seed)
 
     # ------------------------------------------------------------------ helpers
-    def students(self) -> list[nn.Module]:
+    def students(self) -> list[PoseNet]:
         return [self.student] + ([self.peer] if self.peer is not None else [])
 
     @torch.no_grad()
@@ -125,9 +128,11 @@ class ConsistencyMethod(Method):
         """One easy-view prediction per student: the heatmaps that student is taught with."""
         spec = self.spec
         if spec.teacher == "peer":
+            assert self.peer is not None  # built in __init__ for teacher="peer"
             a, b = self._predict(self.student, images), self._predict(self.peer, images)
             return [b, a]  # cross-teaching: A learns from B, B from A
         if spec.teacher == "ema":
+            assert self.ema is not None  # built in __init__ for teacher="ema"
             return [self._predict(self.ema.model, images)]
         return [self._predict(self.student, images)]
 
@@ -146,10 +151,11 @@ class ConsistencyMethod(Method):
     def train_step(self, labeled: LabeledBatch, unlabeled: UnlabeledBatch | None, step: int) -> StepOutput:
         spec = self.spec
         logs: dict[str, float] = {}
-        loss_sup = sum(
+        losses = [
             multilevel_mse(net.forward_all(labeled.images), labeled.heatmaps, labeled.target_weight, spec.aux_weight)
             for net in self.students()
-        )
+        ]
+        loss_sup = sum(losses[1:], losses[0])  # one term per student
         logs["loss_sup"] = float(loss_sup.detach())
         if unlabeled is None:
             return StepOutput(loss_sup, logs)
@@ -202,7 +208,7 @@ class ConsistencyMethod(Method):
                     first_pred = [preds[0], hard]
         if spec.path_reduction == "mean":
             loss_u = loss_u / len(spec.paths)
-        student_pred, hard0 = first_pred
+        student_pred, _ = first_pred  # (main heatmaps, hard view) of the first student's first path
         loss_r = x.new_zeros(())
         if self.reviewer is not None and self.reviewer.ready:
             review = self._pseudo(self.reviewer.predict(x))
@@ -260,7 +266,7 @@ def _frozen_bn_statistics(net: nn.Module):
             m.momentum = momentum
 
 
-def _second_init(student: nn.Module, seed: int, how: str) -> nn.Module:
+def _second_init(student: PoseNet, seed: int, how: str) -> PoseNet:
     """The dual network: same architecture and backbone init, a differently initialised head (decorrelates).
 
     From a trained (warm-started) student the peer starts as a copy instead, so it can teach from step one; the

@@ -8,8 +8,9 @@ from training.methods.consistency import ConsistencyMethod, ConsistencySpec
 class TeacherReviewerStudent(ConsistencyMethod):
     """Yun et al., "Teacher-Reviewer-Student" semi-supervised pose estimation (arXiv 2501.09565, 2025). An EMA
     teacher supervises the student's Keypoint-Mix hard view; a reviewer holding important historical parameters
-    (snapshots of the student at its best validation scores) adds a second supervision term; multi-level feature learning supervises
-    auxiliary heatmap heads on several backbone stages (set `model.aux_stages` in the config) with every target.
+    (snapshots of the student at its best validation scores) adds a second supervision term; multi-level feature
+    learning supervises auxiliary heatmap heads on several backbone stages (set `model.aux_stages` in the config)
+    with every target.
     Momentum 0.999, λr = 0.5 and keeping 2 snapshots are our choices (the paper's values were not available).
     """
 

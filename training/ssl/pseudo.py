@@ -154,7 +154,8 @@ def threshold_and_refine(
     _check_heatmaps(heatmaps)
     values, centres = subpixel_peaks(heatmaps, subpixel)
     keep = values.float() >= threshold  # NaN peaks are dropped
-    clean = render_gaussians(centres, tuple(heatmaps.shape[-2:]), sigma) * keep[..., None, None]
+    h, w = heatmaps.shape[-2:]
+    clean = render_gaussians(centres, (h, w), sigma) * keep[..., None, None]
     dtype = heatmaps.dtype if heatmaps.is_floating_point() else torch.float32
     return PseudoLabels(clean.to(dtype), keep.float())
 

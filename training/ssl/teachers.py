@@ -195,6 +195,13 @@ class ReviewerTeacher(_FrozenTeacher):
     reviewer's loss term until then (predict raises).
     """
 
+    # registered buffers (checkpointed with the slots), one entry per slot
+    filled: Tensor  # (keep,) bool: the slot holds a snapshot
+    slot_step: Tensor  # (keep,) long: optimizer step of the snapshot, -1 when empty
+    slot_metric: Tensor  # (keep,) float64: its metric, NaN when empty or for every_k
+    num_snapshots: Tensor  # () long: snapshots taken so far (every_k's ring position)
+    _ema: EMATeacher | None  # set through __dict__: a reference, not a submodule
+
     def __init__(
         self,
         student: nn.Module,
@@ -246,7 +253,10 @@ class ReviewerTeacher(_FrozenTeacher):
         self.num_snapshots += 1
 
     def update(self, student: nn.Module, step: int, metric: float | None = None) -> None:
-        source = self._ema.model if self.source == "ema" else student
+        source = student
+        if self.source == "ema":
+            assert self._ema is not None  # __init__ requires it for source="ema"
+            source = self._ema.model
         if self.policy == "every_k":
             if (step + 1) % self.k == 0:
                 self._store(int(self.num_snapshots) % self.keep, source, step, math.nan)

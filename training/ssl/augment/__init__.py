@@ -1,0 +1,47 @@
+"""Batched easy→hard augmentations for semi-supervised pose training (torch, on the inputs' device).
+
+Tensors: images (N, 3, H, W) normalised, so 0 is the dataset mean colour (the fill value); heatmaps (N, K, h, w);
+joints (N, K, 2) in INPUT pixels of those images, (x, y) = (column, row); `valid` (N, K) bool/float, invalid (or
+non-finite) joints are never chosen. Spatial sizes are read only as `h, w = x.shape[-2:]`; sizes are (w, h).
+Every random draw comes from the explicit `generator` (a CPU generator, or one on the inputs' device); draws are
+made on the generator's device and moved, so a seed gives the same result whatever the data. Nothing here
+modifies its inputs.
+
+Modules (every public name is re-exported here, so `from training.ssl.augment import warp` keeps working):
+- `affine`: the shared random affine θ that warps a hard view's image and its target heatmaps alike, and the
+  coordinate convention that keeps the two aligned;
+- `masking`: occlusion by zeroed boxes (Joint Cutout, Adaptive Keypoint Masking, Cutout);
+- `mixing`: occlusion by pixels of another image of the batch (Cut-Occlude, Keypoint-Mix, CutMix, MixUp);
+- `colour`: photometric jitter;
+- `paths`: the registry of named augmentations and the "+"-joined paths that method configs name;
+- `_sampling`: random draws, joint choice and box masks shared by the above.
+"""
+
+from training.ssl.augment._sampling import HalfSize
+from training.ssl.augment.affine import affine_theta, random_affine, warp, warp_points
+from training.ssl.augment.colour import photometric
+from training.ssl.augment.masking import adaptive_keypoint_mask, cutout, joint_cutout, relative_responses
+from training.ssl.augment.mixing import cut_occlude, cutmix, keypoint_mix, mixup
+from training.ssl.augment.paths import AUGMENTS, AugmentPath, AugmentSpec, apply_path, check_path
+
+__all__ = [
+    "AUGMENTS",
+    "AugmentPath",
+    "AugmentSpec",
+    "HalfSize",
+    "adaptive_keypoint_mask",
+    "affine_theta",
+    "apply_path",
+    "check_path",
+    "cut_occlude",
+    "cutmix",
+    "cutout",
+    "joint_cutout",
+    "keypoint_mix",
+    "mixup",
+    "photometric",
+    "random_affine",
+    "relative_responses",
+    "warp",
+    "warp_points",
+]
