@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from continual import gate
 from continual.jobs import Job, JobStore, LeaseLost
 from continual.settings import Settings
 from continual.uploads import UploadStore
@@ -130,16 +131,21 @@ def _stages(ctx: RetrainContext, job: Job, reporter: Reporter, chunk_steps: int 
     if "candidate" not in result:
         if "active_metric" not in result:
             reporter.beat(stage="baseline", force=True)
-            result["active_metric"] = _evaluate(checkpoint, config)
+            result["active_metric"] = gate.score_checkpoint(checkpoint, config)
             reporter.beat(
                 result={"active_metric": result["active_metric"]},
-                log_line=f"active version {parent.version}: {result['active_metric']}",
+                log_line=f"active version {parent.version}: {_summary(result['active_metric'])}",
             )
         trained = _train(ctx, config, checkpoint, plan, reporter, chunk_steps)
         if trained is None:
             return None
         result["training"] = trained
         reporter.beat(result={"training": trained}, log_line=f"trained: {trained}", stage="register", force=True)
+        result["candidate_metric"] = gate.score_checkpoint(Path(trained["run_dir"]) / "best.pt", config)
+        reporter.beat(
+            result={"candidate_metric": result["candidate_metric"]},
+            log_line=f"candidate (last checkpoint): {_summary(result['candidate_metric'])}",
+        )
         result["candidate"] = _register(ctx, job, config, plan, trained, result["active_metric"])
         reporter.beat(result={"candidate": result["candidate"]}, log_line=f"registered {result['candidate']}")
     if "gate" not in result:
@@ -195,7 +201,9 @@ def _config(settings: Settings, checkpoint: Path, job: Job, plan: dict):
             "optim": {"iterations": n, "lr": settings.retrain.lr},
             "schedule": {
                 "log_every": max(1, min(10, n // 10)),
-                "val_every": max(1, n // 2),
+                # one validation, at the end: the candidate is the last checkpoint, so nothing is chosen on the
+                # split the gate scores it on
+                "val_every": n,
                 "checkpoint_every": max(1, min(25, n // 4)),
             },
         },
@@ -220,33 +228,6 @@ def _unlabeled_records(ctx: RetrainContext, seq: int, schema: str):
                 )
             )
     return records
-
-
-def _evaluate(checkpoint: Path, config) -> dict[str, float]:
-    """Metric of a checkpoint on the config's validation set (the same numbers the gate compares)."""
-    from training.checkpoints import load_checkpoint
-    from training.data import build_splits
-    from training.engine import codec_for, pick_device
-    from training.evaluator import evaluate_model, metric_name
-
-    _, model, _ = load_checkpoint(checkpoint)
-    splits = build_splits(config.data)
-    device = pick_device(None)
-    metrics = evaluate_model(
-        model.to(device),
-        splits.val,
-        dataset=config.data.dataset,
-        codec=codec_for(config),
-        mean=model.mean,
-        std=model.std,
-        padding=config.data.padding,
-        flip_test=config.eval.flip_test,
-        batch_size=config.eval.batch_size,
-        device=device,
-        coco_gt=config.data.val_ann_file,
-    )
-    key = metric_name(config.data.dataset)
-    return {"metric": key, "value": round(metrics[key], 3), "persons": len(splits.val)}
 
 
 def _train(
@@ -389,19 +370,30 @@ def _register(ctx: RetrainContext, job: Job, config, plan: dict, trained: dict, 
     }
 
 
+def _summary(score: dict[str, Any]) -> str:
+    return f"{score['metric']} {score['value']} on {score['persons']} persons"
+
+
 def _gate(ctx: RetrainContext, job: Job, plan: dict, result: dict) -> dict[str, Any]:
+    """Promote only on evidence (continual.gate): both versions scored by one function on one split, paired
+    bootstrap over persons, the interval's lower bound against the margin; the decision, both figures and the
+    interval go into the job result and the audit reason."""
     version = result["candidate"]["version"]
-    trained, active = result["training"], result["active_metric"]
+    candidate = result["candidate_metric"]
     margin = float(job.params.get("margin", ctx.settings.retrain.promotion_margin))
     actor = f"job:{job.id}"
-    gain = round(trained["value"] - active["value"], 3)
+    evidence = gate.compare(candidate, result["active_metric"])
+    verdict, reason = gate.decide(evidence, margin, result["training"]["collapse"])
     decision = {
         "candidate": version,
         "parent": plan["parent"],
-        "candidate_value": trained["value"],
-        "active_value": active["value"],
-        "metric": active["metric"],
-        "gain": gain,
+        "candidate_value": evidence.candidate,
+        "active_value": evidence.baseline,
+        "metric": evidence.metric,
+        "gain": evidence.delta,
+        "ci_low": evidence.ci_low,
+        "ci_high": evidence.ci_high,
+        "persons": evidence.persons,
         "margin": margin,
     }
     current = ctx.registry.get(version)
@@ -409,16 +401,10 @@ def _gate(ctx: RetrainContext, job: Job, plan: dict, result: dict) -> dict[str, 
         return {**decision, "decision": "promoted", "reason": "already active"}
     if current.state == "rejected":
         return {**decision, "decision": "rejected", "reason": current.reason}
-    if trained["collapse"]:
-        reason = f"collapse guard fired: {trained['collapse']}"
-    elif gain < margin:
-        reason = f"{active['metric']} {trained['value']} vs active {active['value']}: gain {gain} < margin {margin}"
-    else:
-        why_not = ctx.registry.promote_if(
-            version, plan["parent"], actor, f"gate: {active['metric']} +{gain} ≥ margin {margin}"
-        )
+    if verdict == "promote":
+        why_not = ctx.registry.promote_if(version, plan["parent"], actor, f"gate: {reason}")
         if why_not is None:
-            return {**decision, "decision": "promoted", "reason": f"gain {gain} ≥ margin {margin}"}
+            return {**decision, "decision": "promoted", "reason": reason}
         return {**decision, "decision": "kept", "reason": why_not}
     ctx.registry.mark_rejected(version, reason, actor)
     return {**decision, "decision": "rejected", "reason": reason}

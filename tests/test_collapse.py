@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
+import tests.naive_method  # noqa: F401 - registers the collapsing anti-example `naive_symmetric`
 from training.config import load_config
 from training.engine import Trainer
 
@@ -68,9 +69,7 @@ def test_naive_consistency_collapses_and_the_guard_fires_while_easy_to_hard_does
     # both runs at once, one core each (the CI box has two); each is seeded, neither depends on the other
     torch.set_num_threads(1)
     with ThreadPoolExecutor(2) as pool:
-        naive_run = pool.submit(
-            consistency, "naive", 450, "method.params.naive_symmetric=true", "schedule.val_every=100"
-        )
+        naive_run = pool.submit(consistency, "naive", 450, "method.name=naive_symmetric", "schedule.val_every=100")
         healthy_run = pool.submit(consistency, "easy_to_hard", 400)
         naive, healthy = naive_run.result(), healthy_run.result()
     assert naive.stopped_reason and "collapse" in naive.stopped_reason and naive.steps < 450

@@ -36,6 +36,12 @@ H, W = 128, 96  # input crop: tall on purpose
 HH, HW = 32, 24  # its heatmap (stride 4)
 MEAN, STD = (123.675, 116.28, 103.53), (58.395, 57.12, 57.375)
 FAST = settings(max_examples=25, deadline=None)
+PX = 1 / min(H, W)  # one pixel of this crop as a size fraction (sizes are fractions of the shorter side)
+
+
+def px(lo: float, hi: float) -> tuple[float, float]:
+    """A half-size range of lo–hi px on this crop, as the half_size_frac the augmentations take."""
+    return lo * PX, hi * PX
 
 
 def gen(seed: int = 0) -> torch.Generator:
@@ -153,7 +159,7 @@ def test_masks_cover_joints_and_not_the_transposed_location(fn):
     images = torch.ones(1, 3, H, W)
     if fn == "joint_cutout":
         out, mask = joint_cutout(
-            images, CORNER_JOINTS, num_joints=2, half_size=(12, 12), jitter_std=0.0, generator=gen()
+            images, CORNER_JOINTS, num_joints=2, half_size_frac=px(12, 12), jitter_frac=0.0, generator=gen()
         )
     else:  # both joints equally easy: max_masks=2 of K=2 joints
         out, mask, counts = adaptive_keypoint_mask(
@@ -162,7 +168,7 @@ def test_masks_cover_joints_and_not_the_transposed_location(fn):
             torch.tensor([[0.9, 0.9001]]),
             tau=0.0,
             max_masks=2,
-            half_size=(12, 12),
+            half_size_frac=px(12, 12),
             generator=gen(),
         )
         assert counts.tolist() == [2]
@@ -182,7 +188,7 @@ def test_masks_cover_joints_and_not_the_transposed_location(fn):
 def test_joint_cutout_centre_of_mass_is_the_joint(x, y, half):
     joints = torch.tensor([[[x, y]]])
     _, mask = joint_cutout(
-        torch.ones(1, 3, H, W), joints, num_joints=1, half_size=(half, half), jitter_std=0.0, generator=gen()
+        torch.ones(1, 3, H, W), joints, num_joints=1, half_size_frac=px(half, half), jitter_frac=0.0, generator=gen()
     )
     rows, cols = torch.nonzero(mask[0, 0], as_tuple=True)
     assert abs(cols.float().mean() - x) <= 0.5 and abs(rows.float().mean() - y) <= 0.5
@@ -211,7 +217,13 @@ def test_joint_cutout_picks_valid_joints_without_replacement(seed, num):
     joints = spread_joints(n, k, seed)
     valid = torch.rand(n, k, generator=gen(seed + 1)) < 0.6
     _, mask = joint_cutout(
-        torch.ones(n, 3, H, W), joints, valid, num_joints=num, half_size=(10, 14), jitter_std=0.0, generator=gen(seed)
+        torch.ones(n, 3, H, W),
+        joints,
+        valid,
+        num_joints=num,
+        half_size_frac=px(10, 14),
+        jitter_frac=0.0,
+        generator=gen(seed),
     )
     hit = covered(mask, joints)
     assert not (hit & ~valid).any()
@@ -222,7 +234,7 @@ def test_joint_cutout_picks_valid_joints_without_replacement(seed, num):
 def test_joint_cutout_jitter_is_centred_on_the_joint():
     joints = torch.tensor([[[48.0, 64.0]]]).expand(400, 1, 2)
     _, mask = joint_cutout(
-        torch.ones(400, 1, H, W), joints, num_joints=1, half_size=(10, 10), jitter_std=10.0, generator=gen(5)
+        torch.ones(400, 1, H, W), joints, num_joints=1, half_size_frac=px(10, 10), jitter_frac=10 * PX, generator=gen(5)
     )
     rows, cols = torch.meshgrid(torch.arange(H).float(), torch.arange(W).float(), indexing="ij")
     area = mask.sum((1, 2, 3))
@@ -235,7 +247,7 @@ def test_joint_cutout_jitter_is_centred_on_the_joint():
 def test_cut_occlude_pastes_another_image_centred_on_this_joint():
     images = coded_images(2)
     joints = torch.tensor([[[10.0, 120.0]], [[90.0, 30.0]]])  # one joint each: bottom-left / right edge
-    out, mask = cut_occlude(images, joints, num_patches=1, half_size=(12, 12), generator=gen())
+    out, mask = cut_occlude(images, joints, num_patches=1, half_size_frac=px(12, 12), generator=gen())
     for i, j in ((0, 1), (1, 0)):  # with two images the source is always the other one
         (dx, dy), (sx, sy) = joints[i, 0].long().tolist(), joints[j, 0].long().tolist()
         rows, cols = torch.nonzero(mask[i, 0], as_tuple=True)
@@ -258,7 +270,7 @@ def test_cut_occlude_pastes_another_image_centred_on_this_joint():
 @FAST
 def test_cut_occlude_centre_of_mass_is_the_joint(x, y, sx, sy):
     joints = torch.tensor([[[x, y]], [[sx, sy]]])
-    _, mask = cut_occlude(torch.ones(2, 3, H, W), joints, num_patches=1, half_size=(12, 12), generator=gen())
+    _, mask = cut_occlude(torch.ones(2, 3, H, W), joints, num_patches=1, half_size_frac=px(12, 12), generator=gen())
     if abs(sx - x) + abs(sy - y) < 1e-3 or not (12 <= sx < W - 13 and 12 <= sy < H - 13):
         return  # source box clipped: the pasted box is legitimately off-centre
     rows, cols = torch.nonzero(mask[0, 0], as_tuple=True)
@@ -271,7 +283,9 @@ def test_cut_occlude_sources_are_valid_joints_of_other_images(seed):
     n, k = 6, 5
     joints = spread_joints(n, k, seed)
     valid = torch.rand(n, k, generator=gen(seed + 1)) < 0.7
-    out, mask = cut_occlude(coded_images(n), joints, valid, num_patches=2, half_size=(10, 14), generator=gen(seed))
+    out, mask = cut_occlude(
+        coded_images(n), joints, valid, num_patches=2, half_size_frac=px(10, 14), generator=gen(seed)
+    )
     hit = covered(mask, joints)
     assert not (hit & ~valid).any()
     for i, j in torch.nonzero(hit).tolist():
@@ -289,7 +303,9 @@ def test_keypoint_mix_swaps_in_a_different_joint_of_another_image(seed):
     n, k = 6, 5
     joints = spread_joints(n, k, seed)
     valid = torch.rand(n, k, generator=gen(seed + 1)) < 0.8
-    out, mask = keypoint_mix(coded_images(n), joints, valid, num_joints=3, half_size=(10, 14), generator=gen(seed))
+    out, mask = keypoint_mix(
+        coded_images(n), joints, valid, num_joints=3, half_size_frac=px(10, 14), generator=gen(seed)
+    )
     hit = covered(mask, joints)
     assert not (hit & ~valid).any()
     assert torch.equal(hit.sum(1), valid.sum(1).clamp(max=3))
@@ -317,7 +333,7 @@ def hole_centres(mask: torch.Tensor, half: int) -> torch.Tensor:
 @pytest.mark.parametrize("fn", [cutout, cutmix])
 def test_random_box_centres_cover_the_whole_tall_image(fn):
     images = torch.randn(240, 1, H, W, generator=gen())
-    out, mask = fn(images, holes=1, half_size=(10, 10), generator=gen(1))
+    out, mask = fn(images, holes=1, half_size_frac=px(10, 10), generator=gen(1))
     centres = hole_centres(mask, 10)
     assert centres[:, 0].min() >= 0 and centres[:, 0].max() < W and centres[:, 1].min() >= 0
     assert centres[:, 1].max() < H
@@ -370,7 +386,14 @@ def test_akm_counts_follow_the_share_of_easy_joints_and_masks_sit_on_easy_joints
     peaks[4, 0] = 0.5  # sample 4: all joints easy at tau=0.5 (r = 0 only for this one → not easy)
     peaks[5] *= 0.15  # sample 5: max peak 0.135 < 0.2 → extremely difficult
     out, mask, counts = adaptive_keypoint_mask(
-        torch.ones(6, 3, H, W), joints, peaks, tau=0.5, max_masks=5, min_masks=1, half_size=(10, 14), generator=gen()
+        torch.ones(6, 3, H, W),
+        joints,
+        peaks,
+        tau=0.5,
+        max_masks=5,
+        min_masks=1,
+        half_size_frac=px(10, 14),
+        generator=gen(),
     )
     assert counts.tolist() == [1, 2, 3, 4, 5, 1]  # round(5·#easy/10); [4]: 9 easy → round(4.5) = 5; [5]: min
     easy = relative_responses(peaks) >= 0.5

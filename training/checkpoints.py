@@ -80,25 +80,35 @@ def evaluate_checkpoint(
     per_person: bool = False,
     reliability: bool = False,
 ) -> dict:
-    """Metrics of a checkpoint on `split`: "val", "train" (the records it trained on) or "unseen" (labeled
+    """Metrics of a checkpoint on `split`: "val" (the split it was selected on; the dev split under LSP protocol
+    v2), "report" (v2: the split nothing was chosen on), "train" (the records it trained on) or "unseen" (labeled
     training records beyond its label budget, e.g. LSP im0101–0800 for N = 100: a labeled stand-in for the
     unlabeled pool, to measure how good its pseudo-labels would be without touching validation)."""
     from training.data import build_splits
     from training.engine import codec_for, pick_device
     from training.evaluator import evaluate_model
 
-    if split not in ("val", "train", "unseen"):
-        raise ValueError(f"split must be val, train or unseen, got {split!r}")
+    if split not in ("val", "train", "unseen", "report"):
+        raise ValueError(f"split must be val, train, unseen or report, got {split!r}")
     config, model, _ = load_checkpoint(checkpoint)
     if refinement:
         config = config.model_copy(update={"codec": config.codec.model_copy(update={"refinement": refinement})})
     # Labeled splits only, without the budget: label budgets keep a prefix, so the run's records are the first
     # `label_budget` and the unseen ones the rest.
-    splits = build_splits(config.data.model_copy(update={"unlabeled": None, "label_budget": None}))
+    splits = build_splits(
+        config.data.model_copy(update={"unlabeled": None, "label_budget": None, "pseudo_labels": None})
+    )
     budget = config.data.label_budget or len(splits.train)
-    records = {"val": splits.val, "train": splits.train[:budget], "unseen": splits.train[budget:]}[split]
+    records = {
+        "val": splits.val,
+        "train": splits.train[:budget],
+        "unseen": splits.train[budget:],
+        "report": splits.report,
+    }[split]
     if split == "unseen" and not records:
         raise ValueError(f"{checkpoint} trained on every labeled record: no unseen split")
+    if split == "report" and not records:
+        raise ValueError(f"{checkpoint} has no report split (LSP data.lsp_protocol v2 has one)")
     flip = config.eval.flip_test if flip_test is None else flip_test
     dev = pick_device(device)
     metrics = evaluate_model(

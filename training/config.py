@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from models.geometry import Size
 from models.network import ModelConfig
@@ -25,22 +25,47 @@ class AugmentConfig(Frozen):
     rotation_factor: float = 30.0  # degrees ~ clip(N(0, rf), −2rf, 2rf)
     rotation_prob: float = 0.6
     flip_prob: float = 0.5
+    # Occlusion noise (off by default): with this probability a crop gets `occlusion_boxes` rectangles filled with
+    # the normalisation mean (0 after normalising); each side ~ U(occlusion_size) x the crop's shorter side.
+    # Data distillation's student noise: pseudo-labelled joints stay targets when covered.
+    occlusion_prob: float = Field(0.0, ge=0.0, le=1.0)
+    occlusion_boxes: int = Field(1, ge=1)
+    occlusion_size: tuple[float, float] = (0.1, 0.3)
+
+    @model_validator(mode="after")
+    def _occlusion_size_range(self) -> AugmentConfig:
+        low, high = self.occlusion_size
+        if not 0.0 < low <= high <= 1.0:
+            raise ValueError(f"occlusion_size must satisfy 0 < low <= high <= 1, got {self.occlusion_size}")
+        return self
+
+
+# The teacher's view of an unlabeled image is meant to be *easy* (Xie et al.): flip and a mild scale, no rotation.
+# The labeled stream keeps the full recipe (`augment`).
+EASY_VIEW = AugmentConfig(scale_factor=0.1, rotation_factor=0.0, rotation_prob=0.0, flip_prob=0.5)
 
 
 class DataConfig(Frozen):
     dataset: Literal["lsp", "coco", "mpii"] = "lsp"
     root: str | None = None  # default: $POSELOOP_DATA or ../shared/datasets
+    # LSP splits. v1: train im0001-0800 (label budget = first N), val im0801-1000. v2 (the SSL protocol, where
+    # every choice is made on a dev split and the figures come from a split nothing was chosen on): train
+    # im0001-0400 (budget = first N), val = dev im0701-0800, report = im0401-0700 + im0801-1000 (500 persons).
+    lsp_protocol: Literal["v1", "v2"] = "v1"
     label_budget: int | None = None  # first N labeled training records (deterministic)
     input_w: int = 96
     input_h: int = 128
     padding: float = 1.25
     augment: AugmentConfig = AugmentConfig()
+    unlabeled_augment: AugmentConfig = EASY_VIEW  # the easy view semi-supervised teachers see
     num_workers: int = 1
     coco_ann_file: str | None = None  # for dataset=coco / mpii
     coco_image_dir: str | None = None
     val_ann_file: str | None = None
     unlabeled: str | None = None  # "lspet" (LSPET crops with their boxes) or a folder of images
     unlabeled_limit: int | None = None  # first N unlabeled persons (quick runs)
+    # A pseudo-label cache file (training/distill/cache.py): its kept persons join the labeled train split.
+    pseudo_labels: str | None = None
 
     @property
     def input_size(self) -> Size:

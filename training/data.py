@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+
+import numpy as np
 
 from training.config import DataConfig
 from training.datasets import default_data_root
@@ -13,10 +16,11 @@ from training.datasets.records import PersonRecord
 @dataclass(frozen=True)
 class Splits:
     train: list[PersonRecord]
-    val: list[PersonRecord]
+    val: list[PersonRecord]  # model selection (v2: the dev split)
     schema: str
     description: str  # human-readable data summary stored with checkpoints and exports
     unlabeled: list[PersonRecord] = field(default_factory=list)
+    report: list[PersonRecord] = field(default_factory=list)  # v2: scored once per run, never used to choose
 
 
 def load_unlabeled(cfg: DataConfig, schema: str) -> list[PersonRecord]:
@@ -43,9 +47,52 @@ def data_root(cfg: DataConfig) -> Path:
     return root
 
 
+PSEUDO_LABELS_FORMAT = "poseloop.pseudo_labels/1"
+PSEUDO_ID_PREFIX = "pseudo/"
+
+
+def load_pseudo_labels(path: str | Path) -> list[PersonRecord]:
+    """The kept persons of a pseudo-label cache (written by training/distill/cache.py) as labeled records.
+
+    Keypoints are image pixels; kept joints get visibility 2, dropped or unmapped ones visibility 0 with
+    coordinates 0 (so their targets get weight 0); record ids are "pseudo/<pool record id>"."""
+    payload = json.loads(Path(path).read_text())
+    if payload.get("format") != PSEUDO_LABELS_FORMAT:
+        raise ValueError(f"{path}: not a pseudo-label cache (format {payload.get('format')!r})")
+    records = []
+    for person in payload["persons"]:
+        if not person["person_kept"]:
+            continue
+        kept = np.asarray(person["kept"], bool)
+        keypoints = [xy if keep else (0.0, 0.0) for xy, keep in zip(person["keypoints"], kept)]
+        records.append(
+            PersonRecord(
+                image_path=Path(person["image"]),
+                box=np.asarray(person["box"], np.float32),
+                keypoints=np.asarray(keypoints, np.float32),
+                visibility=np.where(kept, 2, 0).astype(np.int8),
+                schema=payload["schema"],
+                record_id=PSEUDO_ID_PREFIX + person["id"],
+            )
+        )
+    return records
+
+
 def build_splits(cfg: DataConfig) -> Splits:
-    """Labeled train/val records (+ the unlabeled pool when `data.unlabeled` is set)."""
+    """Labeled train/val records (+ the unlabeled pool when `data.unlabeled` is set; + pseudo-labelled persons,
+    appended to train after the label budget, when `data.pseudo_labels` is set)."""
     splits = _labeled_splits(cfg)
+    if cfg.pseudo_labels:
+        pseudo = load_pseudo_labels(cfg.pseudo_labels)
+        if pseudo and pseudo[0].schema != splits.schema:
+            raise ValueError(f"{cfg.pseudo_labels}: pseudo-labels are {pseudo[0].schema}, the data {splits.schema}")
+        joints = int(sum((r.visibility > 0).sum() for r in pseudo if r.visibility is not None))
+        splits = replace(
+            splits,
+            train=splits.train + pseudo,
+            description=f"{splits.description}; + {len(pseudo)} pseudo-labelled persons ({joints} joints) "
+            f"from {cfg.pseudo_labels}",
+        )
     unlabeled = load_unlabeled(cfg, splits.schema)
     if not unlabeled:
         return splits
@@ -57,13 +104,18 @@ def build_splits(cfg: DataConfig) -> Splits:
 
 
 def _labeled_splits(cfg: DataConfig) -> Splits:
-    """LSP: train = first `label_budget` of im0001–0800, val = im0801–1000 (the project convention)."""
+    """LSP v1: train = first `label_budget` of im0001–0800, val = im0801–1000 (the project convention); v2: see
+    DataConfig.lsp_protocol."""
     if cfg.dataset == "lsp":
         from training.datasets.lsp import lsp_split
 
         root = data_root(cfg)
-        train = lsp_split(root, "train", label_budget=cfg.label_budget)
-        val = lsp_split(root, "val")
+        train = lsp_split(root, "train", label_budget=cfg.label_budget, protocol=cfg.lsp_protocol)
+        val = lsp_split(root, "val", protocol=cfg.lsp_protocol)
+        if cfg.lsp_protocol == "v2":
+            report = lsp_split(root, "report", protocol="v2")
+            description = f"LSP v2: im0001-0400 first {len(train)} labeled; dev im0701-0800; report 500 persons"
+            return Splits(train, val, "lsp14", description, report=report)
         return Splits(train, val, "lsp14", f"LSP im0001-0800 first {len(train)} labeled; val im0801-1000")
     if cfg.dataset == "coco":
         from training.datasets.coco import load_coco_keypoints

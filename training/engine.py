@@ -33,7 +33,7 @@ from training.distributed import DistContext, context_from_env, init_process_gro
 from training.evaluator import evaluate_model, metric_name
 from training.inference import HeatmapEnsemble
 from training.loader import InfiniteLoader
-from training.methods import LabeledBatch, Method, UnlabeledBatch, build_method
+from training.methods import LabeledBatch, Method, RunContext, UnlabeledBatch, build_method
 from training.plots import plot_curves
 
 __all__ = ["InfiniteLoader", "TrainResult", "Trainer", "codec_for", "lr_factor", "pick_device", "seed_everything"]
@@ -111,7 +111,8 @@ class Trainer:
         init_checkpoint = init_checkpoint or config.init_checkpoint
         if init_checkpoint:
             run_files.load_init(student, init_checkpoint)
-        self.method: Method = build_method(config.method.name, student, **config.method.params)
+        context = RunContext(total_steps=config.optim.iterations, heatmap_sigma=config.codec.sigma)
+        self.method: Method = build_method(config.method.name, student, context, **config.method.params)
         if self.dist.enabled and self.device.type == "cuda":  # gloo has no SyncBatchNorm: CPU ranks keep local BN
             self.method = torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.method)
         self.method.to(self.device)
@@ -150,10 +151,12 @@ class Trainer:
         cls = torch.optim.AdamW if o.optimizer == "adamw" else torch.optim.Adam
         return cls(params, lr=o.lr, weight_decay=o.weight_decay)
 
-    def _dataset(self, records: list[PersonRecord], seed_offset: int) -> TopDownDataset:
+    def _dataset(self, records: list[PersonRecord], seed_offset: int, easy: bool = False) -> TopDownDataset:
+        """Labeled crops get the full augmentation; unlabeled ones (easy=True) the teacher's easy view."""
         d = self.config.data
+        augment = d.unlabeled_augment if easy else d.augment
         return TopDownDataset(
-            records, self.codec, self.mean, self.std, d.padding, d.augment, seed=self.config.seed * 1000 + seed_offset
+            records, self.codec, self.mean, self.std, d.padding, augment, seed=self.config.seed * 1000 + seed_offset
         )
 
     # ------------------------------------------------------------------ checkpoints
@@ -284,7 +287,7 @@ class Trainer:
             if not self.unlabeled:
                 raise ValueError(f"method {cfg.method.name!r} needs unlabeled records")
             loaders["unlabeled"] = InfiniteLoader(
-                self._dataset(self.unlabeled, 1),
+                self._dataset(self.unlabeled, 1, easy=True),
                 cfg.optim.batch_size,
                 cfg.seed + 1,
                 cfg.data.num_workers,

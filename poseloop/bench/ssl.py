@@ -116,6 +116,10 @@ def per_person_limbs(checkpoint: Path) -> dict[str, list[int]]:
 
 
 def run_ssl_bench(profile: str, out: Path | None, results_dir: Path, only: list[str] | None = None) -> dict:
+    if profile == "full":
+        # Its rows were trained before engine v2 (crop-relative hard views, easy teacher view, label-free
+        # reviewer, scaled EMA, LR warm-up) under configs whose hashes did not change: re-running would mix them.
+        raise ValueError("the v1 full profile is historical (docs/results/ssl_full.json); use `poseloop bench ssl-v2`")
     rows, warm = ssl_rows(profile, results_dir)
     results_path = results_dir / f"ssl_{profile}.json"
     init_ckpt = warm.config.run_dir / "best.pt"

@@ -22,7 +22,15 @@ from fastapi.responses import Response
 from starlette.datastructures import Headers, UploadFile
 from starlette.formparsers import MultiPartParser
 
-from core.inputs import InputError, PoseInput, decode_base64_image, parse_image_id, parse_json
+from core.inputs import (
+    MAX_IMAGE_ID,
+    InputError,
+    PoseInput,
+    declared_length_exceeds,
+    decode_base64_image,
+    parse_image_id,
+    parse_json,
+)
 from serving.auth import Principal
 from serving.pipeline import to_json
 from serving.routes.deps import get_service, require
@@ -68,7 +76,7 @@ _BODY_SCHEMA = {
 async def pose(
     request: Request,
     format: Literal["poseloop", "coco"] = "poseloop",
-    image_id: int | None = Query(None, ge=0, description="echoed in COCO results"),
+    image_id: int | None = Query(None, ge=0, le=MAX_IMAGE_ID, description="echoed in COCO results"),
     boxes: str | None = Query(None, description="JSON boxes, for a raw image body"),
     _caller: Principal = Depends(require("infer")),
 ):
@@ -167,7 +175,7 @@ def _pick_id(query_id: int | None, body_id) -> int | None:
 async def _read_body(request: Request, limit: int) -> bytes:
     """The request body, refused with 413 as soon as it exceeds `limit` bytes (Content-Length or streamed)."""
     declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
+    if declared_length_exceeds(declared, limit):
         raise InputError(413, "request_too_large", f"request body is {declared} bytes, limit {limit}")
     chunks, size = [], 0
     async for chunk in request.stream():

@@ -29,7 +29,7 @@ from starlette.formparsers import MultiPartException, MultiPartParser
 
 from continual.settings import Settings
 from continual.uploads import BatchReport, UploadStore
-from core.inputs import InputError, parse_json
+from core.inputs import InputError, declared_length_exceeds, parse_json
 from serving.archives import Archive, ArchiveLimits
 from serving.auth import AuthError, Principal
 from serving.routes.deps import get_service, require
@@ -113,7 +113,7 @@ async def _read_form(request: Request, settings: Settings) -> FormData:
         )
     limit = settings.limits.max_upload_bytes
     declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
+    if declared_length_exceeds(declared, limit):
         raise InputError(
             413,
             "request_too_large",

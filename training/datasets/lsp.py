@@ -31,6 +31,10 @@ from .unlabeled import load_image_folder
 LSP_NUM_IMAGES = 1000
 LSP_TRAIN = range(800)  # 0-based positions: im0001-im0800
 LSP_VAL = range(800, 1000)  # im0801-im1000
+# protocol v2 (DataConfig.lsp_protocol): budgets from im0001-0400, dev im0701-0800, report the rest
+LSP_V2_TRAIN = range(400)
+LSP_V2_DEV = range(700, 800)
+LSP_V2_REPORT = [*range(400, 700), *range(800, 1000)]
 
 
 def _load_joints(root: Path) -> np.ndarray:
@@ -76,22 +80,27 @@ def load_lsp(root: str | Path, indices: Sequence[int] | None = None) -> list[Per
 
 def lsp_split(
     root: str | Path,
-    split: Literal["train", "val", "all"],
+    split: Literal["train", "val", "all", "report"],
     label_budget: int | None = None,
+    protocol: Literal["v1", "v2"] = "v1",
 ) -> list[PersonRecord]:
-    """Project split of LSP: train = im0001-0800, val = im0801-1000, all = im0001-1000.
+    """Project splits of LSP. v1: train = im0001-0800, val = im0801-1000, all = im0001-1000. v2: train =
+    im0001-0400, val = the dev split im0701-0800, report = im0401-0700 + im0801-1000 (never used for a choice).
 
     `label_budget` N keeps the first N train images (deterministic, no sampling); train only.
     """
-    ranges = {"train": LSP_TRAIN, "val": LSP_VAL, "all": range(LSP_NUM_IMAGES)}
+    if protocol == "v2":
+        ranges: dict[str, Sequence[int]] = {"train": LSP_V2_TRAIN, "val": LSP_V2_DEV, "report": LSP_V2_REPORT}
+    else:
+        ranges = {"train": LSP_TRAIN, "val": LSP_VAL, "all": range(LSP_NUM_IMAGES)}
     if split not in ranges:
-        raise ValueError(f"unknown LSP split {split!r}; expected one of {sorted(ranges)}")
+        raise ValueError(f"unknown LSP split {split!r} for protocol {protocol}; expected one of {sorted(ranges)}")
     indices = ranges[split]
     if label_budget is not None:
         if split != "train":
             raise ValueError("label_budget applies to the train split only")
-        if not 1 <= label_budget <= len(LSP_TRAIN):
-            raise ValueError(f"label_budget must be in [1, {len(LSP_TRAIN)}], got {label_budget}")
+        if not 1 <= label_budget <= len(indices):
+            raise ValueError(f"label_budget must be in [1, {len(indices)}], got {label_budget}")
         indices = indices[:label_budget]
     return load_lsp(root, indices)
 

@@ -59,6 +59,21 @@ class CropParams:
         return cls(scale, rotation, bool(rng.random() < cfg.flip_prob))
 
 
+def sample_occlusion(rng: np.random.Generator, cfg: AugmentConfig, crop: Size) -> list[tuple[int, int, int, int]]:
+    """Occlusion rectangles (x0, y0, x1, y1), crop pixels, end-exclusive, each inside the crop; [] when off.
+
+    Nothing is drawn when `occlusion_prob` is 0, so configs without occlusion keep their random streams."""
+    if cfg.occlusion_prob <= 0 or rng.random() >= cfg.occlusion_prob:
+        return []
+    short = min(crop.w, crop.h)
+    boxes = []
+    for _ in range(cfg.occlusion_boxes):
+        w, h = (max(1, round(float(rng.uniform(*cfg.occlusion_size)) * short)) for _ in range(2))
+        x0, y0 = int(rng.integers(0, crop.w - w + 1)), int(rng.integers(0, crop.h - h + 1))
+        boxes.append((x0, y0, x0 + w, y0 + h))
+    return boxes
+
+
 def sample_affine(box: np.ndarray, out: Size, padding: float, params: CropParams) -> np.ndarray:
     """Image → crop affine for one person; a flip mirrors the crop (applied after the crop)."""
     center, size = box_to_center_scale(box, out.aspect, padding)
@@ -103,20 +118,27 @@ class TopDownDataset(Dataset):
         self.epoch = epoch
 
     def crop_params(self, index: int) -> CropParams:
+        return self._draws(index)[0]
+
+    def _draws(self, index: int) -> tuple[CropParams, list[tuple[int, int, int, int]]]:
+        """Crop parameters, then occlusion rectangles, from the item's one generator (seed, epoch, index)."""
         if self.augment is None:
-            return CropParams()
+            return CropParams(), []
         rng = np.random.default_rng([self.seed, self.epoch, index])
-        return CropParams.sample(rng, self.augment)
+        params = CropParams.sample(rng, self.augment)
+        return params, sample_occlusion(rng, self.augment, self.codec.input_size)
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         record = self.records[index]
         image = read_rgb(record.image_path)
-        params = self.crop_params(index)
+        params, occlusion = self._draws(index)
         size = self.codec.input_size
         affine = sample_affine(record.box, size, self.padding, params)
-        crop = warp_image(image, affine, size)
+        pixels = normalize_crop(warp_image(image, affine, size), self.mean, self.std)
+        for x0, y0, x1, y1 in occlusion:
+            pixels[:, y0:y1, x0:x1] = 0.0  # the normalisation mean; keypoint targets are unchanged
         item = {
-            "image": torch.from_numpy(normalize_crop(crop, self.mean, self.std)),
+            "image": torch.from_numpy(pixels),
             "affine": torch.from_numpy(affine.astype(np.float32)),
             "index": torch.tensor(index),
         }

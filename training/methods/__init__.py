@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from core.registry import Registry
-from training.methods.base import LabeledBatch, Method, StepOutput, UnlabeledBatch
+from training.methods.base import LabeledBatch, Method, RunContext, StepOutput, UnlabeledBatch
 
 METHODS: Registry[type[Method]] = Registry("method")
 
@@ -25,8 +25,9 @@ def available_methods() -> list[str]:
     return list(METHODS.names())
 
 
-def build_method(name: str, student, **params) -> Method:
-    return METHODS.get(name)(student, **params)
+def build_method(name: str, student, context: RunContext | None = None, **params) -> Method:
+    """The registered method `name` training `student`; `params` are its config's `method.params`."""
+    return METHODS.get(name)(student, context=context, **params)
 
 
 from training.methods import akm, continual, dsph, posecons, posedual, supervised, trs  # noqa: E402,F401  (presets)
@@ -34,6 +35,7 @@ from training.methods import akm, continual, dsph, posecons, posedual, supervise
 __all__ = [
     "LabeledBatch",
     "Method",
+    "RunContext",
     "StepOutput",
     "UnlabeledBatch",
     "available_methods",

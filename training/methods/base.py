@@ -43,15 +43,26 @@ class StepOutput:
     logs: dict[str, float] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class RunContext:
+    """What a method may know about the run it is part of (the Trainer passes it): the schedule length, so EMA
+    horizons can scale with it, and the codec's Gaussian width, so re-rendered pseudo-heatmaps match the targets
+    the student is trained on."""
+
+    total_steps: int | None = None
+    heatmap_sigma: float = 2.0
+
+
 class Method(nn.Module):
     """Owns the networks it trains. `student` is the network that is validated, exported and served."""
 
     method_name: ClassVar[str] = ""
     needs_unlabeled: ClassVar[bool] = False
 
-    def __init__(self, student: PoseNet):
+    def __init__(self, student: PoseNet, context: RunContext | None = None):
         super().__init__()
         self.student = student
+        self.context = context or RunContext()
 
     def train_step(self, labeled: LabeledBatch, unlabeled: UnlabeledBatch | None, step: int) -> StepOutput:
         raise NotImplementedError

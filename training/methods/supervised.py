@@ -4,15 +4,15 @@ from __future__ import annotations
 
 from training.losses import multilevel_mse
 from training.methods import register_method
-from training.methods.base import LabeledBatch, Method, StepOutput, UnlabeledBatch
+from training.methods.base import LabeledBatch, Method, RunContext, StepOutput, UnlabeledBatch
 
 
 @register_method("supervised")
 class Supervised(Method):
     """Heatmap MSE on labeled crops; auxiliary (multi-level) heads, when the model has them, share the target."""
 
-    def __init__(self, student, aux_weight: float = 1.0):
-        super().__init__(student)
+    def __init__(self, student, context: RunContext | None = None, aux_weight: float = 1.0):
+        super().__init__(student, context)
         self.aux_weight = aux_weight
 
     def train_step(self, labeled: LabeledBatch, unlabeled: UnlabeledBatch | None, step: int) -> StepOutput:

@@ -160,6 +160,18 @@ def threshold_and_refine(
     return PseudoLabels(clean.to(dtype), keep.float())
 
 
+def view_disagreement(views: list[Tensor]) -> Tensor:
+    """Per-joint spread (N, K) float32 of one network's predictions of several views of the same images (mapped
+    back to one frame): the maximum over pixels of the pixel-wise standard deviation across views (population
+    std). 0 for a single view or identical views. Low = the prediction does not depend on the view."""
+    if not views:
+        raise ValueError("view_disagreement needs at least one view")
+    for v in views:
+        _check_heatmaps(v)
+    stacked = torch.stack([v.float() for v in views])  # (V, N, K, h, w)
+    return stacked.std(0, correction=0).flatten(2).amax(-1)
+
+
 def cross_student_uncertainty(a: Tensor, b: Tensor) -> Tensor:
     """Per-joint disagreement (N, K) float32 of two students' heatmaps of the same view(s): the maximum over pixels
     of the pixel-wise standard deviation of the pair. For two values the (population) std is |a − b| / 2; we use

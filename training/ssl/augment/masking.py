@@ -3,7 +3,9 @@
 Joint Cutout and Adaptive Keypoint Masking centre their boxes on (valid) joints, so they hide exactly the evidence
 the teacher's pseudo-labels point at; Cutout places its boxes anywhere in the image. Images (N, 3, H, W)
 normalised; joints (N, K, 2) input px (x, y); every function returns the masked images and the mask
-(N, 1, H, W) float (1 = zeroed), and never modifies its inputs.
+(N, 1, H, W) float (1 = zeroed), and never modifies its inputs. Box half-sizes (`half_size_frac`) and the Joint
+Cutout jitter (`jitter_frac`) are fractions of the crop's shorter side min(H, W), converted to px from the images'
+shape on each call (see `_sampling`), so the masked share of the crop does not depend on its resolution.
 """
 
 from __future__ import annotations
@@ -14,15 +16,18 @@ import torch
 from torch import Tensor
 
 from training.ssl.augment._sampling import (
-    HalfSize,
+    HALF_SIZE_FRAC,
+    JITTER_FRAC,
+    HalfSizeFrac,
     _box_mask,
     _centre,
     _choose,
     _gather_points,
-    _randint,
+    _half_sizes,
     _randn,
     _random_boxes,
     _valid,
+    shorter_side,
 )
 
 
@@ -32,19 +37,21 @@ def joint_cutout(
     valid: Tensor | None = None,
     *,
     num_joints: int = 5,
-    half_size: HalfSize = (10, 19),
-    jitter_std: float = 10.0,
+    half_size_frac: HalfSizeFrac = HALF_SIZE_FRAC,
+    jitter_frac: float = JITTER_FRAC,
     generator: torch.Generator,
 ) -> tuple[Tensor, Tensor]:
-    """Joint Cutout (Xie et al.): zero boxes centred on `num_joints` distinct valid joints + N(0, jitter_std) px.
+    """Joint Cutout (Xie et al.): zero boxes centred on `num_joints` distinct valid joints + N(0, σ²) px jitter.
 
-    Half-sizes are uniform integers in half_size (inclusive). Returns (images, mask (N, 1, H, W) float).
+    With s = min(H, W): σ = jitter_frac·s px; half-sizes are uniform integers in [round(lo·s), round(hi·s)] for
+    half_size_frac = (lo, hi) (defaults: σ = 10 px, half-sizes 10–19 px at 256×192; 5 px, 5–9 px at 128×96).
+    Returns (images, mask (N, 1, H, W) float).
     """
     n = joints.shape[0]
     idx, active = _choose(_valid(joints, valid), num_joints, generator)
     m = idx.shape[1]
-    jitter = jitter_std * _randn(generator, (n, m, 2), joints.device)
-    half = _randint(generator, *half_size, (n, m), joints.device)
+    jitter = jitter_frac * shorter_side(images.shape[-2:]) * _randn(generator, (n, m, 2), joints.device)
+    half = _half_sizes(generator, half_size_frac, images.shape[-2:], (n, m), joints.device)
     centres = _centre(_gather_points(joints, idx) + jitter.to(joints.dtype))
     mask = _box_mask(centres, half, active, images.shape[-2:])
     return images.masked_fill(mask, 0.0), mask.to(images.dtype)
@@ -74,7 +81,7 @@ def adaptive_keypoint_mask(
     max_masks: int = 5,
     min_masks: int = 0,
     hard_sample_peak: float = 0.2,
-    half_size: HalfSize = (10, 19),
+    half_size_frac: HalfSizeFrac = HALF_SIZE_FRAC,
     generator: torch.Generator,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Adaptive Keypoint Masking (Meng et al. 2024), from the equations quoted in the abstract/summary.
@@ -83,7 +90,8 @@ def adaptive_keypoint_mask(
     m_i = round_half_up(max_masks · #easy / #valid) zeroed joint-centred boxes on distinct random easy joints
     (never more than #easy, at least min_masks); samples whose max valid peak < hard_sample_peak ("extremely
     difficult") get min_masks. tau, max_masks, min_masks and hard_sample_peak are OUR choices (the paper's
-    values were not retrievable) and belong in the method config. Returns (images, mask, counts (N,) long)
+    values were not retrievable) and belong in the method config. Box half-sizes as in `joint_cutout`
+    (half_size_frac of min(H, W)). Returns (images, mask, counts (N,) long)
     where counts is the number of masks placed.
     """
     ok = _valid(joints, valid)
@@ -94,14 +102,15 @@ def adaptive_keypoint_mask(
     counts = torch.where(hard, torch.full_like(counts, min_masks), counts).minimum(n_easy)
     idx, active = _choose(easy, max(max_masks, min_masks), generator)
     active = active & (torch.arange(idx.shape[1], device=idx.device) < counts[:, None])
-    half = _randint(generator, *half_size, idx.shape, images.device)
+    half = _half_sizes(generator, half_size_frac, images.shape[-2:], idx.shape, images.device)
     mask = _box_mask(_centre(_gather_points(joints, idx)), half, active, images.shape[-2:])
     return images.masked_fill(mask, 0.0), mask.to(images.dtype), active.sum(1)
 
 
 def cutout(
-    images: Tensor, *, holes: int = 5, half_size: HalfSize = (10, 19), generator: torch.Generator
+    images: Tensor, *, holes: int = 5, half_size_frac: HalfSizeFrac = HALF_SIZE_FRAC, generator: torch.Generator
 ) -> tuple[Tensor, Tensor]:
-    """Zero `holes` boxes with centres x ∈ [0, W), y ∈ [0, H). Returns (images, mask)."""
-    mask = _random_boxes(images, holes, half_size, generator)
+    """Zero `holes` boxes with centres x ∈ [0, W), y ∈ [0, H) and half-sizes from half_size_frac of min(H, W)
+    (as in `joint_cutout`). Returns (images, mask)."""
+    mask = _random_boxes(images, holes, half_size_frac, generator)
     return images.masked_fill(mask, 0.0), mask.to(images.dtype)

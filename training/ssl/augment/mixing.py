@@ -4,7 +4,9 @@ The pixels that hide a part of image i come from a random OTHER image of the bat
 points; with a batch of one, the image itself), so the hard view keeps natural image statistics, unlike zeroed
 boxes. Cut-Occlude and Keypoint-Mix paste the box around a joint of the source onto a joint of image i;
 CutMix pastes boxes at random positions; MixUp blends whole images. Images (N, 3, H, W) normalised; joints
-(N, K, 2) input px (x, y); nothing here modifies its inputs.
+(N, K, 2) input px (x, y); nothing here modifies its inputs. Box half-sizes (`half_size_frac`) are fractions of
+the crop's shorter side min(H, W), converted to integer px from the images' shape on each call (see `_sampling`):
+the defaults give 10–19 px at 256×192 and 5–9 px at 128×96.
 """
 
 from __future__ import annotations
@@ -16,13 +18,14 @@ import torch
 from torch import Tensor
 
 from training.ssl.augment._sampling import (
-    HalfSize,
+    HALF_SIZE_FRAC,
+    HalfSizeFrac,
     _centre,
     _choose,
     _gather_points,
+    _half_sizes,
     _other_image,
     _rand,
-    _randint,
     _random_boxes,
     _valid,
 )
@@ -67,7 +70,7 @@ def cut_occlude(
     valid: Tensor | None = None,
     *,
     num_patches: int = 2,
-    half_size: HalfSize = (10, 19),
+    half_size_frac: HalfSizeFrac = HALF_SIZE_FRAC,
     generator: torch.Generator,
 ) -> tuple[Tensor, Tensor]:
     """Keypoint Cut-Occlude (SSPCM's SSCO, coordinates done right).
@@ -83,7 +86,7 @@ def cut_occlude(
     dst_idx, dst_ok = _choose(ok, num_patches, generator)
     src_idx, src_ok = _choose(ok[perm], num_patches, generator)
     m = dst_idx.shape[1]
-    half = _randint(generator, *half_size, (n, m), images.device)
+    half = _half_sizes(generator, half_size_frac, images.shape[-2:], (n, m), images.device)
     src = _centre(_gather_points(joints[perm], src_idx))
     dst = _centre(_gather_points(joints, dst_idx))
     return _paste_all(images, perm[:, None].expand(n, m), src, dst, half, dst_ok & src_ok)
@@ -95,7 +98,7 @@ def keypoint_mix(
     valid: Tensor | None = None,
     *,
     num_joints: int = 3,
-    half_size: HalfSize = (10, 19),
+    half_size_frac: HalfSizeFrac = HALF_SIZE_FRAC,
     generator: torch.Generator,
 ) -> tuple[Tensor, Tensor]:
     """Keypoint-Mix (TRS, Yun et al. 2025), our reading of the abstract: mix keypoint appearances across images
@@ -115,18 +118,19 @@ def keypoint_mix(
     keys = _rand(generator, candidates.shape, images.device).masked_fill(~candidates, -1.0).flatten(2)
     best, pick = keys.max(-1)
     source, src_idx = pick // k, pick % k
-    half = _randint(generator, *half_size, (n, m), images.device)
+    half = _half_sizes(generator, half_size_frac, images.shape[-2:], (n, m), images.device)
     src = _centre(joints[source, src_idx])
     dst = _centre(_gather_points(joints, dst_idx))
     return _paste_all(images, source, src, dst, half, dst_ok & (best >= 0))
 
 
 def cutmix(
-    images: Tensor, *, holes: int = 5, half_size: HalfSize = (10, 19), generator: torch.Generator
+    images: Tensor, *, holes: int = 5, half_size_frac: HalfSizeFrac = HALF_SIZE_FRAC, generator: torch.Generator
 ) -> tuple[Tensor, Tensor]:
-    """Fill `holes` random boxes with the same pixels of another image of the batch. Returns (images, mask)."""
+    """Fill `holes` random boxes (placed as in `cutout`) with the same pixels of another image of the batch.
+    Returns (images, mask)."""
     perm = _other_image(images.shape[0], generator, images.device)
-    mask = _random_boxes(images, holes, half_size, generator)
+    mask = _random_boxes(images, holes, half_size_frac, generator)
     return torch.where(mask, images[perm], images), mask.to(images.dtype)
 
 

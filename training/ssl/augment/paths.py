@@ -3,7 +3,10 @@
 A method config lists paths such as "cut_occlude+cutout"; `check_path` validates one when the method is built
 (unknown names or options fail then, not mid-run) and `apply_path` turns easy-view images (N, 3, H, W) into the
 hard view, feeding each component the batch inputs it declares (joints (N, K, 2) input px, valid (N, K),
-teacher peaks (N, K)).
+teacher peaks (N, K)). Size options are fractions of the crop's shorter side min(H, W), never pixels (see the
+package docstring): e.g. {"cutout": {"half_size_frac": [0.05, 0.1]}}; the former pixel options `half_size` and
+`jitter_std` are rejected at construction with a pointer to their replacements, and so is a half_size_frac outside
+0 ≤ lo ≤ hi ≤ 1 (ValueError).
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import torch
 from torch import Tensor
 
 from core.registry import Registry
+from training.ssl.augment._sampling import check_half_size_frac
 from training.ssl.augment.colour import photometric
 from training.ssl.augment.masking import adaptive_keypoint_mask, cutout, joint_cutout
 from training.ssl.augment.mixing import cut_occlude, cutmix, keypoint_mix, mixup
@@ -34,6 +38,9 @@ def _identity(images: Tensor, *, generator: torch.Generator) -> Tensor:
     """The "none" path: the easy view itself (only the shared affine makes it hard)."""
     return images
 
+
+# Options that used to be in pixels, and what replaced them (fractions of min(H, W); px / 192 at 256×192).
+_RENAMED = {"half_size": "half_size_frac", "jitter_std": "jitter_frac"}
 
 AUGMENTS: Registry[AugmentSpec] = Registry("hard-view augmentation")
 AUGMENTS.register("none")(AugmentSpec(_identity, ()))
@@ -59,7 +66,9 @@ def _options(spec: AugmentSpec) -> tuple[set[str], set[str]]:
 class AugmentPath:
     """One hard-view path: registry names joined by "+" applied in order (MultiAugs: JOCO = "cut_occlude+cutout",
     JCCM = "joint_cutout+cutmix") and per-component keyword overrides, e.g.
-    AugmentPath("joint_cutout+cutmix", {"cutmix": {"holes": 2}}). Unknown names or options raise at construction.
+    AugmentPath("joint_cutout+cutmix", {"cutmix": {"holes": 2}}) or
+    AugmentPath("joint_cutout", {"joint_cutout": {"half_size_frac": (0.05, 0.1), "jitter_frac": 0.05}}) (sizes
+    as fractions of the crop's shorter side). Unknown names or options raise at construction.
     """
 
     name: str
@@ -74,9 +83,17 @@ class AugmentPath:
             allowed, required = _options(AUGMENTS.get(component))
             given = set(self.kwargs.get(component, {}))
             if given - allowed or required - given:
+                hints = [
+                    f"{old!r} (pixels) is now {new!r}, a fraction of min(H, W) (px / 192 at 256×192)"
+                    for old, new in _RENAMED.items()
+                    if old in given and new in allowed
+                ]
                 raise TypeError(
                     f"{component}: unknown options {sorted(given - allowed)}, missing {sorted(required - given)}"
+                    + "".join(f"; {hint}" for hint in hints)
                 )
+            if "half_size_frac" in given:
+                check_half_size_frac(self.kwargs[component]["half_size_frac"])
         object.__setattr__(self, "kwargs", {c: dict(o) for c, o in self.kwargs.items()})
 
     def __hash__(self) -> int:

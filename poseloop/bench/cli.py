@@ -1,0 +1,109 @@
+"""`poseloop bench ...` commands (results go to docs/benchmarks.md)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import typer
+
+bench_app = typer.Typer(no_args_is_help=True, help="Benchmarks (results go to docs/benchmarks.md).")
+
+
+@bench_app.command("infer")
+def bench_infer(
+    threads: int = typer.Option(2, help="Intra-op threads for both runtimes."),
+    out: Path = typer.Option(Path("docs/benchmarks.md")),
+    seconds: float = typer.Option(3.0, help="Measurement time per row."),
+):
+    """persons/s and ms/person: PyTorch eager vs ONNX Runtime at batch 1 and 8."""
+    from poseloop.bench.infer import run_default_bench
+
+    rows = run_default_bench(threads=threads, seconds=seconds, out=out, command=" ".join(["poseloop", *sys.argv[1:]]))
+    for row in rows:
+        typer.echo(json.dumps(row))
+
+
+@bench_app.command("supervised")
+def bench_supervised(
+    out: Path = typer.Option(Path("docs/benchmarks.md")),
+    only: list[str] = typer.Option([], help="Run only rows whose label contains this text (repeatable)."),
+    threads: int | None = typer.Option(None, help="torch intra-op threads (run several benches side by side)."),
+):
+    """Supervised LSP PCK@0.2 for N = 100, 200, 800 labels, ImageNet vs random init (resumable, cached rows)."""
+    import torch
+
+    from poseloop.bench.supervised import run_supervised_bench
+
+    if threads:
+        torch.set_num_threads(threads)
+    run_supervised_bench(out=out, only=only, command=" ".join(["poseloop", *sys.argv[1:]]))
+
+
+@bench_app.command("serve")
+def bench_serve(
+    model: Path | None = typer.Option(
+        None, exists=True, help="ONNX model (default: a random-init MobileNetV2 + deconv head, exported here)."
+    ),
+    backend: list[str] = typer.Option(["embedded", "triton"], help="Backends to run (repeatable)."),
+    concurrency: list[int] = typer.Option([1, 4, 16, 64], help="Concurrent clients per row (repeatable)."),
+    seconds: float = typer.Option(10.0, help="Measured seconds per row (after a 2 s warm-up)."),
+    threads: int = typer.Option(2, help="ONNX Runtime intra-op threads (server and raw baseline)."),
+    out: Path = typer.Option(Path("docs/benchmarks.md")),
+):
+    """HTTP /v1/pose throughput and p50/p95/p99 per backend and concurrency, vs raw in-process ONNX Runtime."""
+    from poseloop.bench.serve import run_default_serve_bench
+
+    result = run_default_serve_bench(
+        model,
+        backends=tuple(backend),
+        concurrency=tuple(concurrency),
+        duration_s=seconds,
+        threads=threads,
+        out=out,
+        command=" ".join(["poseloop", *sys.argv[1:]]),
+    )
+    typer.echo(json.dumps(result, indent=2))
+
+
+@bench_app.command("ssl")
+def bench_ssl(
+    profile: str = typer.Option(
+        "quick", help="quick (a smoke run of every preset; the v1 full table is historical: see `bench ssl-v2`)."
+    ),
+    out: Path = typer.Option(Path("docs/benchmarks.md")),
+    results: Path = typer.Option(Path("docs/results"), help="Where row results (and runs/) are kept."),
+    only: list[str] = typer.Option([], help="Run only these rows (method names; the init row always runs)."),
+    threads: int | None = typer.Option(None, help="torch intra-op threads."),
+):
+    """Every semi-supervised preset on the LSP-SSL protocol: PCK@0.2, gap closure, wall time, collapse flag."""
+    import torch
+
+    from poseloop.bench.ssl import run_ssl_bench
+
+    if threads:
+        torch.set_num_threads(threads)
+    typer.echo(json.dumps(run_ssl_bench(profile, out, results, only or None), indent=2)[:4000])
+
+
+@bench_app.command("ssl-v2")
+def bench_ssl_v2(
+    profile: str = typer.Option("v2", help="v2 (the LSP-SSL v2 table) or v2-quick (a smoke run through real data)."),
+    out: Path = typer.Option(Path("docs/benchmarks.md")),
+    results: Path = typer.Option(Path("docs/results"), help="Where ssl_<profile>.json and runs/ are kept."),
+    only_method: list[str] = typer.Option([], "--only-method", help="Run only this method's rows (repeatable)."),
+    only_labels: list[int] = typer.Option([], "--only-labels", help="Run only rows with this label budget N."),
+    distill: bool = typer.Option(False, "--distill/--no-distill", help="Include the distill rows (poseloop.distill)."),
+    threads: int | None = typer.Option(None, help="torch intra-op threads (two benches side by side: 1 each)."),
+):
+    """LSP-SSL protocol v2: every preset from ImageNet init at N = 100/200/400, Δ on the 500-person report split."""
+    import torch
+
+    from poseloop.bench.ssl_v2 import run_ssl_v2_bench
+
+    if threads:
+        torch.set_num_threads(threads)
+    rows = run_ssl_v2_bench(profile, out, results, only_method or None, only_labels or None, distill)
+    summary = {r["label"]: r["metrics"]["pck_limbs"] if r.get("done") else r.get("status") for r in rows.values()}
+    typer.echo(json.dumps(summary, indent=2))

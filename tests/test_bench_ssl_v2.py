@@ -1,0 +1,171 @@
+"""`poseloop bench ssl-v2`: the row set, the comparisons between rows, and a v2-quick run on real LSP + LSPET."""
+
+from __future__ import annotations
+
+import json
+import sys
+import types
+from pathlib import Path
+
+import pytest
+import yaml
+
+from poseloop.bench import ssl_v2
+from poseloop.bench.ssl_v2 import (
+    CONFIGS,
+    METHODS,
+    PROFILES,
+    add_comparisons,
+    run_ssl_v2_bench,
+    select_rows,
+    v2_rows,
+)
+
+REQUIRED = ("method", "labels", "seed", "config_hash", "step", "train_minutes", "metrics")
+REQUIRED_METRICS = ("pck_limbs", "delta", "ci_low", "ci_high", "gap_closure", "collapse", "dev_pck_limbs", "per_person")
+
+
+def test_default_rows_cover_every_method_and_n_on_one_schedule(tmp_path):
+    rows = v2_rows("v2", tmp_path)
+    cells = [(r.info["method"], r.info["labels"], r.info["seed"]) for r in rows]
+    expected = {("supervised", n, s) for n in (100, 200, 400) for s in (0, 1)}
+    expected |= {(m, n, 0) for m in METHODS[1:] for n in (100, 200, 400)}
+    assert sorted(cells) == sorted(expected)  # each cell once, nothing else (no distill rows by default)
+    assert set(METHODS[1:]) == {"posecons", "posedual", "dsph", "trs", "akm"}
+    assert {r.info["kind"] for r in rows} == {"train"}
+    assert len({r.config.config_hash() for r in rows}) == len({r.config.run_dir for r in rows}) == len(rows)
+    for r in rows:
+        c = r.config
+        assert (c.optim.iterations, c.optim.warmup_iterations, c.optim.milestones) == (1500, 100, (0.7, 0.9))
+        assert (c.schedule.val_every, c.optim.batch_size, c.data.input_h, c.data.input_w) == (250, 32, 128, 96)
+        assert c.data.lsp_protocol == "v2" and c.data.unlabeled == "lspet" and c.data.label_budget == r.info["labels"]
+        assert c.model.pretrained and c.init_checkpoint is None  # ImageNet init, no warm start
+        assert c.seed == r.info["seed"] and c.method.name == r.info["method"]
+        assert "peer_init" not in c.method.params
+        if r.info["method"] != "supervised":
+            assert c.method.params["hard_view_bn_stats"] is False
+    # the base config holds the profile's schedule, so `poseloop train configs/ssl_v2/<m>.yaml` is a table row
+    base = yaml.safe_load((CONFIGS / "base.yaml").read_text())
+    p = PROFILES["v2"]
+    assert base["optim"]["iterations"] == p["iterations"] and base["schedule"]["val_every"] == p["val_every"]
+    assert base["optim"]["warmup_iterations"] == p["warmup_iterations"]
+    assert base["optim"]["milestones"] == p["milestones"]
+
+
+def test_distill_rows_are_a_parameter_and_filters_check_names(tmp_path):
+    rows = v2_rows("v2", tmp_path, include_distill=True)
+    distill = [r for r in rows if r.info["kind"] == "distill"]
+    assert [r.info["labels"] for r in distill] == [100, 200, 400]
+    assert all(r.config.method.name == "supervised" for r in distill)  # run_distillation trains supervised
+    assert all(r.config.optim.iterations == 1500 for r in distill)
+    picked = select_rows(rows, ["supervised", "dsph"], [200])
+    assert {(r.info["method"], r.info["labels"]) for r in picked} == {("supervised", 200), ("dsph", 200)}
+    with pytest.raises(ValueError, match="posecon"):
+        select_rows(rows, ["posecon"], None)
+    with pytest.raises(ValueError, match="800"):
+        select_rows(rows, None, [800])
+    with pytest.raises(ValueError, match="include_distill"):
+        select_rows(v2_rows("v2", tmp_path), ["distill"], None)
+
+
+def _record(method: str, labels: int, seed: int, correct: list[int], key: str) -> dict:
+    counted = [12] * len(correct)
+    pck = 100.0 * sum(correct) / sum(counted)
+    people = {"limbs_correct": correct, "limbs_counted": counted}
+    return {
+        "method": method,
+        "labels": labels,
+        "seed": seed,
+        "config_hash": key,
+        "done": True,
+        "metrics": {"pck_limbs": pck, "per_person": people},
+    }
+
+
+def test_comparisons_pair_each_row_with_supervised_n_seed0(tmp_path):
+    rows = v2_rows("v2", tmp_path)
+    key = {(r.info["method"], r.info["labels"], r.info["seed"]): r.config.config_hash() for r in rows}
+    scores = {
+        ("supervised", 100, 0): [4, 5, 6, 5],  # 41.7
+        ("supervised", 100, 1): [5, 5, 6, 5],
+        ("posecons", 100, 0): [6, 6, 7, 5],  # 50.0
+        ("supervised", 400, 0): [9, 8, 10, 9],  # 75.0
+        ("posecons", 400, 0): [9, 9, 10, 9],
+        ("trs", 200, 0): [6, 6, 6, 6],  # its reference (supervised N=200 seed 0) is not there yet
+    }
+    results = {key[c]: _record(*c, correct, key[c]) for c, correct in scores.items()}
+    results["old00000000"] = _record("posecons", 100, 0, [0, 0, 0, 0], "old00000000")  # superseded config
+    add_comparisons(results, rows, reference_labels=400)
+    sup = results[key["supervised", 100, 0]]["metrics"]
+    assert (sup["delta"], sup["ci_low"], sup["ci_high"], sup["gap_closure"]) == (0.0, 0.0, 0.0, 0.0)
+    pc = results[key["posecons", 100, 0]]["metrics"]
+    assert pc["delta"] == pytest.approx(50.0 - 100 * 20 / 48) and pc["ci_low"] <= pc["delta"] <= pc["ci_high"]
+    assert pc["gap_closure"] == pytest.approx((50.0 - 100 * 20 / 48) / (75.0 - 100 * 20 / 48))
+    assert pc["reference"] == key["supervised", 100, 0]
+    assert results[key["posecons", 400, 0]]["metrics"]["gap_closure"] is None  # N = 400 is "all labels"
+    assert results[key["posecons", 400, 0]]["metrics"]["delta"] == pytest.approx(100 * 1 / 48)
+    assert results[key["trs", 200, 0]]["metrics"]["delta"] is None
+    assert "delta" not in results["old00000000"]["metrics"]
+
+
+def test_a_distill_row_without_its_module_is_reported_not_run(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "poseloop.distill", None)  # import → ImportError
+    out = tmp_path / "bench.md"
+    results = run_ssl_v2_bench("v2-quick", out, tmp_path, ["distill"], [8], include_distill=True)
+    (row,) = results.values()
+    assert row["status"] == "not run" and not row["done"] and "poseloop.distill" in row["reason"]
+    text = out.read_text()
+    assert "## LSP-SSL benchmark v2-quick" in text and "| 8 | distill | 0 | not run: " in text
+    assert "| 8 | supervised | 1 | pending |" in text
+    assert (tmp_path / "images" / "ssl_v2-quick.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_quick_profile_end_to_end(tmp_path, data_root, monkeypatch):
+    out = tmp_path / "bench.md"
+    results = run_ssl_v2_bench("v2-quick", out, tmp_path, ["supervised", "posecons"], [8], include_distill=False)
+    by_cell = {(r["method"], r["labels"], r["seed"]): r for r in results.values()}
+    assert set(by_cell) == {("supervised", 8, 0), ("supervised", 8, 1), ("posecons", 8, 0)}
+    for key, row in results.items():
+        assert all(f in row for f in REQUIRED) and all(f in row["metrics"] for f in REQUIRED_METRICS)
+        m = row["metrics"]
+        assert row["done"] and row["config_hash"] == key and row["step"] == 2 and m["collapse"] is None
+        assert 0.0 <= m["pck_limbs"] <= 100.0 and 0.0 <= m["dev_pck_limbs"] <= 100.0
+        people = m["per_person"]
+        assert len(people["limbs_correct"]) == m["report_persons"] == 500
+        assert 100 * sum(people["limbs_correct"]) / sum(people["limbs_counted"]) == pytest.approx(m["pck_limbs"])
+        assert m["ci_low"] <= m["delta"] <= m["ci_high"] and m["gap_closure"] is None  # N = 16 not run
+    sup = by_cell["supervised", 8, 0]["metrics"]
+    assert (sup["delta"], sup["ci_low"], sup["ci_high"]) == (0.0, 0.0, 0.0)
+    text = out.read_text()
+    assert "## LSP-SSL benchmark v2-quick" in text and "| 16 | dsph | 0 | pending |" in text
+    assert (tmp_path / "images" / "ssl_v2-quick.png").read_bytes()[:4] == b"\x89PNG"
+
+    # a second call trains and scores nothing: every selected row is cached
+    def refuse(*args, **kwargs):
+        raise AssertionError("a cached row was run again")
+
+    monkeypatch.setattr("training.engine.Trainer", refuse)
+    monkeypatch.setattr("training.checkpoints.evaluate_checkpoint", refuse)
+    (tmp_path / "ssl_v2-quick_notes.md").write_text("**Finding.** kept across regenerations\n")
+    again = run_ssl_v2_bench("v2-quick", out, tmp_path, ["supervised", "posecons"], [8], include_distill=False)
+    assert json.dumps(again, sort_keys=True) == json.dumps(results, sort_keys=True)
+    assert "**Finding.** kept across regenerations" in out.read_text()
+    monkeypatch.undo()
+    _distill_row_reports_the_returned_checkpoint(tmp_path, by_cell["supervised", 8, 0], monkeypatch)
+
+
+def _distill_row_reports_the_returned_checkpoint(tmp_path: Path, teacher_row: dict, monkeypatch) -> None:
+    """A fake run_distillation that returns its teacher: the row scores that checkpoint, so its Δ is 0."""
+    calls = []
+
+    def run_distillation(config, teacher, rounds, out_dir):
+        calls.append((config.name, Path(teacher), rounds, Path(out_dir)))
+        return [types.SimpleNamespace(best_checkpoint=Path(teacher))]
+
+    monkeypatch.setitem(sys.modules, "poseloop.distill", types.SimpleNamespace(run_distillation=run_distillation))
+    results = run_ssl_v2_bench("v2-quick", None, tmp_path, ["distill"], [8], include_distill=True)
+    row = next(r for r in results.values() if r["method"] == "distill")
+    teacher = tmp_path / "runs" / teacher_row["run"] / "best.pt"
+    assert calls == [("ssl_v2-quick_distill_n8_s0", teacher, ssl_v2.DISTILL_ROUNDS, tmp_path / "runs" / row["run"])]
+    assert row["done"] and row["step"] == 2 and row["metrics"]["delta"] == 0.0
+    assert row["metrics"]["pck_limbs"] == teacher_row["metrics"]["pck_limbs"]
