@@ -42,7 +42,10 @@ CREATE TABLE IF NOT EXISTS rejections (
 CREATE TABLE IF NOT EXISTS checks (
     sha256 TEXT PRIMARY KEY, thumbnail TEXT, teacher_version TEXT, teacher_confidence REAL, persons INT,
     created TEXT);
+CREATE TABLE IF NOT EXISTS quarantine (
+    sha256 TEXT PRIMARY KEY, reason TEXT, created TEXT);
 """
+MAX_REASON_CHARS = 500  # a quarantine reason is a log line, not an echo of whatever failed
 
 
 @dataclass(frozen=True)
@@ -173,6 +176,7 @@ class UploadStore:
             ).fetchone()
             rejected = db.execute("SELECT COUNT(*) FROM rejections").fetchone()[0]
             checked, confidence = db.execute("SELECT COUNT(*), AVG(teacher_confidence) FROM checks").fetchone()
+            quarantined = db.execute("SELECT COUNT(*) FROM quarantine").fetchone()[0]
         index_bytes = sum(p.stat().st_size for p in self.root.glob("index.sqlite*") if p.is_file())
         return {
             "total": total,
@@ -181,16 +185,17 @@ class UploadStore:
             "max_seq": top,
             "disk_bytes": image_bytes + index_bytes,
             "checked": checked,
+            "quarantined": quarantined,
             "mean_teacher_confidence": None if confidence is None else round(confidence, 4),
         }
 
     # ------------------------------------------------------------------ ingest checks (poseloop.worker.checks)
     def unchecked(self, limit: int) -> list[UploadRecord]:
-        """Oldest images without an ingest check yet."""
+        """Oldest images without an ingest check yet (quarantined ones are never offered again)."""
         with self._db() as db:
             rows = db.execute(
                 "SELECT seq, sha256, path, width, height, boxes FROM images WHERE sha256 NOT IN "
-                "(SELECT sha256 FROM checks) ORDER BY seq LIMIT ?",
+                "(SELECT sha256 FROM checks) AND sha256 NOT IN (SELECT sha256 FROM quarantine) ORDER BY seq LIMIT ?",
                 (limit,),
             ).fetchall()
         return [
@@ -205,6 +210,12 @@ class UploadStore:
                 (sha, str(thumbnail.relative_to(self.root)), teacher_version, confidence, persons, _now()),
             )
 
+    def quarantine(self, sha: str, reason: str) -> None:
+        """Take an image that broke a worker out of the checks and of every retrain pool (the file is kept, for
+        inspection); its row stays, so the upload is not lost and a re-upload is still a duplicate."""
+        with self._db() as db:
+            db.execute("INSERT OR REPLACE INTO quarantine VALUES (?, ?, ?)", (sha, reason[:MAX_REASON_CHARS], _now()))
+
     def thumbnail_path(self, sha: str) -> Path:
         return self.root / "thumbs" / sha[:2] / f"{sha}.jpg"
 
@@ -212,7 +223,8 @@ class UploadStore:
         """Images with seq <= max_seq (all when None), in upload order."""
         with self._db() as db:
             rows = db.execute(
-                "SELECT seq, sha256, path, width, height, boxes FROM images WHERE seq <= ? ORDER BY seq",
+                "SELECT seq, sha256, path, width, height, boxes FROM images WHERE seq <= ? AND sha256 NOT IN "
+                "(SELECT sha256 FROM quarantine) ORDER BY seq",
                 (max_seq if max_seq is not None else 2**63 - 1,),
             ).fetchall()
         return [

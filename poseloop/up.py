@@ -2,8 +2,10 @@
 
 Embedded (nothing configured): API (in-process ONNX Runtime) + embedded worker (which also schedules).
 With POSELOOP_BROKER_URL: API + Celery `train` worker (solo, one job at a time) + Celery `ingest` worker +
-exactly one `celery beat`. A child that dies is restarted (with backoff); Ctrl-C / SIGTERM stops every child
-(SIGTERM, then SIGKILL after a grace period).
+exactly one `celery beat`. A child that dies is restarted (with backoff). A worker that keeps dying is given up
+on — loudly, every minute — while the API keeps serving: a broken worker must not take inference down. Only
+an API that keeps dying stops the stack. Ctrl-C / SIGTERM stops every child (SIGTERM, then SIGKILL after a grace
+period).
 """
 
 from __future__ import annotations
@@ -30,8 +32,11 @@ CELERY = [sys.executable, "-m", "celery", "-A", "poseloop.worker.tasks"]
 class Child:
     name: str
     argv: list[str]
+    essential: bool = False  # the stack stops when an essential child (the API) keeps dying
     proc: subprocess.Popen | None = None
     restarts: list[float] = field(default_factory=list)
+    next_start: float | None = None  # when a dead child is started again (backoff); None while it runs
+    given_up: bool = False
 
 
 def dev_tokens() -> dict[str, str]:
@@ -66,7 +71,7 @@ def celery_beat_argv(data_dir: str) -> list[str]:
 
 
 def stack(broker: bool, port: int) -> list[Child]:
-    api = Child("api", [sys.executable, "-m", "poseloop.cli", "serve", "--port", str(port)])
+    api = Child("api", [sys.executable, "-m", "poseloop.cli", "serve", "--port", str(port)], essential=True)
     if not broker:
         return [api, Child("worker", [sys.executable, "-m", "poseloop.cli", "worker"])]
     return [
@@ -78,8 +83,14 @@ def stack(broker: bool, port: int) -> list[Child]:
 
 
 class Supervisor:
-    def __init__(self, children: list[Child], env: dict[str, str]) -> None:
+    """Starts the children, restarts the dead ones with backoff (2, 4, 8, 10 s…), gives up on a non-essential
+    child after `max_restarts` deaths within a minute and stops the stack when an essential one does."""
+
+    def __init__(
+        self, children: list[Child], env: dict[str, str], max_restarts: int = 5, backoff_cap_s: float = 10.0
+    ) -> None:
         self.children, self.env = children, env
+        self.max_restarts, self.backoff_cap_s = max_restarts, backoff_cap_s
         self.stopping = threading.Event()
         self._print = threading.Lock()
 
@@ -110,22 +121,40 @@ class Supervisor:
             signal.signal(sig, lambda *_: self.stopping.set())
         for child in self.children:
             self._start(child)
-        while not self.stopping.wait(0.5):
+        while not self.stopping.wait(0.2):
             for child in self.children:
-                assert child.proc is not None, "every child was started above"
-                code = child.proc.poll()
-                if code is None:
-                    continue
-                child.restarts = [t for t in child.restarts if time.time() - t < 60] + [time.time()]
-                if len(child.restarts) > 5:
-                    self.say("up", f"{child.name} keeps dying (exit {code}); stopping the stack")
-                    self.stopping.set()
-                    break
-                self.say("up", f"{child.name} exited with {code}; restarting")
-                time.sleep(min(2 ** len(child.restarts), 10))
-                self._start(child)
+                self._watch(child)
         self.stop()
         return 0
+
+    def _watch(self, child: Child) -> None:
+        now = time.time()
+        if child.given_up:
+            if child.next_start is not None and now >= child.next_start:  # keep saying so, once a minute
+                self.say("up", f"{child.name} is down (it kept dying); the API keeps serving — see its log above")
+                child.next_start = now + 60.0
+            return
+        if child.next_start is not None:
+            if now >= child.next_start:
+                child.next_start = None
+                self._start(child)
+            return
+        assert child.proc is not None, "every child was started by run()"
+        code = child.proc.poll()
+        if code is None:
+            return
+        child.restarts = [t for t in child.restarts if now - t < 60] + [now]
+        if len(child.restarts) > self.max_restarts:
+            if child.essential:
+                self.say("up", f"{child.name} keeps dying (exit {code}); stopping the stack")
+                self.stopping.set()
+            else:
+                self.say("up", f"{child.name} keeps dying (exit {code}); giving up on it, the API keeps serving")
+                child.given_up, child.next_start = True, now + 60.0
+            return
+        delay = min(2.0 ** len(child.restarts), self.backoff_cap_s)
+        self.say("up", f"{child.name} exited with {code}; restarting in {delay:g} s")
+        child.next_start = now + delay
 
     def stop(self) -> None:
         self.say("up", "stopping…")

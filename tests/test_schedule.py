@@ -62,3 +62,49 @@ def test_ingest_checks_make_thumbnails_and_teacher_confidence(tmp_path):
     for record in store.snapshot():
         thumb = cv2.imread(str(store.thumbnail_path(record.sha256)))
         assert thumb is not None and max(thumb.shape[:2]) <= 160
+
+
+def test_a_record_that_breaks_the_check_is_quarantined_and_the_rest_go_on(tmp_path):
+    """One bad stored image (here: its file was corrupted on disk after upload) must not stop the worker: it is
+    quarantined — out of the checks and of every retrain pool — with its reason, and the others are checked."""
+    from poseloop.worker.checks import check_pending
+
+    registry = ModelRegistry(tmp_path / "reg")
+    registry.set_active(registry.register(tiny_pose_onnx(tmp_path / "a.onnx"), actor="t").version, "t")
+    store = UploadStore(tmp_path / "up")
+    bad = store.add(_image(1), "1.png", None, "t", "t")
+    store.add(_image(2), "2.png", None, "t", "t")
+    broken = next(r for r in store.snapshot() if r.seq == bad.seq)
+    broken.path.write_bytes(b"not an image any more")
+    assert check_pending(store, registry) == 2  # both were tried; the worker did not raise
+    assert check_pending(store, registry) == 0  # the quarantined one is not offered again
+    stats = store.stats(0)
+    assert stats["checked"] == 1 and stats["quarantined"] == 1 and stats["total"] == 2
+    assert [r.seq for r in store.snapshot()] == [bad.seq + 1], "a quarantined image left the retrain pool"
+
+
+def _finished(job_id: str, state: str, parent: str, seq: int, finished: str):
+    from continual.jobs import Job
+
+    return Job(
+        id=job_id, kind="retrain", model="default", state=state, params={}, requested_by="scheduler",
+        created=finished, updated=finished, started=finished, finished=finished, attempts=1,
+        cancel_requested=False, progress={}, result={"plan": {"parent": parent, "unlabeled_seq": seq}},
+        error=None, idempotency_key=None, lease_owner=None,
+    )  # fmt: skip
+
+
+def test_scheduler_holds_on_an_unchanged_pool_and_backs_off_after_failures():
+    from datetime import UTC, datetime
+
+    from continual.schedule import hold_reason
+
+    now = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
+    rejected = _finished("j1", "succeeded", "3", 40, "2026-12-01T11:59:00+00:00")
+    assert "unchanged since job j1" in hold_reason([rejected], "3", 40, now)
+    assert hold_reason([rejected], "3", 41, now) is None  # a new upload: go
+    assert hold_reason([rejected], "4", 40, now) is None  # another active version: go
+    failed = [_finished(f"f{i}", "failed", "3", 30 + i, "2026-12-01T11:00:00+00:00") for i in range(3)]
+    assert "3 failed job(s) in a row" in hold_reason(failed, "3", 99, now)  # 4 h backoff, 1 h elapsed
+    assert hold_reason(failed[:1], "3", 99, now) is None  # one failure: 1 h backoff, 1 h elapsed
+    assert hold_reason([], "3", 40, now) is None

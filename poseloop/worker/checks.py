@@ -9,7 +9,7 @@ import logging
 import cv2
 import numpy as np
 
-from continual.uploads import UploadStore
+from continual.uploads import UploadRecord, UploadStore
 from core.fileio import atomic_write_bytes
 from models.registry import ModelRegistry
 from serving.pipeline import PosePipeline, load_image_rgb
@@ -30,15 +30,24 @@ def check_pending(store: UploadStore, registry: ModelRegistry, limit: int = 64) 
 
     pipeline = PosePipeline(OnnxRuntimeBackend(active.onnx_path, intra_op_threads=1))
     for item in pending:
-        rgb = load_image_rgb(item.path.read_bytes())
-        scale = THUMBNAIL_SIDE / max(rgb.shape[:2])
-        thumb = cv2.resize(rgb, None, fx=min(scale, 1.0), fy=min(scale, 1.0), interpolation=cv2.INTER_AREA)
-        _ok, jpeg = cv2.imencode(".jpg", cv2.cvtColor(thumb, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 85])
-        path = store.thumbnail_path(item.sha256)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_bytes(path, jpeg.tobytes())
-        poses = pipeline.predict(rgb, item.boxes)
-        confidence = float(np.mean([p.keypoint_scores.mean() for p in poses])) if poses else 0.0
-        store.record_check(item.sha256, path, active.version, confidence, len(poses))
+        try:
+            _check_one(store, pipeline, item, active.version)
+        except Exception as err:  # one bad record must never stop the worker: quarantine it, log it, go on
+            log.exception("ingest check of %s failed; quarantined", item.sha256)
+            store.quarantine(item.sha256, f"ingest check failed: {type(err).__name__}: {err}")
     log.info("checked %d uploads with version %s", len(pending), active.version)
     return len(pending)
+
+
+def _check_one(store: UploadStore, pipeline: PosePipeline, item: UploadRecord, version: str) -> None:
+    """Thumbnail and the served model's confidence for one stored image."""
+    rgb = load_image_rgb(item.path.read_bytes())
+    scale = THUMBNAIL_SIDE / max(rgb.shape[:2])
+    thumb = cv2.resize(rgb, None, fx=min(scale, 1.0), fy=min(scale, 1.0), interpolation=cv2.INTER_AREA)
+    _ok, jpeg = cv2.imencode(".jpg", cv2.cvtColor(thumb, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 85])
+    path = store.thumbnail_path(item.sha256)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(path, jpeg.tobytes())
+    poses = pipeline.predict(rgb, item.boxes)
+    confidence = float(np.mean([p.keypoint_scores.mean() for p in poses])) if poses else 0.0
+    store.record_check(item.sha256, path, version, confidence, len(poses))

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+from typing import Annotated, Any, Literal
+
 from fastapi import APIRouter, Depends, Header, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, Strict, field_validator
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from continual.jobs import JobNotFound
+from continual.jobs import FINAL_STATES, JobNotFound
+from continual.overrides import check_overrides
+from core.inputs import InputError
 from serving.auth import Principal
 from serving.routes.deps import get_service, require
 
@@ -55,9 +59,12 @@ def events(
 class RetrainRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    iterations: int | None = Field(None, ge=1, le=1_000_000, description="training steps (default: the setting)")
+    # Strict: JSON `true` is not the integer 1
+    iterations: Annotated[int, Strict()] | None = Field(
+        None, ge=1, le=1_000_000, description="training steps (default: the setting)"
+    )
     margin: float | None = Field(None, ge=-100, le=100, description="promotion margin override (metric points)")
-    nproc: int | None = Field(
+    nproc: Annotated[int, Strict()] | None = Field(
         None,
         ge=1,
         le=64,
@@ -68,13 +75,17 @@ class RetrainRequest(BaseModel):
     )
     reason: str | None = Field(None, max_length=500)
 
+    @field_validator("margin", mode="before")
+    @classmethod
+    def _not_bool(cls, value: Any) -> Any:
+        if isinstance(value, bool):
+            raise ValueError("margin must be a number, not a boolean")
+        return value
+
     @field_validator("overrides")
     @classmethod
-    def _dotted(cls, values: list[str]) -> list[str]:
-        bad = [v for v in values if "=" not in v or not v.split("=", 1)[0].replace("_", "").replace(".", "").isalnum()]
-        if bad:
-            raise ValueError(f"overrides must look like section.key=value, got {bad[:3]}")
-        return values
+    def _allowed(cls, values: list[str]) -> list[str]:
+        return check_overrides(values)  # continual.overrides: an allow-list with the typed fields' limits
 
 
 class PinRequest(BaseModel):
@@ -101,17 +112,38 @@ def retrain(
     service = get_service(request)
     body = body or RetrainRequest()
     params = {k: v for k, v in body.model_dump().items() if v not in (None, [])}
+    if idempotency_key is not None and not idempotency_key.strip():
+        raise InputError(422, "invalid_idempotency_key", "Idempotency-Key is empty; omit it or send a real key")
+    if service.uploads.max_seq() == 0:
+        raise InputError(409, "empty_pool", "the unlabeled pool is empty: upload images first (POST /v1/unlabeled)")
     job, created = service.queue.submit_retrain(params, caller.actor, idempotency_key)
     if not created:
-        response.status_code = 200
+        same = _request_params(job.params) == _request_params(params)
+        if idempotency_key is not None and job.idempotency_key == idempotency_key and not same:
+            raise InputError(
+                422, "idempotency_key_reused", f"Idempotency-Key was used for job {job.id} with another body"
+            )
+        if not same:
+            raise InputError(
+                409,
+                "retrain_running",
+                f"job {job.id} ({job.state}) is already retraining this model with other "
+                "parameters; cancel it or wait for it (GET /v1/ops/jobs/" + job.id + ")",
+            )
+        response.status_code = 200  # the very same request again: the job it started
     return {"created": created, "queue": service.queue.mode, "job": job.to_dict()}
+
+
+def _request_params(params: dict[str, Any]) -> dict[str, Any]:
+    """What makes two retrain requests the same job (the free-text reason does not)."""
+    return {k: v for k, v in params.items() if k != "reason"}
 
 
 @router.get("/jobs", summary="Recent jobs, newest first")
 def jobs(
     request: Request,
     limit: int = Query(50, ge=1, le=1000),
-    state: str | None = Query(None, max_length=16),
+    state: Literal["queued", "running", "succeeded", "failed", "cancelled"] | None = Query(None),
     _caller: Principal = Depends(require("ops")),
 ) -> dict:
     return {"jobs": [j.to_dict() for j in get_service(request).queue.jobs.list(limit, state)]}
@@ -129,7 +161,9 @@ def job(
 @router.post("/jobs/{job_id}/cancel", summary="Cancel: a queued job at once, a running one at its next heartbeat")
 def cancel(job_id: str, request: Request, caller: Principal = Depends(require("ops"))) -> dict:
     service = get_service(request)
-    _job_or_404(service, job_id)
+    found = _job_or_404(service, job_id)
+    if found.state in FINAL_STATES:
+        raise InputError(409, "job_finished", f"job {job_id} already {found.state}: nothing to cancel")
     return service.queue.jobs.request_cancel(job_id, caller.actor).to_dict()
 
 
