@@ -66,8 +66,8 @@ def decide(evidence: GateEvidence, margin: float, collapse: str | None) -> tuple
     bound = evidence.ci_low if evidence.ci_low is not None else evidence.delta
     which = "lower bound" if evidence.ci_low is not None else "Δ"
     if bound >= margin:
-        return "promote", f"{evidence.describe()}; {which} {bound:+.2f} ≥ margin {margin:g}"
-    return "reject", f"{evidence.describe()}; {which} {bound:+.2f} < margin {margin:g}"
+        return "promote", f"{evidence.describe()}; {which} {bound:+.2f} ≥ margin {margin}"
+    return "reject", f"{evidence.describe()}; {which} {bound:+.2f} < margin {margin}"
 
 
 def score_checkpoint(checkpoint: Path, config: Any) -> dict[str, Any]:

@@ -30,6 +30,8 @@ from serving.manager import ModelManager
 from serving.pipeline import PosePipeline
 from tests.serving_fixtures import auth, encode, export_posenet, process_server, sample_image, tiny_pose_onnx
 
+pytestmark = pytest.mark.integration  # real server processes: `make test`, not `make test-fast`
+
 INFER, OPS = secrets.token_urlsafe(16), secrets.token_urlsafe(16)
 SEEDS = (11, 12, 13)
 CLIENTS = 8

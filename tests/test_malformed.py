@@ -19,6 +19,8 @@ from hypothesis import strategies as st
 from models.registry import ModelRegistry
 from tests.serving_fixtures import auth, encode, process_server, rss_kib, sample_image, tiny_pose_onnx
 
+pytestmark = pytest.mark.integration  # real server processes: `make test`, not `make test-fast`
+
 TOKEN = secrets.token_urlsafe(16)
 OPS = secrets.token_urlsafe(16)
 MAX_BYTES = 2 * 1024 * 1024

@@ -12,6 +12,8 @@ import pytest
 from serving.triton.server import find_tritonserver
 from tests.serving_fixtures import encode, free_port, sample_image, tiny_pose_onnx, wait_http
 
+pytestmark = pytest.mark.integration  # real server processes: `make test`, not `make test-fast`
+
 
 @pytest.mark.skipif(find_tritonserver() is None, reason="tritonserver binary not installed (pip install .[triton])")
 def test_serve_with_managed_triton(tmp_path):

@@ -89,7 +89,7 @@ def evaluate_checkpoint(
     from training.evaluator import evaluate_model
 
     if split not in ("val", "train", "unseen", "report"):
-        raise ValueError(f"split must be val, train, unseen or report, got {split!r}")
+        raise ValueError(f"split must be val, train or unseen (or report, under LSP protocol v2), got {split!r}")
     config, model, _ = load_checkpoint(checkpoint)
     if refinement:
         config = config.model_copy(update={"codec": config.codec.model_copy(update={"refinement": refinement})})
