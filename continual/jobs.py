@@ -20,7 +20,7 @@ import json
 import sqlite3
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -104,8 +104,10 @@ class Job:
 class JobStore:
     """SQLite job table at `path` (WAL; safe across the processes of one machine)."""
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, clock: Callable[[], float] = time.time) -> None:
+        """`clock` gives the epoch seconds leases are measured in (tests inject one instead of sleeping)."""
         self.path = Path(path)
+        self._clock = clock
         self.path.parent.mkdir(parents=True, exist_ok=True)
         open_wal(self.path, _SCHEMA)
 
@@ -202,7 +204,7 @@ class JobStore:
     def claim(self, owner: str, lease_s: float, job_id: str | None = None) -> Job | None:
         """Take a queued job (or `job_id`), or a running one whose lease expired (its worker died)."""
         with self._tx() as db:
-            now = time.time()
+            now = self._clock()
             query = "SELECT * FROM jobs WHERE (state = 'queued' OR (state = 'running' AND lease_until < ?))"
             args: list[Any] = [now]
             if job_id is not None:
@@ -245,7 +247,7 @@ class JobStore:
             db.execute(
                 "UPDATE jobs SET lease_until = ?, progress = ?, result = ?, updated = ? WHERE id = ?",
                 (
-                    time.time() + lease_s,
+                    self._clock() + lease_s,
                     json.dumps(progress if progress is not None else job.progress),
                     json.dumps(merged),
                     _now(),
@@ -271,7 +273,7 @@ class JobStore:
         (their message may have been lost with a broker restart). The scheduler re-sends them."""
         with self._tx() as db:
             rows = db.execute(
-                "SELECT * FROM jobs WHERE state = 'running' AND lease_until < ?", (time.time(),)
+                "SELECT * FROM jobs WHERE state = 'running' AND lease_until < ?", (self._clock(),)
             ).fetchall()
             queued = db.execute("SELECT * FROM jobs WHERE state = 'queued'").fetchall()
         cutoff = datetime.now(UTC).timestamp() - queued_for_s

@@ -2,16 +2,33 @@
 
 import sqlite3
 import threading
-import time
 
 import pytest
 
 from continual.jobs import JobNotFound, JobStore, LeaseLost
 
 
+class FakeClock:
+    """Lease time that moves only when a test says so: no sleeps, no race with a slow box."""
+
+    def __init__(self) -> None:
+        self.now = 1_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
 @pytest.fixture
-def store(tmp_path):
-    return JobStore(tmp_path / "jobs.db")
+def clock():
+    return FakeClock()
+
+
+@pytest.fixture
+def store(tmp_path, clock):
+    return JobStore(tmp_path / "jobs.db", clock=clock)
 
 
 def test_idempotency_key_and_single_flight(store):
@@ -39,12 +56,12 @@ def test_concurrent_submits_make_one_job(store):
     assert len(set(ids)) == 1 and len(store.list()) == 1
 
 
-def test_lease_expiry_lets_another_worker_take_over(store):
+def test_lease_expiry_lets_another_worker_take_over(store, clock):
     job, _ = store.submit("retrain", "m", {}, "t")
     assert store.claim("w1", lease_s=0.3).id == job.id
     assert store.claim("w2", lease_s=0.3) is None  # w1 holds a live lease
     store.heartbeat(job.id, "w1", 0.3, progress={"step": 3})
-    time.sleep(0.4)  # w1 "died": no heartbeat
+    clock.advance(0.4)  # w1 "died": no heartbeat
     taken = store.claim("w2", lease_s=10)
     assert taken.id == job.id and taken.attempts == 2 and taken.progress == {"step": 3}
     with pytest.raises(LeaseLost):
@@ -75,12 +92,12 @@ def test_cancel_queued_and_running(store):
         store.request_cancel("nope", "ops")
 
 
-def test_orphans_are_expired_running_and_stale_queued_jobs(store):
+def test_orphans_are_expired_running_and_stale_queued_jobs(store, clock):
     job, _ = store.submit("retrain", "m", {}, "t")
     assert store.orphans(queued_for_s=60) == []
     assert [j.id for j in store.orphans(queued_for_s=0)] == [job.id]
     store.claim("w", lease_s=0.1)
-    time.sleep(0.2)
+    clock.advance(0.2)
     assert [j.id for j in store.orphans(queued_for_s=60)] == [job.id]
 
 
