@@ -9,7 +9,7 @@
 #   cpu (default, the last stage)   docker build -t poseloop .              every role, CPU torch
 #   gpu (CUDA torch, onnxruntime-gpu; for the training worker)
 #                                   docker build --target gpu -t poseloop-gpu .
-#   api (no torch: the API, triton-sync and the ingest worker never import it; `serve` only needs the base install)
+#   api (no torch: `serve` and `triton-sync` need only the base install)
 #                                   docker build --target api -t poseloop-api .
 # Build args: TORCH_VERSION, TORCH_CPU_INDEX_URL, TORCH_CUDA_INDEX_URL (pick the cuXYZ index your driver supports),
 # ORT_GPU_SPEC. deploy/docker-compose.yml and deploy/k8s/ use both targets; see docs/deploy.md.
