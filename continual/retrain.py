@@ -339,17 +339,19 @@ def _register(ctx: RetrainContext, job: Job, config, plan: dict, trained: dict, 
     for info in ctx.registry.list():  # a redelivered job finds the version it registered before dying
         if (info.meta.get("data_summary") or {}).get("job_id") == job.id:
             return {"version": info.version, "state": info.state}
-    from training.checkpoints import export_checkpoint
+    from training.checkpoints import export_checkpoint, save_compact
 
     run_dir = Path(trained["run_dir"])
     best = run_dir / "best.pt"
     if not best.exists():
         raise RuntimeError(f"training produced no checkpoint ({trained.get('stopped') or 'no validation ran'})")
     onnx_path = run_dir / "model.onnx"
-    report = export_checkpoint(best, onnx_path, version=f"retrain-{job.id}")
+    # stored like the bundled model: float16 weights in the ONNX (parity-checked by the export) and the checkpoint
+    report = export_checkpoint(best, onnx_path, version=f"retrain-{job.id}", weights="float16")
+    compact = save_compact(best, run_dir / "checkpoint.pt", released_as=f"retrain-{job.id}")
     info = ctx.registry.register(
         onnx_path,
-        checkpoint_path=best,
+        checkpoint_path=compact,
         parent=plan["parent"],
         actor=f"job:{job.id}",
         metrics={trained["metric"]: trained["value"], f"parent_{active['metric']}": active["value"]},
@@ -362,12 +364,30 @@ def _register(ctx: RetrainContext, job: Job, config, plan: dict, trained: dict, 
         },
         config=config.model_dump(mode="json"),
     )
+    freed = _free_run_dir(run_dir)
     return {
         "version": info.version,
         "state": info.state,
         "parity_max_abs": report.max_abs_diff,
         "parity_max_px": report.max_keypoint_diff_px,
+        "freed_bytes": freed,
     }
+
+
+# What a job directory keeps once its candidate is registered (the registry holds the model files): its logs,
+# metrics and curve. Training checkpoints (last.pt ~130 MB) and the exported copies are deleted.
+RUN_DIR_DISPOSABLE = ("last.pt", "best.pt", "checkpoint.pt", "model.onnx", "model.json")
+
+
+def _free_run_dir(run_dir: Path) -> int:
+    """Delete the job directory's large files after registration; returns the bytes freed."""
+    freed = 0
+    for name in RUN_DIR_DISPOSABLE:
+        path = run_dir / name
+        if path.is_file():
+            freed += path.stat().st_size
+            path.unlink()
+    return freed
 
 
 def _summary(score: dict[str, Any]) -> str:

@@ -37,18 +37,12 @@ def package(
     import torch
 
     from poseloop.bench.doc import git_commit, machine_description
-    from training.checkpoints import export_checkpoint
+    from training.checkpoints import export_checkpoint, save_compact
 
     out_dir.mkdir(parents=True, exist_ok=True)
     state = torch.load(checkpoint, map_location="cpu", weights_only=True)
     report = export_checkpoint(checkpoint, out_dir / "model.onnx", version=version, weights="float16")
-    compact = {
-        **state,
-        "model": {k: v.half() if v.is_floating_point() else v for k, v in state["model"].items()},
-        "weights_storage": "float16",
-        "released_as": version,
-    }
-    torch.save(compact, out_dir / "checkpoint.pt")
+    save_compact(checkpoint, out_dir / "checkpoint.pt", released_as=version)
     files = {p.name: p.stat().st_size for p in (out_dir / "model.onnx", out_dir / "checkpoint.pt")}
     total_mb = sum(files.values()) / 1e6
     if total_mb > size_budget_mb:

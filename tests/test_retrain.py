@@ -3,6 +3,7 @@ parity → register → gate; chunked resumption, cancel, and the gate's refusal
 
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
@@ -42,6 +43,14 @@ def test_retrain_promotes_a_candidate_that_passes_the_gate(loop):
     assert active.version == r["candidate"]["version"] != parent
     assert active.parent == parent and active.meta["data_summary"]["job_id"] == job.id
     assert active.checkpoint_path.exists()  # the next retrain can start from it
+    import torch
+
+    stored = torch.load(active.checkpoint_path, map_location="cpu", weights_only=True)
+    assert stored["weights_storage"] == "float16"  # stored like the bundled model
+    assert all(v.dtype == torch.float16 for v in stored["model"].values() if v.is_floating_point())
+    run_dir = Path(r["training"]["run_dir"])
+    assert not (run_dir / "last.pt").exists() and r["candidate"]["freed_bytes"] > 0  # the job dir is not kept fat
+    assert (run_dir / "metrics.jsonl").exists()
     assert done.progress["step"] == 6 and "mean_peak" in done.progress
     assert any("gate: promoted" in line for line in queue.jobs.logs(job.id))
 

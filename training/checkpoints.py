@@ -134,3 +134,22 @@ def evaluate_checkpoint(
         "refinement": config.codec.refinement,
         **metrics,
     }
+
+
+def save_compact(checkpoint: Path, out: Path, **extra: object) -> Path:
+    """The checkpoint with its floating-point weights stored as float16 (half the size; a model loads them back
+    into float32), its config and metadata kept, plus `extra` fields; written durably. Releases and retrained
+    registry versions store this, so a served version costs what the bundled one does."""
+    import torch
+
+    from training.run_files import atomic_save
+
+    state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    compact = {
+        **state,
+        "model": {k: v.half() if v.is_floating_point() else v for k, v in state["model"].items()},
+        "weights_storage": "float16",
+        **extra,
+    }
+    atomic_save(compact, Path(out))
+    return Path(out)
