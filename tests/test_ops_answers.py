@@ -82,3 +82,39 @@ def test_bad_job_filter_is_422(client) -> None:
     r = client.get("/v1/ops/jobs", params={"state": "bogus"}, headers=auth(OPS))
     assert r.status_code == 422 and "state" in r.json()["error"]["message"]
     assert client.get("/v1/ops/jobs", params={"state": "cancelled"}, headers=auth(OPS)).status_code == 200
+
+
+INFER = "i" * 24
+
+
+@pytest.fixture(scope="module")
+def pose_client(tmp_path_factory):
+    from models.registry import ModelRegistry
+    from tests.serving_fixtures import tiny_pose_onnx
+
+    root = tmp_path_factory.mktemp("pose_answers")
+    registry = ModelRegistry(root / "registry")
+    registry.set_active(registry.register(tiny_pose_onnx(root / "m.onnx"), actor="t").version, "t")
+    settings = Settings(registry_dir=root / "registry", ort_threads=1, registry_poll_s=0, tokens={INFER: ["infer"]})
+    with thread_server(create_app(settings)) as base, httpx.Client(base_url=base, timeout=30) as c:
+        yield c
+
+
+def test_pose_refuses_unknown_fields_and_a_second_image(pose_client) -> None:
+    image = encode(sample_image(2))
+    ok = pose_client.post("/v1/pose", files={"image": ("a.png", image)}, headers=auth(INFER))
+    assert ok.status_code == 200, ok.text
+    typo = pose_client.post(
+        "/v1/pose", files={"image": ("a.png", image)}, data={"bbox": "[[1, 2, 3, 4]]"}, headers=auth(INFER)
+    )
+    assert typo.status_code == 422 and typo.json()["error"]["code"] == "unknown_field" and "bbox" in typo.text
+    two = pose_client.post(
+        "/v1/pose", files=[("image", ("a.png", image)), ("image", ("b.png", image))], headers=auth(INFER)
+    )
+    assert two.status_code == 422 and two.json()["error"]["code"] == "too_many_images"
+    body = pose_client.post("/v1/pose", json={"image": "aGk=", "boxs": []}, headers=auth(INFER))
+    assert body.status_code == 422 and "boxs" in body.json()["error"]["message"]
+    tiny = pose_client.post(
+        "/v1/pose", files={"image": ("a.png", image)}, data={"boxes": "[[0, 0, 1e-300, 1e-300]]"}, headers=auth(INFER)
+    )
+    assert tiny.status_code == 422 and tiny.json()["error"]["code"] == "box_too_small"

@@ -121,6 +121,17 @@ def to_coco(poses, image_id: int | None) -> list[dict]:
     return out
 
 
+POSE_FIELDS = ("image", "boxes", "image_id")
+
+
+def _refuse_unknown(names) -> None:
+    """A misspelt field (`bbox=`) must not be ignored: the request would run without the boxes it meant."""
+    unknown = sorted(set(names) - set(POSE_FIELDS))
+    if unknown:
+        shown = ", ".join(repr(n[:40]) for n in unknown[:5])
+        raise InputError(422, "unknown_field", f"unknown field(s) {shown}; the fields are {', '.join(POSE_FIELDS)}")
+
+
 async def read_pose_input(request: Request, settings, boxes_query: str | None, image_id: int | None) -> PoseInput:
     """The encoded image, raw boxes and image id from any accepted content type (size-limited; see module doc)."""
     body = await _read_body(request, settings.limits.max_image_bytes * 4 // 3 + (1 << 20))
@@ -131,10 +142,14 @@ async def read_pose_input(request: Request, settings, boxes_query: str | None, i
             raise InputError(422, "invalid_request", "the JSON body must be an object with an 'image' field")
         if "image" not in doc:
             raise InputError(422, "missing_image", "the JSON body has no 'image' field (base64)")
+        _refuse_unknown(doc.keys())
         data = decode_base64_image(doc["image"], settings.limits.max_image_bytes)
         return PoseInput(data, doc.get("boxes"), False, _pick_id(image_id, doc.get("image_id")))
     if ctype == "multipart/form-data":
         form = await _parse_multipart(request.headers, body)
+        _refuse_unknown(form.keys())
+        if len(form.getlist("image")) > 1:
+            raise InputError(422, "too_many_images", "send one 'image' part per request (use /v1/pose per image)")
         upload = form.get("image")
         if upload is None:
             raise InputError(422, "missing_image", "the form has no 'image' file field")
