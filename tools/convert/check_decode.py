@@ -23,6 +23,9 @@ import cv2
 import numpy as np
 import onnxruntime as ort
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository root
+from models.schemas import COCO17 as _COCO17
+
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent.parent
 WORK = HERE / "work"
@@ -36,25 +39,7 @@ MODEL_PATHS = {
     ],
 }
 
-COCO17 = [
-    "nose",
-    "left_eye",
-    "right_eye",
-    "left_ear",
-    "right_ear",
-    "left_shoulder",
-    "right_shoulder",
-    "left_elbow",
-    "right_elbow",
-    "left_wrist",
-    "right_wrist",
-    "left_hip",
-    "right_hip",
-    "left_knee",
-    "right_knee",
-    "left_ankle",
-    "right_ankle",
-]
+COCO17 = list(_COCO17.keypoints)  # MoveNet's output order is COCO-17, defined once in models.schemas
 SKELETON = [
     (0, 1),
     (0, 2),

@@ -43,6 +43,9 @@ import contextlib
 import cv2
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository root
+from models.schemas import COCO17 as _COCO17
+
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent.parent
 WORK = HERE / "work"
@@ -66,25 +69,7 @@ SOURCE_SHA256 = {
     "LICENSE": "7374547e92f50989ae440189fd677bafc66ab5749b6507d84a058c207df5b2f6",
 }
 
-COCO17 = [
-    "nose",
-    "left_eye",
-    "right_eye",
-    "left_ear",
-    "right_ear",
-    "left_shoulder",
-    "right_shoulder",
-    "left_elbow",
-    "right_elbow",
-    "left_wrist",
-    "right_wrist",
-    "left_hip",
-    "right_hip",
-    "left_knee",
-    "right_knee",
-    "left_ankle",
-    "right_ankle",
-]
+COCO17 = list(_COCO17.keypoints)  # MoveNet's output order is COCO-17, defined once in models.schemas
 
 MODELS = {
     "nanodet": {
