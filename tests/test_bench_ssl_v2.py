@@ -66,6 +66,23 @@ def test_distill_rows_are_a_parameter_and_filters_check_names(tmp_path):
         select_rows(rows, None, [800])
     with pytest.raises(ValueError, match="include_distill"):
         select_rows(v2_rows("v2", tmp_path), ["distill"], None)
+    with pytest.raises(ValueError, match="include_distill"):
+        select_rows(v2_rows("v2", tmp_path), ["distill_movenet"], None)
+    seeds = select_rows(rows, ["supervised"], [200], [1])
+    assert [(r.info["labels"], r.info["seed"]) for r in seeds] == [(200, 1)]
+    with pytest.raises(ValueError, match="seed"):
+        select_rows(rows, None, None, [7])
+
+
+def test_the_external_teacher_row_is_the_distill_recipe_with_movenet_labels(tmp_path):
+    rows = v2_rows("v2", tmp_path, include_distill=True)
+    external = {r.info["labels"]: r for r in rows if r.info["kind"] == "distill_movenet"}
+    own = {r.info["labels"]: r for r in rows if r.info["kind"] == "distill"}
+    assert sorted(external) == [100, 200, 400]
+    for n, row in external.items():
+        a, b = row.config.model_dump(mode="json"), own[n].config.model_dump(mode="json")
+        assert a.pop("name") != b.pop("name")  # its own run directory, else the same student recipe
+        assert a == b
 
 
 def _record(method: str, labels: int, seed: int, correct: list[int], key: str) -> dict:
@@ -158,7 +175,8 @@ def _distill_row_reports_the_returned_checkpoint(tmp_path: Path, teacher_row: di
     """A fake run_distillation that returns its teacher: the row scores that checkpoint, so its Δ is 0."""
     calls = []
 
-    def run_distillation(config, teacher, rounds, out_dir):
+    def run_distillation(config, teacher, rounds, out_dir, *, precision, threads):
+        assert precision == ssl_v2.DISTILL_PRECISION and threads >= 1
         calls.append((config.name, Path(teacher), rounds, Path(out_dir)))
         return [types.SimpleNamespace(best_checkpoint=Path(teacher))]
 

@@ -94,6 +94,7 @@ def bench_ssl_v2(
     results: Path = typer.Option(Path("docs/results"), help="Where ssl_<profile>.json and runs/ are kept."),
     only_method: list[str] = typer.Option([], "--only-method", help="Run only this method's rows (repeatable)."),
     only_labels: list[int] = typer.Option([], "--only-labels", help="Run only rows with this label budget N."),
+    only_seed: list[int] = typer.Option([], "--only-seed", help="Run only rows with this seed."),
     distill: bool = typer.Option(False, "--distill/--no-distill", help="Include the distill rows (poseloop.distill)."),
     threads: int | None = typer.Option(None, help="torch intra-op threads (two benches side by side: 1 each)."),
 ):
@@ -104,6 +105,6 @@ def bench_ssl_v2(
 
     if threads:
         torch.set_num_threads(threads)
-    rows = run_ssl_v2_bench(profile, out, results, only_method or None, only_labels or None, distill)
+    rows = run_ssl_v2_bench(profile, out, results, only_method or None, only_labels or None, distill, only_seed or None)
     summary = {r["label"]: r["metrics"]["pck_limbs"] if r.get("done") else r.get("status") for r in rows.values()}
     typer.echo(json.dumps(summary, indent=2))
