@@ -1,4 +1,10 @@
-"""The retrain job: active model + uploads → `continual` recipe → evaluate → export → register → gate.
+"""The retrain job: active model + uploads → recipe → evaluate → export → register → gate.
+
+The default recipe is offline distillation, the measured best (docs/benchmarks.md, LSP-SSL v2): a teacher (by
+default the shipped MoveNet Thunder ONNX, mapped to the model's schema by joint names; or the active version
+itself) labels the upload snapshot once, the labels are filtered with thresholds calibrated on the model's
+labeled training records, and the active model fine-tunes on labeled + pseudo-labelled crops with occlusion
+noise. `retrain.recipe=consistency` runs the `retrain.config` semi-supervised method instead.
 
 Every stage records its outcome in the job row before the next starts, and each is idempotent, so a job that is
 redelivered after its worker died picks up where it stopped: the plan (parent version, upload snapshot) is fixed
@@ -26,6 +32,10 @@ from models.registry import ModelRegistry, RegistryError
 
 log = logging.getLogger("poseloop.retrain")
 HEARTBEAT_EVERY_S = 2.0
+# distill: thresholds are calibrated on at most this many labeled training records (a teacher pass with TTA
+# each); they are the model's own labels, never the gate's split
+CALIBRATION_RECORDS = 200
+SELF_TEACHER = "self"
 
 
 class JobCancelled(Exception):
@@ -136,6 +146,12 @@ def _stages(ctx: RetrainContext, job: Job, reporter: Reporter, chunk_steps: int 
                 result={"active_metric": result["active_metric"]},
                 log_line=f"active version {parent.version}: {_summary(result['active_metric'])}",
             )
+        if plan.get("recipe") == "distill":
+            if "pseudo_labels" not in result:
+                reporter.beat(log_line=f"labelling the pool with teacher {plan['teacher']}", stage="label", force=True)
+                result["pseudo_labels"] = _pseudo_labels(ctx, config, plan, checkpoint)
+                reporter.beat(result={"pseudo_labels": result["pseudo_labels"]}, log_line=_label_summary(result))
+            config = _with_pseudo_labels(config, result["pseudo_labels"]["path"])
         trained = _train(ctx, config, checkpoint, plan, reporter, chunk_steps)
         if trained is None:
             return None
@@ -171,12 +187,22 @@ def _plan(ctx: RetrainContext, job: Job) -> dict[str, Any]:
     seq = ctx.uploads.max_seq()
     if seq == 0:
         raise ValueError("the unlabeled pool is empty: upload images first (POST /v1/unlabeled)")
-    return {
+    retrain = ctx.settings.retrain
+    plan = {
         "parent": active.version,
         "unlabeled_seq": seq,
-        "iterations": int(job.params.get("iterations") or ctx.settings.retrain.iterations),
-        "nproc": int(job.params.get("nproc") or ctx.settings.retrain.train_nproc),
+        "iterations": int(job.params.get("iterations") or retrain.iterations),
+        "nproc": int(job.params.get("nproc") or retrain.train_nproc),
+        "recipe": retrain.recipe,
     }
+    if retrain.recipe == "distill":
+        if retrain.teacher != SELF_TEACHER and not Path(retrain.teacher).is_file():
+            raise ValueError(
+                f"retrain teacher {Path(retrain.teacher).name!r} not found: set POSELOOP_RETRAIN_TEACHER to a model "
+                f"file or {SELF_TEACHER!r}"
+            )
+        plan["teacher"] = retrain.teacher
+    return plan
 
 
 def _config(settings: Settings, checkpoint: Path, job: Job, plan: dict):
@@ -187,7 +213,19 @@ def _config(settings: Settings, checkpoint: Path, job: Job, plan: dict):
     from training.config import config_with, load_config
 
     base = torch.load(checkpoint, map_location="cpu", weights_only=True)["config"]
-    recipe = load_config(settings.retrain.config)
+    # the student's labels come from this job's teacher, so a parent's own pseudo-labels never carry over
+    data: dict[str, Any] = {"unlabeled": None, "num_workers": 0, "pseudo_labels": None}
+    if plan.get("recipe") == "distill":
+        recipe = load_config(settings.retrain.distill_config)
+        noise = recipe.data.augment
+        data["augment"] = {
+            "occlusion_prob": noise.occlusion_prob,
+            "occlusion_boxes": noise.occlusion_boxes,
+            "occlusion_size": list(noise.occlusion_size),
+        }
+        method = {"name": "supervised"}
+    else:
+        method = load_config(settings.retrain.config).method.model_dump(mode="json")
     n = plan["iterations"]
     return config_with(
         base,
@@ -195,9 +233,9 @@ def _config(settings: Settings, checkpoint: Path, job: Job, plan: dict):
             "name": f"retrain-{job.id}",
             "output_dir": str(settings.loop.data_dir / "jobs"),
             "init_checkpoint": None,  # the job passes the active version's checkpoint explicitly
-            "method": recipe.method.model_dump(mode="json"),
+            "method": method,
             "model": {"pretrained": False},  # weights come from the active checkpoint
-            "data": {"unlabeled": None, "num_workers": 0},
+            "data": data,
             "optim": {"iterations": n, "lr": settings.retrain.lr},
             "schedule": {
                 "log_every": max(1, min(10, n // 10)),
@@ -208,6 +246,57 @@ def _config(settings: Settings, checkpoint: Path, job: Job, plan: dict):
             },
         },
         job.params.get("overrides") or [],
+    )
+
+
+def _with_pseudo_labels(config, path: str):
+    from training.config import config_with
+
+    return config_with(config.model_dump(mode="json"), {"data": {"pseudo_labels": path}})
+
+
+def _pseudo_labels(ctx: RetrainContext, config, plan: dict, checkpoint: Path) -> dict[str, Any]:
+    """distill: the plan's teacher labels the upload snapshot. The labels are cached by their inputs (teacher
+    file hashes, TTA, filter, pool and calibration record ids) under the data dir, so a later chunk, a redelivered
+    job or another job on the same snapshot reuses them instead of running the teacher again."""
+    import torch
+
+    from training.checkpoints import SCHEMA_OF_DATASET
+    from training.data import build_splits
+    from training.distill import FilterSpec, TTAConfig, build_teacher, label_pool
+
+    schema = SCHEMA_OF_DATASET[config.data.dataset]
+    pool = _unlabeled_records(ctx, plan["unlabeled_seq"], schema)
+    calibration = build_splits(config.data).train[:CALIBRATION_RECORDS]
+    source = checkpoint if plan["teacher"] == SELF_TEACHER else Path(plan["teacher"])
+    teacher = build_teacher(source, schema, TTAConfig(), torch.get_num_threads())
+    spec = FilterSpec(precision=ctx.settings.retrain.distill_precision)
+    cache_root = ctx.settings.retrain.pseudo_label_dir or ctx.settings.loop.data_dir / "pseudo_labels"
+    labels = label_pool(teacher, pool, cache_root, spec, calibration)
+    counts = labels.provenance["counts"]
+    if counts["persons_kept"] == 0:
+        raise ValueError(
+            f"the teacher's labels kept no pool person at precision {spec.precision} "
+            f"(calibration {labels.provenance['calibration']}): lower POSELOOP_RETRAIN_DISTILL_PRECISION or use "
+            "a better teacher"
+        )
+    members = labels.provenance["teacher"]["members"]
+    return {
+        "path": str(labels.path),
+        "reused": labels.reused,
+        "teacher": [{"kind": m["kind"], "sha256": m.get("sha256")} for m in members],
+        "thresholds": labels.provenance["thresholds"],
+        "calibration": labels.provenance["calibration"],
+        "counts": counts,
+    }
+
+
+def _label_summary(result: dict[str, Any]) -> str:
+    counts = result["pseudo_labels"]["counts"]
+    reused = " (cached)" if result["pseudo_labels"]["reused"] else ""
+    return (
+        f"pseudo-labels{reused}: {counts['persons_kept']} of {counts['persons']} persons, "
+        f"{counts['joints_kept']} joints kept"
     )
 
 
@@ -238,6 +327,8 @@ def _train(
     from training.evaluator import metric_name
 
     records = _unlabeled_records(ctx, plan["unlabeled_seq"], SCHEMA_OF_DATASET[config.data.dataset])
+    # distill trains on the pseudo-labelled records (config.data.pseudo_labels), with no unlabeled branch
+    unlabeled = None if config.data.pseudo_labels else records
     reporter.beat(
         log_line=f"training {config.optim.iterations} steps on {len(records)} unlabeled persons",
         stage="train",
@@ -246,9 +337,9 @@ def _train(
     )
     nproc = int(plan.get("nproc") or ctx.settings.retrain.train_nproc)
     if nproc > 1:
-        out = _train_under_torchrun(config, init, records, reporter, chunk_steps, nproc)
+        out = _train_under_torchrun(config, init, unlabeled or [], reporter, chunk_steps, nproc)
     else:
-        trainer = Trainer(config, unlabeled=records, init_checkpoint=str(init))
+        trainer = Trainer(config, unlabeled=unlabeled, init_checkpoint=str(init))
         out = trainer.fit(
             resume=True,
             progress=False,
@@ -359,7 +450,9 @@ def _register(ctx: RetrainContext, job: Job, config, plan: dict, trained: dict, 
             "job_id": job.id,
             "unlabeled_seq": plan["unlabeled_seq"],
             "unlabeled_persons": trained["unlabeled_persons"],
-            "recipe": config.method.name,
+            "recipe": plan.get("recipe", "consistency"),
+            "method": config.method.name,
+            "teacher": plan.get("teacher"),
             "trained_on": config.data.dataset,
         },
         config=config.model_dump(mode="json"),

@@ -37,7 +37,8 @@ OTHER_VARIABLES = {
     "POSELOOP_MODEL": "the ONNX model `predict`/`serve` use by default (poseloop.workflows)",
     "POSELOOP_TAG": "image tag in deploy/docker-compose.yml",
     "POSELOOP_TRITONSERVER": "explicit tritonserver binary (serving.triton.server)",
-    "POSELOOP_TOKEN": "API token of `poseloop ingest`",
+    "POSELOOP_TOKEN": "API token of `poseloop ingest` and the ops commands (poseloop.ops_cli)",
+    "POSELOOP_URL": "API URL of the ops commands (poseloop.ops_cli)",
     "POSELOOP_INFER_TOKEN": "API token of `poseloop demo` (infer role)",
     "POSELOOP_UPLOAD_TOKEN": "API token of `poseloop demo` (upload role)",
     "POSELOOP_OPS_TOKEN": "API token of `poseloop demo` (ops role)",
@@ -112,6 +113,21 @@ class InferenceSettings(_Section):
     max_batch: int = Field(16, ge=1, description="crops per backend call (one request is never split)")
     max_wait_ms: float = Field(5.0, ge=0, description="how long a batch waits for more requests")
     max_queue: int = Field(512, ge=1, description="queued requests beyond which /v1/pose answers 503")
+    detector_path: Path | None = Field(
+        Path(__file__).resolve().parent.parent / "artifacts" / "detector-nanodet-g-416" / "model.onnx",
+        description="person detector ONNX (NanoDet-g 416) for /v1/pose requests without boxes; empty = none "
+        "(the whole image is one person)",
+    )
+    detector_iou: float = Field(0.6, gt=0, le=1, description="NMS IoU above which overlapping person boxes merge")
+    det_threshold: float = Field(0.35, ge=0, le=1, description="default person score a detection needs")
+    max_persons: int = Field(20, ge=1, description="default most detected persons posed per image")
+    kpt_threshold: float = Field(0.3, ge=0, le=1, description="default score below which a keypoint is not valid")
+    flip_test: bool = Field(False, description="default flip test (mirrored crops too; about 2× pose compute)")
+
+    @field_validator("detector_path", mode="before")
+    @classmethod
+    def _no_detector(cls, value: Any) -> Any:
+        return None if isinstance(value, str) and value.strip() == "" else value
 
 
 class TritonSettings(_Section):
@@ -143,7 +159,8 @@ class TritonSettings(_Section):
 
 
 class LimitSettings(_Section):
-    """What one client may send: images, boxes, upload requests."""
+    """What one client may send (images, boxes, uploads, the pool's disk quota), how long the server waits for a
+    client's bytes, and how long it waits for the broker."""
 
     max_image_bytes: int = Field(20 * 1024 * 1024, ge=1)
     max_pixels: int = Field(40_000_000, ge=1, description="decoded width × height, checked before decoding")
@@ -151,6 +168,24 @@ class LimitSettings(_Section):
     pixel_budget: int = Field(120_000_000, ge=1, description="decoded pixels all requests may hold at once")
     max_upload_bytes: int = Field(512 * 1024 * 1024, ge=1, description="one POST /v1/unlabeled body")
     max_upload_files: int = Field(10_000, ge=1, description="files (or archive entries) per upload request")
+    max_pool_bytes: int = Field(
+        50 * 1024**3, ge=1, description="disk quota of the unlabeled pool (stored image bytes); beyond it 507"
+    )
+    http_header_timeout_s: float = Field(
+        10.0, gt=0, description="a connection that has not sent a request's headers within this is closed"
+    )
+    http_body_timeout_s: float = Field(
+        30.0, gt=0, description="a request body that sends no byte for this long is dropped (slow POST)"
+    )
+    http_max_connections: int = Field(
+        1000, ge=1, description="open HTTP connections per API process; more are answered 503 and closed"
+    )
+    broker_timeout_s: float = Field(
+        5.0, ge=2.0, description="longest wait for the broker (connect, send); > Redis BRPOP's 1 s"
+    )
+    broker_retry_s: float = Field(
+        2.0, gt=0, description="how often messages the broker did not take are sent again while it is away"
+    )
 
 
 class LoopSettings(_Section):
@@ -171,8 +206,36 @@ class RetrainSettings(_Section):
 
     model_config = SettingsConfigDict(env_prefix=ENV_PREFIX + "RETRAIN_")
 
+    recipe: Literal["distill", "consistency"] = Field(
+        "distill",
+        description="distill: the teacher labels the pool once per job and the model trains on labeled + "
+        "pseudo-labelled crops (the measured best, docs/benchmarks.md); consistency: the `config` recipe's "
+        "semi-supervised method, a teacher forward every step",
+    )
+    teacher: str = Field(
+        str(REPO_CONFIGS.parent / "artifacts" / "teachers" / "movenet-thunder" / "model.onnx"),
+        description="distill: the teacher, an ONNX pose model (other keypoint schemas are mapped by joint name) or "
+        "a .pt checkpoint; `self` = the active version itself with test-time augmentation",
+    )
+    distill_precision: float = Field(
+        0.9,
+        gt=0,
+        le=1,
+        description="distill: kept pseudo-label joints are right (PCK@0.2) this often on the labeled training "
+        "records the thresholds are calibrated on",
+    )
+    distill_config: Path = Field(
+        REPO_CONFIGS / "distill" / "lsp_distill.yaml",
+        description="distill: the recipe whose occlusion noise the student trains with",
+    )
+    pseudo_label_dir: Path | None = Field(
+        None,
+        description="distill: where label caches live (default <data dir>/pseudo_labels); a cache is keyed by its "
+        "inputs, so jobs and workers sharing this directory never label the same snapshot twice",
+    )
     config: Path = Field(
-        REPO_CONFIGS / "ssl" / "continual.yaml", description="the recipe (its `method` section) the retrain job runs"
+        REPO_CONFIGS / "ssl" / "continual.yaml",
+        description="consistency: the recipe (its `method` section) the retrain job runs",
     )
     iterations: int = Field(300, ge=1, description="default retrain budget (steps)")
     lr: float = Field(

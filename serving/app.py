@@ -32,6 +32,7 @@ from continual.uploads import UploadStore
 from core.inputs import InputError, PixelBudget, PoseInput, check_image, decode_pose_input
 from core.logs import log_context
 from models.registry import ModelRegistry, RegistryError, VersionNotFound
+from serving.api_docs import install_offline_docs
 from serving.auth import AuthError, TokenAuth
 from serving.backends import VersionedBackend
 from serving.batching import BatchError, MicroBatcher, Overloaded, PoseResult
@@ -42,6 +43,7 @@ from serving.request_ids import RequestIdMiddleware, request_id_of
 from serving.routes import health, models, ops, pose, unlabeled
 
 if TYPE_CHECKING:
+    from serving.pipeline import PoseOptions
     from serving.triton.backend import TritonBackend
 
 log = logging.getLogger("poseloop.serving")
@@ -99,7 +101,7 @@ class Service:
             self._poller.join(5)
         self.batcher.close()
 
-    async def predict(self, pose_input: PoseInput) -> PoseOutcome:
+    async def predict(self, pose_input: PoseInput, options: PoseOptions | None = None) -> PoseOutcome:
         """Decode, validate, batch and infer one request (image memory is held against the pixel budget)."""
         start = time.perf_counter()
         settings = self.settings
@@ -117,7 +119,7 @@ class Service:
                         pose_input, settings.limits.max_pixels, settings.limits.max_boxes, header
                     )
                     decoded = time.perf_counter()
-                    future = self.batcher.submit(image, boxes)
+                    future = self.batcher.submit(image, boxes, options)
                 except BaseException:
                     self.pixel_budget.release(pixels)
                     raise
@@ -140,8 +142,8 @@ class Service:
         }
         return PoseOutcome(result, image, {k: round(v, 3) for k, v in timing.items()})
 
-    async def render(self, pose_input: PoseInput) -> tuple[bytes, str]:
-        outcome = await self.predict(pose_input)
+    async def render(self, pose_input: PoseInput, options: PoseOptions | None = None) -> tuple[bytes, str]:
+        outcome = await self.predict(pose_input, options)
 
         def draw() -> bytes:
             overlay = render_poses(outcome.image, outcome.result.poses, outcome.result.metadata.schema.skeleton)
@@ -234,6 +236,8 @@ def triton_backend(settings: Settings) -> TritonBackend:
         runtime=settings.triton.runtime,
         kind=settings.triton.kind,
         control=settings.triton.control,
+        detector_path=settings.inference.detector_path,
+        detector_iou=settings.inference.detector_iou,
     )
 
 
@@ -243,7 +247,10 @@ def build_backend(settings: Settings) -> VersionedBackend:
     from serving.backends.embedded import EmbeddedBackend
 
     return EmbeddedBackend(
-        intra_op_threads=settings.inference.ort_threads, inter_op_threads=settings.inference.ort_inter_threads
+        intra_op_threads=settings.inference.ort_threads,
+        inter_op_threads=settings.inference.ort_inter_threads,
+        detector_path=settings.inference.detector_path,
+        detector_iou=settings.inference.detector_iou,
     )
 
 
@@ -306,7 +313,10 @@ def create_app(settings: Settings, manager: ModelManager | None = None) -> FastA
         version="1",
         lifespan=lifespan,
         description="2D human pose estimation: keypoints JSON, COCO results, overlays; versioned models.",
+        docs_url=None,  # served from local assets by install_offline_docs (the defaults load a CDN)
+        redoc_url=None,
     )
+    install_offline_docs(app)
     app.state.dev_tokens = dev_tokens
     for router in (pose.router, models.router, ops.router, health.router, unlabeled.router):
         app.include_router(router)

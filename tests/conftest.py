@@ -21,6 +21,23 @@ def pytest_collection_modifyitems(config, items) -> None:
             item.add_marker(pytest.mark.integration)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def shared_pseudo_label_cache(tmp_path_factory):
+    """Retrain jobs (the distill recipe) of every test, in-process or in a worker subprocess, share one label
+    cache: the tests upload the same LSPET images against the same small model, so the teacher runs once per
+    session, not once per job. A cache hit is checked by key (teacher hashes, pool and calibration ids)."""
+    import os
+
+    path = tmp_path_factory.mktemp("pseudo_labels")
+    previous = os.environ.get("POSELOOP_RETRAIN_PSEUDO_LABEL_DIR")
+    os.environ["POSELOOP_RETRAIN_PSEUDO_LABEL_DIR"] = str(path)
+    yield path
+    if previous is None:
+        os.environ.pop("POSELOOP_RETRAIN_PSEUDO_LABEL_DIR", None)
+    else:
+        os.environ["POSELOOP_RETRAIN_PSEUDO_LABEL_DIR"] = previous
+
+
 @pytest.fixture
 def redis_server(tmp_path):
     """A real redis-server on a free port with AOF in tmp_path (tests.redis_fixtures.RedisServer)."""

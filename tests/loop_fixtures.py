@@ -54,7 +54,13 @@ def install_active(registry_dir: Path, onnx_path: Path, checkpoint: Path) -> Mod
     return registry
 
 
+# the retrain default is distillation from an external ONNX teacher; the tests use the same code path with
+# MoveNet Thunder
+TEST_TEACHER = REPO / "artifacts" / "teachers" / "movenet-thunder" / "model.onnx"
+
+
 def loop_settings(root: Path, **overrides):
+    overrides.setdefault("retrain_teacher", str(TEST_TEACHER))
     return load_settings(registry_dir=root / "registry", data_dir=root / "data", dev=True, job_lease_s=30, **overrides)
 
 

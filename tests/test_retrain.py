@@ -51,7 +51,12 @@ def test_retrain_promotes_a_candidate_that_passes_the_gate(loop):
     run_dir = Path(r["training"]["run_dir"])
     assert not (run_dir / "last.pt").exists() and r["candidate"]["freed_bytes"] > 0  # the job dir is not kept fat
     assert (run_dir / "metrics.jsonl").exists()
-    assert done.progress["step"] == 6 and "mean_peak" in done.progress
+    assert done.progress["step"] == 6 and "loss_sup" in done.progress
+    labels = r["pseudo_labels"]  # the default recipe: the teacher labelled the 12 uploads once
+    assert r["plan"]["recipe"] == "distill" and labels["teacher"][0]["kind"] == "movenet"
+    assert labels["counts"]["persons"] == 12 and 0 < labels["counts"]["persons_kept"] <= 12
+    assert labels["calibration"]["precision"] >= 0.9 and labels["calibration"]["dev_records"] == 32
+    assert active.meta["data_summary"]["recipe"] == "distill"
     assert any("gate: promoted" in line for line in queue.jobs.logs(job.id))
 
 
@@ -145,3 +150,54 @@ def test_retrain_on_two_ddp_processes_resumes_across_chunks(tmp_path, small_mode
     assert done.result["training"]["steps"] == 4 and done.progress["step"] == 4
     assert any("first logged training step of this attempt: 3" in line for line in queue.jobs.logs(job.id))
     assert registry.active().version == done.result["candidate"]["version"]
+
+
+def _loop_with(tmp_path, small_model, data_root, **settings_overrides):
+    settings = loop_settings(tmp_path, **settings_overrides)
+    registry = install_active(settings.registry.dir, *small_model)
+    upload_lspet(UploadStore(settings.loop.data_dir / "uploads"), data_root, 12)
+    return registry, JobQueue(settings), context(settings, "test-worker")
+
+
+def test_self_distillation_labels_once_per_snapshot(tmp_path, small_model, data_root):
+    """retrain.teacher=self: the active version (its checkpoint, with TTA) is the teacher; a second job on the same
+    snapshot finds the labels in the cache instead of running the teacher again."""
+    cache = tmp_path / "labels"  # not the session's shared cache, so the first job must label
+    # the 40-step test model is a weak teacher: a low precision target keeps some of its labels
+    _registry, queue, ctx = _loop_with(
+        tmp_path,
+        small_model,
+        data_root,
+        retrain_teacher="self",
+        retrain_distill_precision=0.1,
+        retrain_pseudo_label_dir=cache,
+    )
+    first = _submit(queue, iterations=2, margin=100.0)
+    _, done = work_once(ctx)
+    assert done.state == "succeeded", done.error
+    labels = done.result["pseudo_labels"]
+    assert labels["teacher"][0]["kind"] == "checkpoint" and not labels["reused"]
+    assert Path(labels["path"]).is_relative_to(cache)
+    second = _submit(queue, iterations=2, margin=100.0)
+    assert second.id != first.id
+    _, again = work_once(ctx)
+    assert again.state == "succeeded", again.error
+    assert again.result["pseudo_labels"]["reused"] and again.result["pseudo_labels"]["path"] == labels["path"]
+    assert any("pseudo-labels (cached)" in line for line in queue.jobs.logs(second.id))
+
+
+def test_consistency_recipe_trains_with_its_method(tmp_path, small_model, data_root):
+    _, queue, ctx = _loop_with(tmp_path, small_model, data_root, retrain_recipe="consistency")
+    _submit(queue, iterations=2, margin=100.0)
+    _, done = work_once(ctx)
+    assert done.state == "succeeded", done.error
+    assert done.result["plan"]["recipe"] == "consistency" and "pseudo_labels" not in done.result
+    assert "mean_peak" in done.progress  # the continual method's teacher statistics
+
+
+def test_a_missing_teacher_fails_the_plan_naming_the_setting(tmp_path, small_model, data_root):
+    _, queue, ctx = _loop_with(tmp_path, small_model, data_root, retrain_teacher=str(tmp_path / "gone.onnx"))
+    _submit(queue, iterations=2)
+    _, done = work_once(ctx)
+    assert done.state == "failed" and "'gone.onnx' not found" in done.error
+    assert "POSELOOP_RETRAIN_TEACHER" in done.error and str(tmp_path) not in done.error  # no server paths

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from fastapi import APIRouter, Depends, Request
 
 from serving.auth import Principal
+from serving.ops_types import ActiveModel, ListedVersion, ModelList, error_responses
 from serving.routes.deps import get_service, require
 
-router = APIRouter(prefix="/v1/models", tags=["models"])
+router = APIRouter(prefix="/v1/models", tags=["models"], responses=error_responses(401))
 
 
-@router.get("", summary="All versions: status, metrics, lineage, created, size")
-def list_models(request: Request, _caller: Principal = Depends(require(None))) -> dict:
+@router.get("", summary="All versions: status, metrics, lineage, created, size", response_model=ModelList)
+def list_models(request: Request, _caller: Principal = Depends(require(None))) -> dict[str, Any]:
     service = get_service(request)
     registry, manager = service.manager.registry, service.manager
     active, previous = registry.active(), registry.previous_active()
@@ -20,12 +23,18 @@ def list_models(request: Request, _caller: Principal = Depends(require(None))) -
         "active": active.version if active else None,
         "previous_active": previous.version if previous else None,
         "serving": manager.active_version,
+        "pinned": registry.pinned(),
         "versions": [{**info.to_dict(), "loaded": info.version in loaded} for info in registry.list()],
     }
 
 
-@router.get("/active", summary="The version this process serves, with its input contract")
-def active_model(request: Request, _caller: Principal = Depends(require(None))) -> dict:
+@router.get(
+    "/active",
+    summary="The version this process serves, with its input contract",
+    response_model=ActiveModel,
+    responses=error_responses(503),
+)
+def active_model(request: Request, _caller: Principal = Depends(require(None))) -> dict[str, Any]:
     service = get_service(request)
     model = service.manager.active()
     meta = model.metadata
@@ -39,8 +48,8 @@ def active_model(request: Request, _caller: Principal = Depends(require(None))) 
     }
 
 
-@router.get("/{version}", summary="One version")
-def get_model(version: str, request: Request, _caller: Principal = Depends(require(None))) -> dict:
+@router.get("/{version}", summary="One version", response_model=ListedVersion, responses=error_responses(404))
+def get_model(version: str, request: Request, _caller: Principal = Depends(require(None))) -> dict[str, Any]:
     service = get_service(request)
     info = service.manager.registry.get(version)
     return {**info.to_dict(), "loaded": version in service.manager.loaded_versions()}

@@ -1,8 +1,11 @@
-"""Operations (role `ops`): retrain jobs, promote (hot swap), rollback, pin/unpin automatic promotion, audit."""
+"""Operations (role `ops`): retrain jobs, promote (hot swap), rollback, pin/unpin automatic promotion, audit.
+
+Answers are typed (serving.ops_types); every error is the ErrorBody `{"error": {"code", "message"}}`.
+"""
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Header, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
@@ -13,15 +16,26 @@ from continual.jobs import FINAL_STATES, JobNotFound
 from continual.overrides import check_overrides
 from core.inputs import InputError
 from serving.auth import Principal
+from serving.ops_types import (
+    EventList,
+    Job,
+    JobList,
+    JobState,
+    PinState,
+    RetrainAccepted,
+    SwapResult,
+    error_responses,
+)
 from serving.routes.deps import get_service, require
 
-router = APIRouter(prefix="/v1/ops", tags=["ops"])
+router = APIRouter(prefix="/v1/ops", tags=["ops"], responses=error_responses(401, 403, 422))
+VERSION_PATTERN = r"^[0-9]+$"
 
 
 class PromoteRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    version: str = Field(..., min_length=1, max_length=32, pattern=r"^[0-9]+$")
+    version: str = Field(..., min_length=1, max_length=32, pattern=VERSION_PATTERN)
     reason: str | None = Field(None, max_length=500)
 
 
@@ -29,30 +43,42 @@ class RollbackRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     version: str | None = Field(
-        None, min_length=1, max_length=32, pattern=r"^[0-9]+$", description="default: the previous active version"
+        None, min_length=1, max_length=32, pattern=VERSION_PATTERN, description="default: the previous active version"
     )
     reason: str | None = Field(None, max_length=500)
 
 
-@router.post("/promote", summary="Hot-swap to a registered version (the old one serves until it is ready)")
-async def promote(body: PromoteRequest, request: Request, caller: Principal = Depends(require("ops"))) -> dict:
+@router.post(
+    "/promote",
+    summary="Hot-swap to a registered version (the old one serves until it is ready)",
+    response_model=SwapResult,
+    responses=error_responses(404, 409),
+)
+async def promote(
+    body: PromoteRequest, request: Request, caller: Principal = Depends(require("ops"))
+) -> dict[str, Any]:
     service = get_service(request)
     return await run_in_threadpool(service.promote, body.version, caller.actor, body.reason, False)
 
 
-@router.post("/rollback", summary="Hot-swap back to the previous active version (or the one given)")
+@router.post(
+    "/rollback",
+    summary="Hot-swap back to the previous active version (or the one given)",
+    response_model=SwapResult,
+    responses=error_responses(404, 409),
+)
 async def rollback(
     request: Request, body: RollbackRequest | None = None, caller: Principal = Depends(require("ops"))
-) -> dict:
+) -> dict[str, Any]:
     service = get_service(request)
     body = body or RollbackRequest()
     return await run_in_threadpool(service.promote, body.version, caller.actor, body.reason, True)
 
 
-@router.get("/events", summary="Audit log: who changed which version's state, when and why")
+@router.get("/events", summary="Audit log: who changed which version's state, when and why", response_model=EventList)
 def events(
     request: Request, limit: int = Query(100, ge=1, le=10_000), _caller: Principal = Depends(require("ops"))
-) -> dict:
+) -> dict[str, Any]:
     return {"events": get_service(request).manager.registry.events(limit)}
 
 
@@ -91,7 +117,26 @@ class RetrainRequest(BaseModel):
 class PinRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
+    version: str | None = Field(
+        None,
+        min_length=1,
+        max_length=32,
+        pattern=VERSION_PATTERN,
+        description="pin this version: promote it first (hot swap) unless it is active; default: the active one",
+    )
     reason: str | None = Field(None, max_length=500)
+
+
+class UnpinRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    reason: str | None = Field(None, max_length=500)
+
+
+_RETRAIN_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {"model": RetrainAccepted, "description": "The same request again: the job it started"},
+    **error_responses(409),
+}
 
 
 def _job_or_404(service, job_id: str):
@@ -101,14 +146,20 @@ def _job_or_404(service, job_id: str):
         raise StarletteHTTPException(404, f"no job {job_id!r}") from None
 
 
-@router.post("/retrain", status_code=202, summary="Start a retrain job (one per model; Idempotency-Key supported)")
+@router.post(
+    "/retrain",
+    status_code=202,
+    summary="Start a retrain job (one per model; Idempotency-Key supported)",
+    response_model=RetrainAccepted,
+    responses=_RETRAIN_RESPONSES,
+)
 def retrain(
     request: Request,
     response: Response,
     body: RetrainRequest | None = None,
     idempotency_key: str | None = Header(None, max_length=200),
     caller: Principal = Depends(require("ops")),
-) -> dict:
+) -> dict[str, Any]:
     service = get_service(request)
     body = body or RetrainRequest()
     params = {k: v for k, v in body.model_dump().items() if v not in (None, [])}
@@ -139,27 +190,37 @@ def _request_params(params: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in params.items() if k != "reason"}
 
 
-@router.get("/jobs", summary="Recent jobs, newest first")
+@router.get("/jobs", summary="Recent jobs, newest first", response_model=JobList)
 def jobs(
     request: Request,
     limit: int = Query(50, ge=1, le=1000),
-    state: Literal["queued", "running", "succeeded", "failed", "cancelled"] | None = Query(None),
+    state: JobState | None = Query(None),
     _caller: Principal = Depends(require("ops")),
-) -> dict:
+) -> dict[str, Any]:
     return {"jobs": [j.to_dict() for j in get_service(request).queue.jobs.list(limit, state)]}
 
 
-@router.get("/jobs/{job_id}", summary="One job: state, progress, metrics, gate decision and the tail of its log")
+@router.get(
+    "/jobs/{job_id}",
+    summary="One job: state, progress, metrics, gate decision and the tail of its log",
+    response_model=Job,
+    responses=error_responses(404),
+)
 def job(
     job_id: str, request: Request, tail: int = Query(50, ge=0, le=200), _caller: Principal = Depends(require("ops"))
-) -> dict:
+) -> dict[str, Any]:
     service = get_service(request)
     found = _job_or_404(service, job_id)
     return found.to_dict(logs=service.queue.jobs.logs(job_id, tail))
 
 
-@router.post("/jobs/{job_id}/cancel", summary="Cancel: a queued job at once, a running one at its next heartbeat")
-def cancel(job_id: str, request: Request, caller: Principal = Depends(require("ops"))) -> dict:
+@router.post(
+    "/jobs/{job_id}/cancel",
+    summary="Cancel: a queued job at once, a running one at its next heartbeat",
+    response_model=Job,
+    responses=error_responses(404, 409),
+)
+def cancel(job_id: str, request: Request, caller: Principal = Depends(require("ops"))) -> dict[str, Any]:
     service = get_service(request)
     found = _job_or_404(service, job_id)
     if found.state in FINAL_STATES:
@@ -167,14 +228,32 @@ def cancel(job_id: str, request: Request, caller: Principal = Depends(require("o
     return service.queue.jobs.request_cancel(job_id, caller.actor).to_dict()
 
 
-@router.post("/pin", summary="Freeze automatic promotion (manual promote/rollback still work)")
-def pin(request: Request, body: PinRequest | None = None, caller: Principal = Depends(require("ops"))) -> dict:
-    registry = get_service(request).manager.registry
-    return {"pinned": registry.set_pinned(True, caller.actor, (body or PinRequest()).reason)}
+@router.post(
+    "/pin",
+    summary="Freeze automatic promotion, optionally on a given version (manual promote/rollback still work)",
+    response_model=PinState,
+    responses=error_responses(404, 409),
+)
+def pin(
+    request: Request, body: PinRequest | None = None, caller: Principal = Depends(require("ops"))
+) -> dict[str, Any]:
+    # sync on purpose: FastAPI runs it in a worker thread, and a promotion loads a model (blocking)
+    service = get_service(request)
+    body = body or PinRequest()
+    registry = service.manager.registry
+    active = registry.active()
+    if body.version is not None and (active is None or active.version != body.version):
+        service.promote(body.version, caller.actor, body.reason or f"pin {body.version}", False)
+    pinned = registry.set_pinned(True, caller.actor, body.reason)
+    active = registry.active()
+    return {"pinned": pinned, "active": active.version if active else None}
 
 
-@router.post("/unpin", summary="Allow automatic promotion by the retrain gate again")
-def unpin(request: Request, body: PinRequest | None = None, caller: Principal = Depends(require("ops"))) -> dict:
+@router.post("/unpin", summary="Allow automatic promotion by the retrain gate again", response_model=PinState)
+def unpin(
+    request: Request, body: UnpinRequest | None = None, caller: Principal = Depends(require("ops"))
+) -> dict[str, Any]:
     registry = get_service(request).manager.registry
-    registry.set_pinned(False, caller.actor, (body or PinRequest()).reason)
-    return {"pinned": None}
+    registry.set_pinned(False, caller.actor, (body or UnpinRequest()).reason)
+    active = registry.active()
+    return {"pinned": None, "active": active.version if active else None}
