@@ -27,8 +27,9 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from models.metadata import ModelMetadata
+from serving.detection import DetectionError
 from serving.manager import ActiveModel, ModelManager, NoActiveModel
-from serving.pipeline import PersonPose, PreparedCrops
+from serving.pipeline import BoxSource, PersonPose, PoseOptions, PreparedCrops
 
 log = logging.getLogger(__name__)
 
@@ -51,12 +52,15 @@ class PoseResult:
     queue_ms: float  # from submit until its batch started
     infer_ms: float  # the backend call(s) of its batch
     batch_crops: int  # crops in its batch (all requests)
+    source: BoxSource = "request"  # where the persons' boxes came from
+    detect_ms: float = 0.0  # the person detector on this image (in the caller's thread, before queueing)
 
 
 @dataclass
 class _Job:
     image: np.ndarray
     boxes: np.ndarray | None
+    options: PoseOptions | None
     model: ActiveModel
     prepared: PreparedCrops
     future: Future = field(default_factory=Future)
@@ -125,15 +129,23 @@ class MicroBatcher:
                 self._incoming -= 1
                 self._cond.notify_all()
 
-    def submit(self, image: np.ndarray, boxes: np.ndarray | None = None) -> Future:
-        """Queue one image (H×W×3 RGB uint8) with its boxes (None = whole image) → Future[PoseResult].
+    def submit(self, image: np.ndarray, boxes: np.ndarray | None = None, options: PoseOptions | None = None) -> Future:
+        """Queue one image (H×W×3 RGB uint8) with its boxes → Future[PoseResult]. Without boxes: the detected
+        persons if `options.detect`, else the whole image (serving.pipeline.PosePipeline.prepare).
 
-        Raises NoActiveModel or Overloaded right away; the crops are prepared here, in the caller's thread.
+        Raises NoActiveModel, Overloaded or BatchError (the detector failed) right away; detection and the crops
+        run here, in the caller's thread, so images are detected in parallel and only pose crops are batched.
         """
         model = self.manager.active()
-        job = _Job(image, boxes, model, model.pipeline.prepare(image, boxes))
+        try:
+            prepared = model.pipeline.prepare(image, boxes, options)
+        except DetectionError as err:
+            raise BatchError(str(err)) from err
+        job = _Job(image, boxes, options, model, prepared)
         if job.crops == 0:
-            job.future.set_result(PoseResult(model.version, model.metadata, [], 0.0, 0.0, 0))
+            job.future.set_result(
+                PoseResult(model.version, model.metadata, [], 0.0, 0.0, 0, prepared.source, prepared.detect_ms)
+            )
             return job.future
         with self._cond:
             if self._closed:
@@ -190,7 +202,7 @@ class MicroBatcher:
         with self.manager.lease() as model:
             for job in jobs:
                 if _preprocess_key(job.model.metadata) != _preprocess_key(model.metadata):
-                    job.prepared = model.pipeline.prepare(job.image, job.boxes)
+                    job.prepared = model.pipeline.recrop(job.image, job.prepared)  # same persons, new crops
             crops = np.concatenate([job.prepared.crops for job in jobs])
             try:
                 heatmaps = np.concatenate(
@@ -224,6 +236,8 @@ class MicroBatcher:
                             (started - job.submitted) * 1e3,
                             infer_s * 1e3,
                             len(crops),
+                            job.prepared.source,
+                            job.prepared.detect_ms,
                         )
                     )
                 offset += n

@@ -208,7 +208,9 @@ class ModelManager:
                 return model
             metadata = self.backend.load(version, onnx_path)
             try:
-                pipeline = PosePipeline(VersionView(self.backend, version, metadata))
+                # the backend's person detector, if it has one (serving.detection), serves every version
+                detector = getattr(self.backend, "detector", None)
+                pipeline = PosePipeline(VersionView(self.backend, version, metadata), detector=detector)
             except Exception as err:
                 self.backend.unload(version)
                 raise BackendLoadError(f"version {version}: {type(err).__name__}: {err}") from err

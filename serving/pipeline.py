@@ -1,32 +1,53 @@
-"""Top-down pose pipeline around any InferenceBackend: boxes → crops → one batched call → keypoints.
+"""Top-down pose pipeline around any InferenceBackend: [detector →] boxes → crops → one batched call → keypoints.
 
 Coordinates: boxes are [x, y, w, h] and keypoints (x, y) in source-image pixels (pixel centres at integers,
 OpenCV's convention, see models.geometry). Crop, normalisation and decode use exactly the functions training
 uses (models.geometry, models.codec), parameterised by the model's metadata.
+Boxes come from the request, from the person detector (serving.detection; `PoseOptions.detect` and no boxes),
+or are the whole image (no boxes and no detection: the pre-detector behaviour the CLI and health probe keep).
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import cv2
 import numpy as np
 
 from models.geometry import normalize_crop, person_crop_affine, warp_image
 from serving.backends import InferenceBackend
+from serving.detection import PersonDetector
+
+BoxSource = Literal["request", "detector", "whole_image"]
 
 
 @dataclass(frozen=True)
 class PersonPose:
-    """One person: box [x, y, w, h]; keypoints (K, 2) image pixels; keypoint_scores (K,) heatmap peaks."""
+    """One person: box [x, y, w, h]; keypoints (K, 2) image pixels; keypoint_scores (K,) heatmap peaks;
+    det_score: the detector's person score for its box (None when the box did not come from the detector)."""
 
     box: tuple[float, float, float, float]
-    score: float  # mean of keypoint_scores
+    score: float  # pose score: mean of keypoint_scores
     keypoints: np.ndarray
     keypoint_scores: np.ndarray
     names: tuple[str, ...]
+    det_score: float | None = None
+
+
+@dataclass(frozen=True)
+class PoseOptions:
+    """Per-request choices. detect: without boxes, run the person detector (True) or use the whole image;
+    det_threshold: person score a detection needs; max_persons: most detections kept (best first);
+    flip: flip test (also run mirrored crops and average), None = the pipeline's `flip_test`."""
+
+    detect: bool = False
+    det_threshold: float = 0.35
+    max_persons: int = 20
+    flip: bool | None = None
 
 
 @dataclass(frozen=True)
@@ -37,6 +58,9 @@ class PreparedCrops:
     affines: np.ndarray  # (N, 2, 3) image → crop
     boxes: np.ndarray  # (N, 4) [x, y, w, h], image pixels
     flipped: bool
+    det_scores: np.ndarray | None = None  # (N,) detector scores when the boxes came from the detector
+    source: BoxSource = "request"
+    detect_ms: float = 0.0  # time the detector took on this image
 
     @property
     def persons(self) -> int:
@@ -48,13 +72,21 @@ class PosePipeline:
 
     flip_test: also run the horizontally mirrored crops (in the same call) and average the flipped-back heatmaps.
     refinement: "none" / "quarter" / "dark"; None = the decode mode stored in the model's metadata.
+    detector: finds the boxes of a request without boxes when its options say `detect` (None = whole image).
     `predict` = `prepare` → `backend.infer(prepared.crops)` → `decode`; the steps are public so a micro-batcher
     can run several images' crops in one call.
     """
 
-    def __init__(self, backend: InferenceBackend, flip_test: bool = False, refinement: str | None = None) -> None:
+    def __init__(
+        self,
+        backend: InferenceBackend,
+        flip_test: bool = False,
+        refinement: str | None = None,
+        detector: PersonDetector | None = None,
+    ) -> None:
         self.backend = backend
         self.flip_test = flip_test
+        self.detector = detector
         meta = backend.metadata
         self.codec = meta.codec(refinement)
         self.flip_index = meta.schema.flip_index
@@ -64,30 +96,69 @@ class PosePipeline:
         self._padding = meta.padding
 
     def predict(
-        self, image: np.ndarray, boxes: Sequence[Sequence[float]] | np.ndarray | None = None
+        self,
+        image: np.ndarray,
+        boxes: Sequence[Sequence[float]] | np.ndarray | None = None,
+        options: PoseOptions | None = None,
     ) -> list[PersonPose]:
-        """Poses for each box (None = one box covering the whole image); [] for an empty box list."""
-        prepared = self.prepare(image, boxes)
+        """Poses for each box (None = detected persons, or one box covering the whole image, see `prepare`);
+        [] for an empty box list or when the detector finds nobody."""
+        prepared = self.prepare(image, boxes, options)
         if prepared.persons == 0:
             return []
         return self.decode(self.backend.infer(prepared.crops), prepared)
 
     __call__ = predict
 
-    def prepare(self, image: np.ndarray, boxes: Sequence[Sequence[float]] | np.ndarray | None = None) -> PreparedCrops:
-        """Crop and normalise every box (None = the whole image); with flip test, append the mirrored crops."""
+    def prepare(
+        self,
+        image: np.ndarray,
+        boxes: Sequence[Sequence[float]] | np.ndarray | None = None,
+        options: PoseOptions | None = None,
+    ) -> PreparedCrops:
+        """The crops of every person: the given boxes; without boxes, the detector's (options.detect and a
+        detector) or the whole image. With flip test, the mirrored crops are appended."""
         image = _check_image(image)
+        options = options or PoseOptions()
+        flip = self.flip_test if options.flip is None else options.flip
+        if boxes is not None:
+            return self.crop(image, _check_boxes(boxes), flip)
+        if options.detect and self.detector is not None:
+            started = time.perf_counter()
+            found = self.detector.detect(image, options.det_threshold, options.max_persons)
+            detect_ms = (time.perf_counter() - started) * 1e3
+            return self.crop(image, found.boxes, flip, found.scores, "detector", detect_ms)
         h, w = image.shape[:2]
-        boxes_arr = _check_boxes([[0.0, 0.0, float(w), float(h)]] if boxes is None else boxes)
+        return self.crop(image, _check_boxes([[0.0, 0.0, float(w), float(h)]]), flip, None, "whole_image")
+
+    def recrop(self, image: np.ndarray, prepared: PreparedCrops) -> PreparedCrops:
+        """`prepared`'s persons cropped for this pipeline's model (after a promotion changed preprocessing)."""
+        return self.crop(
+            image, prepared.boxes, prepared.flipped, prepared.det_scores, prepared.source, prepared.detect_ms
+        )
+
+    def crop(
+        self,
+        image: np.ndarray,
+        boxes: np.ndarray,
+        flip: bool,
+        det_scores: np.ndarray | None = None,
+        source: BoxSource = "request",
+        detect_ms: float = 0.0,
+    ) -> PreparedCrops:
+        """Crop and normalise (N, 4) checked boxes [x, y, w, h]; flip: append the mirrored crops."""
+        image = _check_image(image)
+        boxes_arr = np.asarray(boxes, np.float64).reshape(-1, 4)
         size = self.codec.input_size
         affines = np.array([person_crop_affine(b, size, self._padding) for b in boxes_arr]).reshape(-1, 2, 3)
         crops = np.empty((len(affines), 3, size.h, size.w), np.float32)
         for i, affine in enumerate(affines):
             crops[i] = normalize_crop(warp_image(image, affine, size), self._mean, self._std)
-        if self.flip_test:
+        if flip:
             # Normalisation is per channel, so mirroring the normalised crop == normalising the mirrored crop.
             crops = np.concatenate([crops, crops[..., ::-1]])
-        return PreparedCrops(np.ascontiguousarray(crops), affines, boxes_arr, self.flip_test)
+        scores = None if det_scores is None else np.asarray(det_scores, np.float64).reshape(-1)
+        return PreparedCrops(np.ascontiguousarray(crops), affines, boxes_arr, flip, scores, source, detect_ms)
 
     def decode(self, heatmaps: np.ndarray, prepared: PreparedCrops) -> list[PersonPose]:
         """Backend output for `prepared.crops`, (M, K, h, w) → one PersonPose per box, in image pixels."""
@@ -101,6 +172,7 @@ class PosePipeline:
             heatmaps = 0.5 * (heatmaps[:n] + self.codec.flip_back(heatmaps[n:], self.flip_index))
         crop_keypoints, scores = self.codec.decode(heatmaps)
         keypoints = self.codec.to_image(crop_keypoints, prepared.affines)
+        det = [None] * n if prepared.det_scores is None else [float(d) for d in prepared.det_scores]
         return [
             PersonPose(
                 box=(float(box[0]), float(box[1]), float(box[2]), float(box[3])),
@@ -108,8 +180,9 @@ class PosePipeline:
                 keypoints=k,
                 keypoint_scores=s,
                 names=self.names,
+                det_score=d,
             )
-            for box, k, s in zip(prepared.boxes, keypoints, scores)
+            for box, k, s, d in zip(prepared.boxes, keypoints, scores, det)
         ]
 
 
@@ -131,22 +204,49 @@ def load_image_rgb(source: str | Path | bytes | bytearray | memoryview) -> np.nd
     return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
 
 
-def to_json(poses: Sequence[PersonPose], model_version: str) -> dict:
-    """JSON-ready response: {"model_version", "persons": [{"box", "score", "keypoints": [{name, x, y, score}]}]}."""
-    return {
-        "model_version": model_version,
-        "persons": [
+def to_json(
+    poses: Sequence[PersonPose],
+    model_version: str,
+    kpt_threshold: float = 0.0,
+    image_size: tuple[int, int] | None = None,
+) -> dict:
+    """JSON-ready response: {"model_version", "persons": [{"box", "det_score", "pose_score", "score",
+    "keypoints": [{name, x, y, score, in_image, valid}]}]}.
+
+    Keypoints are never clipped: one outside the image keeps its coordinates and is flagged `in_image: false`
+    (the image spans [-0.5, W - 0.5] × [-0.5, H - 0.5] with pixel centres at integers; image_size = (W, H),
+    None = not checked). `valid` = score ≥ kpt_threshold and in_image (MMPose's kpt_thr). `score` is the pose
+    score again (the field predates `pose_score`).
+    """
+    persons = []
+    for pose in poses:
+        points = np.asarray(pose.keypoints, np.float64)
+        inside = np.ones(len(points), bool)
+        if image_size is not None:
+            w, h = image_size
+            inside = (points[:, 0] >= -0.5) & (points[:, 0] <= w - 0.5) & (points[:, 1] >= -0.5)
+            inside &= points[:, 1] <= h - 0.5
+        keypoints = [
+            {
+                "name": name,
+                "x": float(x),
+                "y": float(y),
+                "score": float(s),
+                "in_image": bool(ok),
+                "valid": bool(ok and s >= kpt_threshold),
+            }
+            for name, (x, y), s, ok in zip(pose.names, points, pose.keypoint_scores, inside)
+        ]
+        persons.append(
             {
                 "box": [float(v) for v in pose.box],
+                "det_score": pose.det_score,
+                "pose_score": float(pose.score),
                 "score": float(pose.score),
-                "keypoints": [
-                    {"name": name, "x": float(x), "y": float(y), "score": float(s)}
-                    for name, (x, y), s in zip(pose.names, pose.keypoints, pose.keypoint_scores)
-                ],
+                "keypoints": keypoints,
             }
-            for pose in poses
-        ],
-    }
+        )
+    return {"model_version": model_version, "persons": persons}
 
 
 def _check_image(image: np.ndarray) -> np.ndarray:

@@ -17,6 +17,7 @@ from models.registry import ModelRegistry
 from serving.app import create_app
 from serving.backends.onnxruntime import OnnxRuntimeBackend
 from serving.pipeline import PosePipeline
+from tests.data_paths import data_path
 from tests.serving_fixtures import auth, encode, sample_image, thread_server, tiny_pose_onnx
 
 INFER, OPS, UPLOAD = (secrets.token_urlsafe(16) for _ in range(3))
@@ -112,18 +113,20 @@ def test_pose_json_matches_local_pipeline(live, client, models_dir) -> None:
     expected = local_poses(models_dir["a"], IMAGE, BOXES)
     assert len(doc["persons"]) == 2
     for person, pose, box in zip(doc["persons"], expected, BOXES):
-        assert person["box"] == box and len(person["keypoints"]) == 14
-        assert set(person["keypoints"][0]) == {"name", "x", "y", "score"}
+        assert person["box"] == box and len(person["keypoints"]) == 14 and person["det_score"] is None
+        assert set(person["keypoints"][0]) == {"name", "x", "y", "score", "in_image", "valid"}
         got = np.array([[k["x"], k["y"]] for k in person["keypoints"]])
         assert np.abs(got - pose.keypoints).max() < 1e-3
-        assert person["score"] == pytest.approx(pose.score, abs=1e-5)
+        assert person["score"] == person["pose_score"] == pytest.approx(pose.score, abs=1e-5)
+    assert doc["boxes_from"] == "request"
+    assert doc["options"] == {"max_persons": 20, "det_threshold": 0.35, "kpt_threshold": 0.3, "flip": False}
 
-    # JSON body with base64, no boxes = whole image
+    # JSON body with base64, no boxes = the detector; a smooth synthetic image has nobody: no guessed skeleton
     b64 = base64.b64encode(encode(IMAGE, ".jpg")).decode()
     r = client.post("/v1/pose", json={"image": b64, "image_id": 7}, headers=auth(INFER))
     assert r.status_code == 200, r.text
-    (person,) = r.json()["persons"]
-    assert person["box"] == [0.0, 0.0, 160.0, 120.0] and r.json()["image"]["id"] == 7
+    assert r.json()["persons"] == [] and r.json()["boxes_from"] == "detector" and r.json()["image"]["id"] == 7
+    assert r.json()["timing_ms"]["detect"] > 0
     # raw image body with boxes in the query; empty box list = no persons
     r = client.post(
         "/v1/pose", params={"boxes": "[]"}, content=encode(IMAGE), headers={**auth(INFER), "Content-Type": "image/png"}
@@ -146,6 +149,89 @@ def test_pose_coco_format(live, client) -> None:
         assert len(entry["keypoints"]) == 3 * 14
         scores = entry["keypoints"][2::3]
         assert entry["score"] == pytest.approx(np.mean(scores), abs=1e-5)
+
+
+def test_pose_without_boxes_detects_every_person(live, client) -> None:
+    """basketball1.png (two players): no boxes → the detector's persons, each posed, one batched pose call."""
+    data = data_path("wild", "basketball1.png").read_bytes()
+    r = client.post("/v1/pose", files={"image": ("b.png", data)}, headers=auth(INFER))
+    assert r.status_code == 200, r.text
+    doc = r.json()
+    assert doc["boxes_from"] == "detector"
+    persons = doc["persons"]
+    assert len(persons) >= 2 and doc["timing_ms"]["batch_crops"] == len(persons)  # all crops in one call
+    scores = [p["det_score"] for p in persons]
+    assert all(0.35 <= s <= 1 for s in scores) and scores == sorted(scores, reverse=True)
+    lefts = sorted(p["box"][0] for p in persons[:2])
+    assert lefts[0] < 200 and lefts[1] > 350  # the two players: one on the left, one on the right
+    # the options reach the detector: max_persons caps, a high det_threshold drops everyone
+    one = client.post("/v1/pose", params={"max_persons": 1}, files={"image": ("b.png", data)}, headers=auth(INFER))
+    assert [p["box"] for p in one.json()["persons"]] == [persons[0]["box"]]
+    none = client.post(
+        "/v1/pose", data={"det_threshold": "0.99"}, files={"image": ("b.png", data)}, headers=auth(INFER)
+    )
+    assert none.status_code == 200 and none.json()["persons"] == []
+    flipped = client.post("/v1/pose", params={"flip": "true"}, files={"image": ("b.png", data)}, headers=auth(INFER))
+    assert flipped.json()["timing_ms"]["batch_crops"] == 2 * len(persons)  # mirrored crops in the same call
+    assert flipped.json()["options"]["flip"] is True
+    threshold = min(1.0, float(np.median([k["score"] for p in persons for k in p["keypoints"]])))
+    strict = client.post(
+        "/v1/pose", params={"kpt_threshold": threshold}, files={"image": ("b.png", data)}, headers=auth(INFER)
+    )
+    flags = [
+        (k["valid"], k["score"] >= threshold and k["in_image"])
+        for p in strict.json()["persons"]
+        for k in p["keypoints"]
+    ]
+    assert all(valid == expected for valid, expected in flags) and {v for v, _ in flags} == {True, False}
+    coco = client.post("/v1/pose", params={"format": "coco"}, files={"image": ("b.png", data)}, headers=auth(INFER))
+    assert [e["bbox"] for e in coco.json()] == [p["box"] for p in persons]
+
+
+@pytest.mark.parametrize(
+    ("where", "field", "value"),
+    [
+        ("query", "max_persons", "0"),
+        ("query", "det_threshold", "1.5"),
+        ("query", "kpt_threshold", "-0.1"),
+        ("query", "flip", "maybe"),
+        ("query", "max_persons", "65"),  # above limits.max_boxes (64)
+        ("form", "det_threshold", "high"),
+        ("form", "max_persons", "2.5"),
+        ("json", "flip", "yes"),
+        ("json", "kpt_threshold", 2),
+    ],
+)
+def test_bad_options_are_422_naming_the_field(live, client, where, field, value) -> None:
+    if where == "query":
+        r = client.post(
+            "/v1/pose", params={field: value}, files={"image": ("x.png", encode(IMAGE))}, headers=auth(INFER)
+        )
+    elif where == "form":
+        r = client.post("/v1/pose", data={field: value}, files={"image": ("x.png", encode(IMAGE))}, headers=auth(INFER))
+    else:
+        b64 = base64.b64encode(encode(IMAGE)).decode()
+        r = client.post("/v1/pose", json={"image": b64, field: value}, headers=auth(INFER))
+    assert r.status_code == 422, r.text
+    assert field in r.json()["error"]["message"]
+
+
+def test_conflicting_options_and_openapi_schema(live, client) -> None:
+    r = client.post(
+        "/v1/pose",
+        params={"max_persons": 2},
+        data={"max_persons": "3"},
+        files={"image": ("x.png", encode(IMAGE))},
+        headers=auth(INFER),
+    )
+    assert r.status_code == 422 and r.json()["error"]["code"] == "conflicting_option"
+    spec = client.get("/openapi.json").json()
+    schemas = spec["components"]["schemas"]
+    assert {"PoseResponse", "Person", "Keypoint", "CocoResult"} <= set(schemas)
+    assert set(schemas["Keypoint"]["properties"]) == {"name", "x", "y", "score", "in_image", "valid"}
+    assert "never clipped" in schemas["Keypoint"]["properties"]["x"]["description"]
+    params = {p["name"] for p in spec["paths"]["/v1/pose"]["post"]["parameters"]}
+    assert {"max_persons", "det_threshold", "kpt_threshold", "flip"} <= params
 
 
 def test_render_returns_png(live, client) -> None:

@@ -198,10 +198,27 @@ def test_to_json_shape(backend, image) -> None:
     assert json.loads(json.dumps(doc)) == doc  # plain JSON types only
     assert doc["model_version"] == "pipe-1" and len(doc["persons"]) == 2
     person = doc["persons"][0]
-    assert set(person) == {"box", "score", "keypoints"} and person["box"] == BOXES[0]
+    assert set(person) == {"box", "det_score", "pose_score", "score", "keypoints"} and person["box"] == BOXES[0]
+    assert person["det_score"] is None and person["pose_score"] == person["score"]  # boxes given: no detector
     assert [kp["name"] for kp in person["keypoints"]] == list(LSP14.keypoints)
-    assert set(person["keypoints"][0]) == {"name", "x", "y", "score"}
+    assert set(person["keypoints"][0]) == {"name", "x", "y", "score", "in_image", "valid"}
     assert person["keypoints"][3]["x"] == pytest.approx(float(poses[0].keypoints[3, 0]))
+
+
+def test_to_json_flags_keypoints_outside_the_image_and_below_the_threshold() -> None:
+    """Keypoints are never clipped: outside the image (pixel centres at integers, edges at -0.5 and W - 0.5)
+    they keep their coordinates and are flagged; `valid` also needs score ≥ kpt_threshold."""
+    kp = np.array([[-0.6, 5.0], [-0.4, 5.0], [99.4, 49.4], [99.6, 10.0], [10.0, 49.6], [10.0, 10.0]])
+    scores = np.array([0.9, 0.9, 0.9, 0.9, 0.9, 0.2])
+    pose = PersonPose((0, 0, 100, 50), float(scores.mean()), kp, scores, tuple("abcdef"), det_score=0.8)
+    (person,) = to_json([pose], "v", kpt_threshold=0.3, image_size=(100, 50))["persons"]
+    points = person["keypoints"]
+    assert [k["in_image"] for k in points] == [False, True, True, False, False, True]
+    assert [k["valid"] for k in points] == [False, True, True, False, False, False]  # the last: score 0.2 < 0.3
+    assert [k["x"] for k in points] == pytest.approx(kp[:, 0].tolist())  # not clipped
+    assert person["det_score"] == 0.8
+    (unchecked,) = to_json([pose], "v")["persons"]  # no size, threshold 0: everything valid
+    assert all(k["valid"] and k["in_image"] for k in unchecked["keypoints"])
 
 
 def test_backend_contract(backend, onnx_path, tmp_path) -> None:

@@ -24,11 +24,14 @@ import onnxruntime as ort
 import pytest
 from onnx import helper, numpy_helper
 
+from models.detection import NANODET_G_416, detector_input
 from models.metadata import ModelMetadata
 from serving.triton.backend import BackendLoadError, TritonBackend, TritonInferError
 from serving.triton.repository import (
     ModelIO,
+    RepositoryError,
     config_mismatches,
+    detector_config_dict,
     onnxruntime_config,
     parse_pbtxt,
     production_config_matches_onnx,
@@ -44,6 +47,7 @@ pytestmark = pytest.mark.slow
 MODEL = "pose"
 H, W = 128, 96  # non-square on purpose
 TOLERANCE = 1e-5
+DETECTOR = Path(__file__).resolve().parents[1] / "artifacts" / "detector-nanodet-g-416" / "model.onnx"
 
 
 # ---------------------------------------------------------------- models
@@ -280,6 +284,24 @@ def test_production_config_is_checked_against_the_onnx_graph(onnx_files, tmp_pat
     assert "not a readable ONNX model" in config_mismatches(config, garbage)[0]
 
 
+def test_detector_config_is_unbatched_with_every_output() -> None:
+    if not DETECTOR.exists():
+        pytest.skip(f"{DETECTOR} not found")
+    with pytest.raises(RepositoryError, match="batch axis"):  # fixed (1, 3, 416, 416): not a batching model
+        ModelIO.from_onnx(DETECTOR)
+    graph = ModelIO.from_onnx(DETECTOR, batched=False)
+    io = ModelIO.for_detector(NANODET_G_416)
+    assert graph.inputs == io.inputs and sorted(o.name for o in graph.outputs) == sorted(o.name for o in io.outputs)
+    for runtime in ("python", "onnxruntime"):
+        config = parse_pbtxt(render_pbtxt(detector_config_dict("det", io, runtime=runtime, sys_path=["/x"])))
+        assert config.get("max_batch_size", 0) == 0 and "dynamic_batching" not in config
+        assert config["input"] == [{"name": "input", "data_type": "TYPE_FP32", "dims": ["1", "3", "416", "416"]}]
+        assert {o["name"]: [int(d) for d in o["dims"]] for o in config["output"]} == {
+            k: list(v) for k, v in NANODET_G_416.output_shapes().items()
+        }
+        assert config["version_policy"] == {"specific": {"versions": ["1"]}}
+
+
 # ---------------------------------------------------------------- real server
 
 
@@ -418,6 +440,45 @@ def test_triton_sync_owns_the_repository_and_followers_serve_what_it_loads(
     finally:
         follower.close()
         owner.close()
+
+
+def detector_triton(server) -> TritonBackend:
+    """A second pose model, `detpose`, with the person detector beside it (model `detpose_detector`).
+    Close it before the test ends: an open client would hold up the server's stop (the last test)."""
+    if not DETECTOR.exists():
+        pytest.skip(f"{DETECTOR} not found")
+    return TritonBackend(
+        server.url, server.repo, "detpose", server.repository_secret, grpc_url=server.grpc_url, detector_path=DETECTOR
+    )
+
+
+def test_detector_is_a_second_model_matching_onnxruntime(server, onnx_files) -> None:
+    with detector_triton(server) as triton:
+        triton.load("1", onnx_files["1"])  # the first pose load also makes the detector READY
+        assert (server.repo / "detpose_detector" / "1" / "model.onnx").exists()  # written beside the pose model
+        assert triton.loaded_versions() == ["1"] and triton.detector is not None
+        x = np.random.default_rng(1).standard_normal(NANODET_G_416.input_shape).astype(np.float32)
+        got = triton.detector.runner.run(x)
+    session = ort.InferenceSession(str(DETECTOR), providers=["CPUExecutionProvider"])
+    names = list(NANODET_G_416.output_names)
+    for name, want in zip(names, session.run(names, {"input": x})):
+        assert got[name].shape == want.shape and np.abs(got[name] - want).max() <= 1e-4, name
+
+
+def test_triton_detector_finds_the_players_the_embedded_one_finds(server) -> None:
+    import cv2
+
+    from serving.backends.detector import embedded_detector
+    from tests.data_paths import data_path
+
+    image = cv2.cvtColor(cv2.imread(str(data_path("wild", "basketball1.png"))), cv2.COLOR_BGR2RGB)
+    with detector_triton(server) as triton:  # no pose version loaded here: the first detection loads the detector
+        assert triton.detector is not None
+        served = triton.detector.detect(image, 0.35, 20)
+    local = embedded_detector(DETECTOR, intra_op_threads=1).detect(image, 0.35, 20)
+    assert len(served) >= 2 and len(served) == len(local)
+    np.testing.assert_allclose(served.boxes, local.boxes, atol=0.05)
+    assert detector_input(image)[0].shape == NANODET_G_416.input_shape
 
 
 def test_stop_leaves_no_processes_or_shm(server, backend, onnx_files) -> None:

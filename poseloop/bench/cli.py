@@ -108,3 +108,30 @@ def bench_ssl_v2(
     rows = run_ssl_v2_bench(profile, out, results, only_method or None, only_labels or None, distill, only_seed or None)
     summary = {r["label"]: r["metrics"]["pck_limbs"] if r.get("done") else r.get("status") for r in rows.values()}
     typer.echo(json.dumps(summary, indent=2))
+
+
+@bench_app.command("retrain")
+def bench_retrain(
+    work: Path = typer.Option(Path("runs/bench_retrain"), help="Registry, uploads and job of the run (resumable)."),
+    uploads: int = typer.Option(1000, min=1, help="LSPET images uploaded, with their person boxes."),
+    iterations: int | None = typer.Option(None, min=1, help="Retrain steps (default: the retrain setting)."),
+    teacher: str | None = typer.Option(None, help="POSELOOP_RETRAIN_TEACHER for this run."),
+    recipe: str | None = typer.Option(None, help="POSELOOP_RETRAIN_RECIPE for this run (distill|consistency)."),
+    threads: int | None = typer.Option(None, help="torch intra-op threads."),
+    out: Path = typer.Option(Path("docs/benchmarks.md")),
+    results: Path = typer.Option(Path("docs/results/retrain.json")),
+):
+    """One default retrain of the bundled model on LSPET uploads: the gate's decision and interval, the
+    pseudo-label counts, the wall time."""
+    import torch
+
+    from core.fileio import atomic_write_bytes
+    from poseloop.bench.retrain import run_retrain_bench, write_section
+
+    if threads:
+        torch.set_num_threads(threads)
+    overrides = {k: v for k, v in {"retrain_teacher": teacher, "retrain_recipe": recipe}.items() if v is not None}
+    record = run_retrain_bench(work, uploads, iterations, overrides)
+    atomic_write_bytes(results, json.dumps(record, indent=2).encode())
+    write_section(record, out, " ".join(["poseloop", *sys.argv[1:]]))
+    typer.echo(json.dumps(record.get("result", {}).get("gate"), indent=2))

@@ -4,6 +4,8 @@
 the first real request never pays session initialisation; versions already loaded keep serving throughout.
 Thread counts are explicit (serving settings `ort_threads`): every loaded session runs with them, so the
 CPU budget of N loaded versions is only spent by the ones that receive traffic.
+With `detector_path`, the person detector (serving.detection) is one more session, built and warmed up at
+construction (a missing or wrong file fails start-up), shared by every version: `backend.detector`.
 """
 
 from __future__ import annotations
@@ -17,19 +19,34 @@ import numpy as np
 from models.metadata import ModelMetadata
 from serving.backends import BackendLoadError
 from serving.backends.onnxruntime import OnnxRuntimeBackend
+from serving.detection import PersonDetector
 
 
 class EmbeddedBackend:
-    """VersionedBackend over in-process ONNX Runtime sessions (thread-safe; `infer` runs outside the lock)."""
+    """VersionedBackend over in-process ONNX Runtime sessions (thread-safe; `infer` runs outside the lock).
+
+    detector_path: the person detector ONNX (None = no detector: requests without boxes use the whole image);
+    detector_iou: its NMS IoU threshold.
+    """
 
     def __init__(
-        self, intra_op_threads: int = 1, inter_op_threads: int = 1, providers: Sequence[str] | None = None
+        self,
+        intra_op_threads: int = 1,
+        inter_op_threads: int = 1,
+        providers: Sequence[str] | None = None,
+        detector_path: Path | None = None,
+        detector_iou: float = 0.6,
     ) -> None:
         self.intra_op_threads = intra_op_threads
         self.inter_op_threads = inter_op_threads
         self.providers = list(providers) if providers else None
         self._sessions: dict[str, OnnxRuntimeBackend] = {}
         self._lock = threading.Lock()
+        self.detector: PersonDetector | None = None
+        if detector_path is not None:
+            from serving.backends.detector import embedded_detector
+
+            self.detector = embedded_detector(detector_path, intra_op_threads, detector_iou, self.providers)
 
     def load(self, version: str, onnx_path: Path) -> ModelMetadata:
         """Build and warm a session for `version` (no-op if loaded). Raises BackendLoadError naming the cause."""
@@ -74,6 +91,8 @@ class EmbeddedBackend:
     def close(self) -> None:
         with self._lock:
             self._sessions.clear()
+        if self.detector is not None:
+            self.detector.close()
 
 
 def warm_up(metadata: ModelMetadata, infer, version: str) -> None:

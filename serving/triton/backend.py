@@ -21,6 +21,10 @@ load (measured: all requests stall with --http-thread-count=1; some, at random, 
 control calls run on the gRPC frontend's own threads. Without grpc_url the HTTP API is used (0 failures, but
 that stall); tritonclient's gRPC half needs grpcio (`tritonclient[grpc]`, or nvidia-pytriton's dependency).
 
+Person detector: with `detector_path`, `backend.detector` is a PersonDetector whose network is a second Triton
+model, `<model>_detector` (serving.triton.detector), loaded on first use (and tried once after the first pose
+version loads); its failure fails detection requests only, never a pose version's load.
+
 Threading: every method may be called from any thread. tritonclient's HTTP client is not thread-safe, so
 each thread gets its own client (kept until close()); load/unload are serialised by one lock.
 """
@@ -29,6 +33,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import threading
 import time
 from pathlib import Path
@@ -41,7 +46,9 @@ from tritonclient.utils import InferenceServerException
 from models.metadata import ModelMetadata
 from serving.backends import BackendLoadError
 from serving.backends.embedded import warm_up
+from serving.detection import DetectionError, PersonDetector
 from serving.triton.control import Control, GrpcControl, HttpControl
+from serving.triton.detector import TritonDetectorRunner
 from serving.triton.repository import (
     DEFAULT_INPUT_NAME,
     DEFAULT_OUTPUT_NAME,
@@ -62,6 +69,8 @@ from serving.triton.repository import (
     write_model_version,
 )
 from serving.triton.server import REPOSITORY_SECRET_HEADER
+
+log = logging.getLogger(__name__)
 
 
 class TritonInferError(RuntimeError):
@@ -87,6 +96,8 @@ class TritonBackend:
     stops routing to it. API replicas in front of shared Triton servers run this way.
     ready_timeout_s: how long a load may take (also the HTTP timeout of every call).
     grpc_url: "127.0.0.1:8001" to send repository control over gRPC (recommended; see module docstring).
+    detector_path: the person detector ONNX served as model `detector_model` (default `<model_name>_detector`);
+    None = no detector. detector_iou: its NMS IoU threshold.
     """
 
     def __init__(
@@ -107,6 +118,9 @@ class TritonBackend:
         runtime: Runtime = "python",
         kind: str = "KIND_CPU",
         control: bool = True,
+        detector_path: Path | None = None,
+        detector_model: str | None = None,
+        detector_iou: float = 0.6,
     ) -> None:
         if keep_versions < 1:
             raise ValueError(f"keep_versions {keep_versions} < 1")
@@ -138,6 +152,23 @@ class TritonBackend:
             if grpc_url
             else HttpControl(self._client, self._headers)
         )
+        self.detector: PersonDetector | None = None
+        self._detector_runner: TritonDetectorRunner | None = None
+        if detector_path is not None:
+            self._detector_runner = TritonDetectorRunner(
+                self._client,
+                self._control,
+                detector_model or f"{model_name}_detector",
+                Path(detector_path),
+                repo=self.repo,
+                manage=control,
+                runtime=runtime,
+                kind=kind,
+                intra_op_threads=intra_op_threads,
+                sys_path=sys_path,
+                ready_timeout_s=ready_timeout_s,
+            )
+            self.detector = PersonDetector(self._detector_runner, iou_threshold=detector_iou)
 
     # ------------------------------------------------------------ VersionedBackend
 
@@ -180,6 +211,7 @@ class TritonBackend:
                     remove_version(self.repo, self.model_name, version)
                 raise
             self._prune(pinned)
+        self._prepare_detector()
         return meta
 
     def unload(self, version: str) -> None:
@@ -255,6 +287,15 @@ class TritonBackend:
         self.close()
 
     # ------------------------------------------------------------ internals
+
+    def _prepare_detector(self) -> None:
+        """Make the detector READY early (the first request would otherwise pay its load); failure only logs."""
+        if self._detector_runner is None:
+            return
+        try:
+            self._detector_runner.ensure_ready()
+        except DetectionError as err:
+            log.warning("person detector not ready yet (retried on the next detection request): %s", err)
 
     def _client(self) -> httpclient.InferenceServerClient:
         if self._closed:

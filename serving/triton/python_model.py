@@ -9,7 +9,9 @@ Config parameters read (string values):
   does not honour PYTHONPATH; this is how it finds the PoseLoop venv's site-packages);
 - intra_op_thread_count / inter_op_thread_count: ONNX Runtime thread counts (0 = ORT decides: all cores).
 
-Tensors: the config's single input (N, 3, H, W) float32 and single output (N, K, h, w) float32.
+Tensors: the config's single float32 input and every output it lists. With max_batch_size ≥ 1 (the pose model:
+(N, 3, H, W) → (N, K, h, w)) the requests Triton queued are concatenated on axis 0 into one session.run; with
+max_batch_size 0 (the person detector: fixed shapes) each request runs on its own.
 """
 
 import json
@@ -31,9 +33,11 @@ class TritonPythonModel:
                 sys.path.insert(0, entry)
         import onnxruntime as ort
 
-        (inp,), (out,) = config["input"], config["output"]
-        self.input_name, self.output_name = inp["name"], out["name"]
+        (inp,) = config["input"]
+        self.input_name = inp["name"]
+        self.output_names = [o["name"] for o in config["output"]]
         self.input_dims = tuple(int(d) for d in inp["dims"])
+        self.batching = int(config.get("max_batch_size", 0)) > 0
         options = ort.SessionOptions()
         options.intra_op_num_threads = int(params.get("intra_op_thread_count", "1"))
         options.inter_op_num_threads = int(params.get("inter_op_thread_count", "1"))
@@ -55,18 +59,28 @@ class TritonPythonModel:
                 owners.append(i)
             except Exception as err:
                 responses[i] = _error(f"{self.where}: {err}")
-        if batches:
-            try:
-                batch = batches[0] if len(batches) == 1 else np.concatenate(batches)
-                heatmaps = self.session.run([self.output_name], {self.input_name: batch})[0]
-                parts = np.split(heatmaps, np.cumsum([len(b) for b in batches])[:-1])
-                for i, part in zip(owners, parts):
-                    tensor = pb_utils.Tensor(self.output_name, np.ascontiguousarray(part))
-                    responses[i] = pb_utils.InferenceResponse(output_tensors=[tensor])
-            except Exception as err:
-                for i in owners:
-                    responses[i] = _error(f"{self.where}: onnxruntime failed: {err}")
+        groups = [(owners, batches)] if self.batching else [([i], [b]) for i, b in zip(owners, batches)]
+        for group_owners, group in groups:
+            if group:
+                self._run(group_owners, group, responses)
         return responses
+
+    def _run(self, owners, batches, responses):
+        """One session.run over `batches` (concatenated on axis 0); each owner gets its rows of every output."""
+        try:
+            batch = batches[0] if len(batches) == 1 else np.concatenate(batches)
+            outputs = self.session.run(self.output_names, {self.input_name: batch})
+            cuts = np.cumsum([len(b) for b in batches])[:-1]
+            per_output = [np.split(out, cuts) if len(batches) > 1 else [out] for out in outputs]
+            for j, i in enumerate(owners):
+                tensors = [
+                    pb_utils.Tensor(name, np.ascontiguousarray(parts[j]))
+                    for name, parts in zip(self.output_names, per_output)
+                ]
+                responses[i] = pb_utils.InferenceResponse(output_tensors=tensors)
+        except Exception as err:
+            for i in owners:
+                responses[i] = _error(f"{self.where}: onnxruntime failed: {err}")
 
     def finalize(self):
         self.session = None
@@ -76,12 +90,14 @@ class TritonPythonModel:
         if tensor is None:
             raise ValueError(f"request has no input {self.input_name!r}")
         x = tensor.as_numpy()
+        shape = x.shape[1:] if self.batching else x.shape
         if (
             x.dtype != np.float32
-            or x.ndim != 1 + len(self.input_dims)
-            or any(d not in (-1, s) for d, s in zip(self.input_dims, x.shape[1:]))
+            or len(shape) != len(self.input_dims)
+            or any(d not in (-1, s) for d, s in zip(self.input_dims, shape))
         ):
-            raise ValueError(f"input {x.dtype} {x.shape}, expected float32 (N, {self.input_dims})")
+            expected = f"(N, {self.input_dims})" if self.batching else str(self.input_dims)
+            raise ValueError(f"input {x.dtype} {x.shape}, expected float32 {expected}")
         return x
 
 

@@ -16,6 +16,11 @@ and a `specific` version policy. The dict is validated and rendered with protobu
 ModelConfig message (`model_config_pb2` shipped in the tritonclient wheel); the same dict, as JSON, is the
 `config` override a load-in-place sends.
 
+The person detector (serving.detection) is a second model, `<model>_detector` by default, with one version
+("1") and no batching (`max_batch_size: 0`: its ONNX has a fixed (1, 3, 416, 416) input, so dims are full
+shapes): `detector_config_dict` + `write_detector`, the same python_model.py host, which serves any number of
+outputs.
+
 Every file is written atomically (temp file in the same directory, fsync, rename): Triton never reads half a file.
 """
 
@@ -36,6 +41,7 @@ from types import ModuleType
 from typing import Any, Literal
 
 from core.fileio import atomic_copy, atomic_write_bytes
+from models.detection import DetectorSpec
 from models.metadata import ModelMetadata
 
 MODEL_FILENAME = "model.onnx"
@@ -107,9 +113,18 @@ class ModelIO:
         )
 
     @classmethod
-    def from_onnx(cls, onnx_path: str | Path) -> ModelIO:
+    def for_detector(cls, spec: DetectorSpec) -> ModelIO:
+        """The person detector's contract (models.detection), unbatched: full static shapes."""
+        return cls(
+            inputs=(TensorSpec(spec.input_name, "TYPE_FP32", spec.input_shape),),
+            outputs=tuple(TensorSpec(name, "TYPE_FP32", shape) for name, shape in spec.output_shapes().items()),
+        )
+
+    @classmethod
+    def from_onnx(cls, onnx_path: str | Path, batched: bool = True) -> ModelIO:
         """Read the graph's real inputs/outputs (initializers excluded). Raises RepositoryError when the file
-        does not parse or a tensor has no dynamic batch axis 0 (max_batch_size ≥ 1 needs one)."""
+        does not parse or a tensor has no dynamic batch axis 0 (max_batch_size ≥ 1 needs one).
+        batched=False: a model served without batching (max_batch_size 0); dims are the full static shapes."""
         import onnx
 
         try:
@@ -120,16 +135,25 @@ class ModelIO:
         inputs = [v for v in proto.graph.input if v.name not in initializers]
         if not inputs or not proto.graph.output:
             raise RepositoryError(f"{onnx_path}: graph has no inputs or no outputs")
-        return cls(tuple(_spec(v, onnx_path) for v in inputs), tuple(_spec(v, onnx_path) for v in proto.graph.output))
+        return cls(
+            tuple(_spec(v, onnx_path, batched) for v in inputs),
+            tuple(_spec(v, onnx_path, batched) for v in proto.graph.output),
+        )
 
 
-def _spec(value, source) -> TensorSpec:
+def _spec(value, source, batched: bool = True) -> TensorSpec:
     tensor = value.type.tensor_type
     if tensor.elem_type not in _ONNX_TO_TRITON:
         raise RepositoryError(
             f"{source}: tensor {value.name!r} has ONNX element type {tensor.elem_type}, which Triton cannot serve"
         )
     dims = list(tensor.shape.dim)
+    if not batched:  # full shapes; a symbolic dim (tf2onnx leaves outputs so) is -1, variable for Triton
+        return TensorSpec(
+            value.name,
+            _ONNX_TO_TRITON[tensor.elem_type],
+            tuple(d.dim_value if d.HasField("dim_value") else -1 for d in dims),
+        )
     if not dims or dims[0].HasField("dim_value"):
         raise RepositoryError(
             f"{source}: tensor {value.name!r} has no dynamic batch axis 0 "
@@ -164,12 +188,13 @@ def model_config(
     """The ModelConfig both configs come from, as a protobuf-JSON dict (validated by `render_pbtxt`).
 
     versions: the version directories to serve (`version_policy: specific`); at least one.
+    max_batch_size: 0 = the model does not batch (dims are full shapes, no dynamic batching; the detector).
     kind: instance_group kind ("KIND_CPU" / "KIND_GPU"), `instance_count` instances (never Triton's default).
     tensorrt: add ORT's TensorRT execution accelerator (GPU, native ORT backend only); engines are cached in
     `tensorrt_cache_dir` (a path inside the server's container) so restarts and reloads skip the rebuild.
     """
-    if max_batch_size < 1:
-        raise ValueError(f"max_batch_size {max_batch_size} < 1 (PoseLoop models always batch on axis 0)")
+    if max_batch_size < 0:
+        raise ValueError(f"max_batch_size {max_batch_size} < 0")
     if instance_count < 1 or intra_op_threads < 0:
         raise ValueError(f"instance_count {instance_count} / intra_op_threads {intra_op_threads} out of range")
     if kind not in ("KIND_CPU", "KIND_GPU"):
@@ -188,7 +213,7 @@ def model_config(
             "max_batch_size": max_batch_size,
             "input": [_tensor(t) for t in io.inputs],
             "output": [_tensor(t) for t in io.outputs],
-            "dynamic_batching": {"max_queue_delay_microseconds": max_queue_delay_us},
+            **({"dynamic_batching": {"max_queue_delay_microseconds": max_queue_delay_us}} if max_batch_size else {}),
             "instance_group": [{"kind": kind, "count": instance_count}],
             "parameters": {key: {"string_value": value} for key, value in sorted(params.items())},
         }
@@ -393,6 +418,50 @@ def write_model_version(repo: Path, model_name: str, version: str, onnx_path: Pa
     version_dir.mkdir(parents=True, exist_ok=True)
     atomic_copy(Path(onnx_path), version_dir / MODEL_FILENAME)
     atomic_copy(PYTHON_MODEL_TEMPLATE, version_dir / PYTHON_MODEL_FILENAME)
+    return version_dir
+
+
+DETECTOR_VERSION = "1"
+
+
+def detector_config_dict(
+    model_name: str,
+    io: ModelIO,
+    *,
+    runtime: Runtime,
+    kind: str = "KIND_CPU",
+    intra_op_threads: int = 1,
+    instance_count: int = 1,
+    sys_path: Iterable[str] | None = None,
+) -> dict[str, Any]:
+    """The person detector's ModelConfig: one version, no batching (`io`: ModelIO.for_detector(spec))."""
+    versions = [DETECTOR_VERSION]
+    if runtime == "python":
+        return python_backend_config_dict(
+            model_name,
+            io,
+            versions=versions,
+            sys_path=sys_path,
+            max_batch_size=0,
+            intra_op_threads=intra_op_threads,
+            instance_count=instance_count,
+        )
+    return model_config(
+        model_name,
+        io,
+        runtime="onnxruntime",
+        kind=kind,
+        versions=versions,
+        max_batch_size=0,
+        intra_op_threads=intra_op_threads,
+        instance_count=instance_count,
+    )
+
+
+def write_detector(repo: Path, model_name: str, onnx_path: Path, config: Mapping[str, Any]) -> Path:
+    """<repo>/<model_name>/1/model.onnx (+ model.py) and config.pbtxt for the detector."""
+    version_dir = write_model_version(repo, model_name, DETECTOR_VERSION, onnx_path)
+    write_config(repo, model_name, render_pbtxt(config))
     return version_dir
 
 
