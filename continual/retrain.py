@@ -261,11 +261,10 @@ def _pseudo_labels(ctx: RetrainContext, config, plan: dict, checkpoint: Path) ->
     job or another job on the same snapshot reuses them instead of running the teacher again."""
     import torch
 
-    from training.checkpoints import SCHEMA_OF_DATASET
     from training.data import build_splits
     from training.distill import FilterSpec, TTAConfig, build_teacher, label_pool
 
-    schema = SCHEMA_OF_DATASET[config.data.dataset]
+    schema = config.data.model_schema
     pool = _unlabeled_records(ctx, plan["unlabeled_seq"], schema)
     calibration = build_splits(config.data).train[:CALIBRATION_RECORDS]
     source = checkpoint if plan["teacher"] == SELF_TEACHER else Path(plan["teacher"])
@@ -322,11 +321,10 @@ def _unlabeled_records(ctx: RetrainContext, seq: int, schema: str):
 def _train(
     ctx: RetrainContext, config, init: Path, plan: dict, reporter: Reporter, chunk_steps: int | None
 ) -> dict[str, Any] | None:
-    from training.checkpoints import SCHEMA_OF_DATASET
     from training.engine import Trainer
     from training.evaluator import metric_name
 
-    records = _unlabeled_records(ctx, plan["unlabeled_seq"], SCHEMA_OF_DATASET[config.data.dataset])
+    records = _unlabeled_records(ctx, plan["unlabeled_seq"], config.data.model_schema)
     # distill trains on the pseudo-labelled records (config.data.pseudo_labels), with no unlabeled branch
     unlabeled = None if config.data.pseudo_labels else records
     reporter.beat(

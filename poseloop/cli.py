@@ -132,16 +132,35 @@ def distill(
     precision: float = typer.Option(0.8, min=0.0, max=1.0, help="Target precision of kept joints on the dev split."),
     threads: int = typer.Option(0, min=0, help="ONNX Runtime / torch threads (0 = library default)."),
     overrides: list[str] = typer.Option([], "--set", help="Config override, e.g. --set data.label_budget=200."),
+    calibrate_on: str = typer.Option(
+        "val",
+        help="Labeled records the thresholds are calibrated on: `val` (the dev split) or `train` (the labeled "
+        "training records: for an external teacher, which never saw them, so that the validation split stays "
+        "untouched by every choice).",
+    ),
 ):
     """Offline data distillation: the teacher (with flip × scale TTA) labels the unlabeled pool once per round,
     thresholds chosen on the dev split for `precision` filter it, the cached pseudo-labels join the labeled crops,
     and a student trains on both. Resumable: finished rounds are skipped."""
     from poseloop.distill import run_distillation
     from training.config import load_config
+    from training.data import build_splits
 
+    if calibrate_on not in ("val", "train"):
+        raise typer.BadParameter(f"expected val or train, got {calibrate_on!r}", param_hint="--calibrate-on")
     cfg = load_config(config, overrides)
+    dev = None
+    if calibrate_on == "train":
+        dev = build_splits(cfg.data.model_copy(update={"pseudo_labels": None, "unlabeled": None})).train
     results = run_distillation(
-        cfg, [str(t) for t in teacher], rounds, out, precision=precision, threads=threads, progress=True
+        cfg,
+        [str(t) for t in teacher],
+        rounds,
+        out,
+        dev_records=dev,
+        precision=precision,
+        threads=threads,
+        progress=True,
     )
     for r in results:
         typer.echo(

@@ -68,3 +68,22 @@ def test_lsp_targets_on_real_data(data_root):
     item = ds[3]
     assert item["target_weight"].sum() >= 10  # most LSP joints land inside the padded crop
     assert torch.isfinite(item["image"]).all()
+
+
+def test_box_shift_moves_the_crop_centre_within_its_bound_and_is_off_by_default():
+    from models.geometry import invert_affine
+    from training.datasets.topdown import CropParams, sample_affine
+
+    base = AugmentConfig(rotation_prob=0.0, flip_prob=0.0, scale_factor=0.0)
+    assert CropParams.sample(np.random.default_rng(3), base).shift == (0.0, 0.0)
+    shifted = base.model_copy(update={"shift_factor": 0.2})
+    box, out = np.array([100, 50, 60, 120], np.float32), Size(48, 64)
+    region = np.array([120 * 0.75, 120]) * 1.25  # the box grown to the 3:4 aspect, padded
+    offsets = []
+    for seed in range(50):
+        params = CropParams.sample(np.random.default_rng(seed), shifted)
+        affine = sample_affine(box, out, 1.25, params)
+        centre = transform_points(np.array([out.w / 2, out.h / 2]), invert_affine(affine))
+        offsets.append((centre - np.array([130, 110])) / region)
+    offsets = np.abs(np.array(offsets))
+    assert offsets.max() <= 0.2 + 1e-4 and offsets.max() > 0.1  # moved, and never further than the bound

@@ -11,8 +11,6 @@ import numpy as np
 if TYPE_CHECKING:
     from models.export import WeightStorage
 
-SCHEMA_OF_DATASET = {"lsp": "lsp14", "coco": "coco17", "mpii": "mpii16"}
-
 
 def load_checkpoint(path: Path):
     """(TrainConfig, PoseNet with weights, checkpoint dict) from a best.pt written by the trainer."""
@@ -50,7 +48,7 @@ def export_checkpoint(checkpoint: Path, out: Path, version: str | None = None, w
 
     config, model, state = load_checkpoint(checkpoint)
     codec = codec_for(config)
-    schema = get_schema(SCHEMA_OF_DATASET[config.data.dataset])
+    schema = get_schema(config.data.model_schema)
     metrics = state.get("metrics", {})
     extra = {
         "poseloop.metrics": json.dumps({k: round(v, 3) for k, v in metrics.items() if "/" not in k}),

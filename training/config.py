@@ -25,6 +25,9 @@ class AugmentConfig(Frozen):
     rotation_factor: float = 30.0  # degrees ~ clip(N(0, rf), −2rf, 2rf)
     rotation_prob: float = 0.6
     flip_prob: float = 0.5
+    # Box noise (off by default): the crop centre moves by U(−shift_factor, shift_factor) × the crop region's width
+    # and height, so a model learns from off-centre boxes as detectors and users send them.
+    shift_factor: float = Field(0.0, ge=0.0, le=0.5)
     # Occlusion noise (off by default): with this probability a crop gets `occlusion_boxes` rectangles filled with
     # the normalisation mean (0 after normalising); each side ~ U(occlusion_size) x the crop's shorter side.
     # Data distillation's student noise: pseudo-labelled joints stay targets when covered.
@@ -45,8 +48,16 @@ class AugmentConfig(Frozen):
 EASY_VIEW = AugmentConfig(scale_factor=0.1, rotation_factor=0.0, rotation_prob=0.0, flip_prob=0.5)
 
 
+# The keypoint schema each dataset is labeled in.
+DATASET_SCHEMA = {"lsp": "lsp14", "coco": "coco17", "mpii": "mpii16"}
+
+
 class DataConfig(Frozen):
     dataset: Literal["lsp", "coco", "mpii"] = "lsp"
+    # The model's keypoint schema; None = the dataset's own. Another schema maps the dataset's labels by joint name
+    # (training/data.py): e.g. lsp + coco17 trains a COCO-17 model on LSP's 12 limb joints, the face joints get
+    # weight 0 (their signal comes from pseudo-labels), and validation stays LSP PCK on the joints both share.
+    keypoint_schema: Literal["lsp14", "coco17", "mpii16"] | None = None
     root: str | None = None  # default: $POSELOOP_DATA or ../shared/datasets
     # LSP splits. v1: train im0001-0800 (label budget = first N), val im0801-1000. v2 (the SSL protocol, where
     # every choice is made on a dev split and the figures come from a split nothing was chosen on): train
@@ -70,6 +81,11 @@ class DataConfig(Frozen):
     @property
     def input_size(self) -> Size:
         return Size(self.input_w, self.input_h)
+
+    @property
+    def model_schema(self) -> str:
+        """The schema the model predicts (and its checkpoint and ONNX carry)."""
+        return self.keypoint_schema or DATASET_SCHEMA[self.dataset]
 
 
 class CodecConfig(Frozen):
@@ -122,6 +138,17 @@ class TrainConfig(Frozen):
     eval: EvalConfig = EvalConfig()
     method: MethodConfig = MethodConfig()
     init_checkpoint: str | None = None  # warm start: weights of an earlier run's checkpoint (not its optimiser)
+
+    @model_validator(mode="after")
+    def _heads_match_schema(self) -> TrainConfig:
+        from models.schemas import get_schema
+
+        expected = get_schema(self.data.model_schema).num_keypoints
+        if self.model.num_keypoints != expected:
+            raise ValueError(
+                f"model.num_keypoints is {self.model.num_keypoints} but schema {self.data.model_schema} has {expected}"
+            )
+        return self
 
     @property
     def run_dir(self) -> Path:

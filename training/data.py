@@ -78,10 +78,39 @@ def load_pseudo_labels(path: str | Path) -> list[PersonRecord]:
     return records
 
 
+def remap_record(record: PersonRecord, schema: str) -> PersonRecord:
+    """The record's labels in another keypoint schema, matched by joint name; joints the source lacks get
+    visibility 0 (weight 0 in training, not counted in evaluation)."""
+    from models.schemas import get_schema
+    from training.distill.schema_map import joint_map
+
+    if record.schema == schema:
+        return record
+    mapping = joint_map(get_schema(record.schema), get_schema(schema))
+    known = mapping >= 0
+    keypoints = visibility = None
+    if record.keypoints is not None and record.visibility is not None:
+        keypoints = np.zeros((len(mapping), 2), np.float32)
+        keypoints[known] = record.keypoints[mapping[known]]
+        visibility = np.zeros(len(mapping), np.int8)
+        visibility[known] = record.visibility[mapping[known]]
+    return replace(record, keypoints=keypoints, visibility=visibility, schema=schema)
+
+
 def build_splits(cfg: DataConfig) -> Splits:
     """Labeled train/val records (+ the unlabeled pool when `data.unlabeled` is set; + pseudo-labelled persons,
-    appended to train after the label budget, when `data.pseudo_labels` is set)."""
+    appended to train after the label budget, when `data.pseudo_labels` is set), in `cfg.model_schema`."""
     splits = _labeled_splits(cfg)
+    if cfg.model_schema != splits.schema:
+        target = cfg.model_schema
+        splits = replace(
+            splits,
+            train=[remap_record(r, target) for r in splits.train],
+            val=[remap_record(r, target) for r in splits.val],
+            report=[remap_record(r, target) for r in splits.report],
+            schema=target,
+            description=f"{splits.description}; labels mapped {splits.schema} → {target} by joint name",
+        )
     if cfg.pseudo_labels:
         pseudo = load_pseudo_labels(cfg.pseudo_labels)
         if pseudo and pseudo[0].schema != splits.schema:

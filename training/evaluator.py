@@ -29,6 +29,21 @@ def _ground_truth(records: list[PersonRecord]) -> tuple[np.ndarray, np.ndarray]:
     return np.stack(keypoints), np.stack(visibility)
 
 
+def _in_lsp14(schema: str, pred: np.ndarray, gt: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Predictions and labels of LSP records mapped into `schema` (training/data.py remap_record), mapped back to
+    LSP-14 by joint name; the mask leaves out the LSP joints `schema` lacks (e.g. COCO-17 has no neck, head top)."""
+    from models.schemas import LSP14, get_schema
+    from training.distill.schema_map import joint_map
+
+    mapping = joint_map(get_schema(schema), LSP14)
+    known = mapping >= 0
+    index = np.where(known, mapping, 0)
+    mask = np.broadcast_to(known, (len(gt), len(known))).copy()
+    back_pred = np.where(known[None, :, None], pred[:, index], 0.0)
+    back_gt = np.where(known[None, :, None], gt[:, index], 0.0)
+    return back_pred, back_gt, mask
+
+
 def evaluate_model(
     model: torch.nn.Module,
     records: list[PersonRecord],
@@ -56,13 +71,18 @@ def evaluate_model(
     )
     if dataset == "lsp":
         gt, _ = _ground_truth(records)
-        result = evaluation.lsp_pck(pred.keypoints, gt)
+        predicted, mask = pred.keypoints, None
+        if records[0].schema != "lsp14":  # a model in another schema: LSP PCK on the joints both schemas share
+            predicted, gt, mask = _in_lsp14(records[0].schema, predicted, gt)
+        result = evaluation.lsp_pck(predicted, gt, mask=mask)
         correct, counted = result.correct, result.counted
         assert correct is not None and counted is not None  # pck() always keeps them
         metrics: dict[str, Any] = {"pck_all": result.subset["all"], "pck_limbs": result.subset["limbs"]}
         from models.schemas import LSP14
 
-        metrics.update({f"pck/{name}": float(v) for name, v in zip(LSP14.keypoints, result.per_joint)})
+        metrics.update(
+            {f"pck/{name}": float(v) for name, v in zip(LSP14.keypoints, result.per_joint) if np.isfinite(v)}
+        )
         limbs = list(evaluation.LSP_SUBSETS["limbs"])
         if per_person:
             metrics["per_person"] = {

@@ -50,13 +50,18 @@ class CropParams:
     scale: float = 1.0
     rotation: float = 0.0
     flip: bool = False
+    shift: tuple[float, float] = (0.0, 0.0)  # crop centre offset, fractions of the crop region's (w, h)
 
     @classmethod
     def sample(cls, rng: np.random.Generator, cfg: AugmentConfig) -> CropParams:
         sf, rf = cfg.scale_factor, cfg.rotation_factor
         scale = float(np.clip(rng.normal(1.0, sf), 1 - sf, 1 + sf))
         rotation = float(np.clip(rng.normal(0.0, rf), -2 * rf, 2 * rf)) if rng.random() < cfg.rotation_prob else 0.0
-        return cls(scale, rotation, bool(rng.random() < cfg.flip_prob))
+        flip = bool(rng.random() < cfg.flip_prob)
+        if cfg.shift_factor <= 0:  # nothing drawn: configs without shift keep their random streams
+            return cls(scale, rotation, flip)
+        dx, dy = (float(v) for v in rng.uniform(-cfg.shift_factor, cfg.shift_factor, 2))
+        return cls(scale, rotation, flip, (dx, dy))
 
 
 def sample_occlusion(rng: np.random.Generator, cfg: AugmentConfig, crop: Size) -> list[tuple[int, int, int, int]]:
@@ -77,6 +82,7 @@ def sample_occlusion(rng: np.random.Generator, cfg: AugmentConfig, crop: Size) -
 def sample_affine(box: np.ndarray, out: Size, padding: float, params: CropParams) -> np.ndarray:
     """Image → crop affine for one person; a flip mirrors the crop (applied after the crop)."""
     center, size = box_to_center_scale(box, out.aspect, padding)
+    center = center + np.asarray(params.shift, np.float32) * size
     matrix = crop_affine(center, size * params.scale, params.rotation, out)
     return compose_affine(flip_affine(out.w), matrix) if params.flip else matrix
 

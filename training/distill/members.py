@@ -90,7 +90,7 @@ def checkpoint_member(path: str | Path, refinement: Refinement = "dark") -> Heat
     """A trainer `best.pt` (torch, CPU, eval mode); crop and codec come from the config stored in it."""
     import torch
 
-    from training.checkpoints import SCHEMA_OF_DATASET, load_checkpoint
+    from training.checkpoints import load_checkpoint
 
     config, model, _ = load_checkpoint(Path(path))
 
@@ -99,7 +99,7 @@ def checkpoint_member(path: str | Path, refinement: Refinement = "dark") -> Heat
             return model(torch.from_numpy(images)).float().numpy()
 
     codec = HeatmapCodec.for_input(config.data.input_size, config.codec.stride, config.codec.sigma, refinement)
-    schema = get_schema(SCHEMA_OF_DATASET[config.data.dataset])
+    schema = get_schema(config.data.model_schema)
     return HeatmapMember(schema, codec, model.mean, model.std, config.data.padding, run, _source("checkpoint", path))
 
 
