@@ -81,8 +81,8 @@ def load_pseudo_labels(path: str | Path) -> list[PersonRecord]:
 def remap_record(record: PersonRecord, schema: str) -> PersonRecord:
     """The record's labels in another keypoint schema, matched by joint name; joints the source lacks get
     visibility 0 (weight 0 in training, not counted in evaluation)."""
+    from models.schema_map import joint_map
     from models.schemas import get_schema
-    from training.distill.schema_map import joint_map
 
     if record.schema == schema:
         return record

@@ -32,8 +32,8 @@ def _ground_truth(records: list[PersonRecord]) -> tuple[np.ndarray, np.ndarray]:
 def _in_lsp14(schema: str, pred: np.ndarray, gt: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Predictions and labels of LSP records mapped into `schema` (training/data.py remap_record), mapped back to
     LSP-14 by joint name; the mask leaves out the LSP joints `schema` lacks (e.g. COCO-17 has no neck, head top)."""
+    from models.schema_map import joint_map
     from models.schemas import LSP14, get_schema
-    from training.distill.schema_map import joint_map
 
     mapping = joint_map(get_schema(schema), LSP14)
     known = mapping >= 0

@@ -2,9 +2,9 @@
 pseudo-labels filtered for a precision calibrated on dev are cached, and the student trains on labeled +
 pseudo-labelled crops (`data.pseudo_labels`) with the ordinary `supervised` method. Rounds: poseloop/distill.py."""
 
+from models.schema_map import NAME_ALIASES, joint_map, map_joints
 from training.distill.cache import PseudoLabels, cache_path, calibrate_teacher, label_pool
 from training.distill.filter import Calibration, FilterSpec, Thresholds, calibrate, keep_mask, pck_correct
-from training.distill.schema_map import NAME_ALIASES, joint_map, map_joints
 from training.distill.teachers import EnsembleTeacher, Teacher, TeacherOutput, TTAConfig, aggregate, build_teacher
 
 __all__ = [

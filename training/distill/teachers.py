@@ -2,7 +2,7 @@
 
 A teacher runs every member (members.py) on every test-time view of every person, maps each view's keypoints
 back to image pixels through that view's inverse affine (flipped views also swap left/right channels), maps them
-into the target schema by joint name (schema_map.py) and averages them in image space, weighted by score. The
+into the target schema by joint name (models/schema_map.py) and averages them in image space, weighted by score. The
 spread of the views and members around that average is the teacher's own doubt, which the filter uses.
 """
 
@@ -17,11 +17,11 @@ import numpy as np
 
 from models.codec import Refinement
 from models.geometry import compose_affine, flip_affine, invert_affine, transform_points, warp_image
+from models.schema_map import joint_map, map_joints
 from models.schemas import KeypointSchema, get_schema
 from training.datasets.records import PersonRecord
 from training.datasets.topdown import read_rgb
 from training.distill.members import Member, load_member
-from training.distill.schema_map import joint_map, map_joints
 
 
 @dataclass(frozen=True)
