@@ -12,16 +12,25 @@ A crash between the rename and the insert leaves an unindexed file that the next
 Writers are serialised by SQLite and `seq` is assigned inside the write transaction, so once a reader has seen
 max_seq() = k, no image with seq <= k can still appear: snapshot(k) is a stable training pool.
 Every image passes the /v1/pose input checks (core.inputs) and is fully decoded once, so training never
-meets a file it cannot read; boxes are in the pixels of the decoded (EXIF-rotated) image.
+meets a file it cannot read; boxes are in the pixels of the decoded (EXIF-rotated) image. Decoding holds the
+image's pixels against the caller's PixelBudget (the API's, shared with /v1/pose), acquired from the header alone.
+
+Names (file names, archive member names) are stored and echoed as valid UTF-8 of at most MAX_NAME_CHARS; reasons
+of at most MAX_REASON_CHARS. `quota_bytes` bounds the stored image bytes (507 per image past it; the API also
+checks a whole request first). `sweep()` (at process start) deletes temp files and unindexed images that a killed
+process left, once they are older than any write in progress could be.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
+import logging
 import sqlite3
 import threading
+import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -29,7 +38,7 @@ from pathlib import Path
 from typing import Literal
 
 from core.fileio import atomic_write_bytes, fsync_dir
-from core.inputs import InputError, check_image, decode_image, parse_boxes
+from core.inputs import InputError, PixelBudget, check_image, decode_image, parse_boxes
 from core.sqlite import open_wal
 
 EXTENSIONS = {"jpeg": "jpg", "png": "png", "webp": "webp", "bmp": "bmp"}
@@ -45,7 +54,10 @@ CREATE TABLE IF NOT EXISTS checks (
 CREATE TABLE IF NOT EXISTS quarantine (
     sha256 TEXT PRIMARY KEY, reason TEXT, created TEXT);
 """
-MAX_REASON_CHARS = 500  # a quarantine reason is a log line, not an echo of whatever failed
+MAX_REASON_CHARS = 500  # a rejection or quarantine reason is a log line, not an echo of whatever failed
+MAX_NAME_CHARS = 255  # a stored / echoed name (a file name, an archive member path)
+SWEEP_MIN_AGE_S = 600.0  # younger temp files and unindexed images may belong to a write in progress
+log = logging.getLogger("poseloop.uploads")
 
 
 @dataclass(frozen=True)
@@ -76,6 +88,12 @@ class BatchReport:
     accepted: list[dict[str, str]] = field(default_factory=list)
     duplicates: list[dict[str, str]] = field(default_factory=list)
     rejected: list[dict[str, str]] = field(default_factory=list)
+    rejected_status: list[int] = field(default_factory=list, repr=False)  # the HTTP status of each rejection
+
+    @property
+    def all_rejected(self) -> bool:
+        """Nothing was stored or found stored: every item (if any) was refused."""
+        return not self.accepted and not self.duplicates
 
     def to_dict(self) -> dict:
         counts = {"accepted": len(self.accepted), "duplicates": len(self.duplicates), "rejected": len(self.rejected)}
@@ -99,11 +117,36 @@ class UploadStore:
         self._schema_ready = False
 
     # ------------------------------------------------------------------ writes
-    def add(self, data: bytes, name: str, boxes: object, source: str, actor: str) -> AddResult:
+    def add(
+        self,
+        data: bytes,
+        name: str,
+        boxes: object,
+        source: str,
+        actor: str,
+        budget: PixelBudget | None = None,
+        budget_timeout_s: float = 30.0,
+        room_bytes: int | None = None,
+    ) -> AddResult:
         """Validate, store durably, then index one image. `boxes` is untrusted JSON (one [x, y, w, h] is taken
-        as a one-box list); InputError names what is wrong with the image or which box is bad."""
+        as a one-box list); InputError names what is wrong with the image or which box is bad. `budget`: the
+        decoded pixels are held against it while decoding (503 if they do not fit within budget_timeout_s);
+        `room_bytes`: what the pool quota still allows (a new image larger than that is refused with 507)."""
         header = check_image(data, self.max_pixels)
-        height, width = decode_image(data, self.max_pixels, header).shape[:2]
+        pixels = header.width * header.height
+        if budget is not None:
+            try:
+                budget.acquire(pixels, budget_timeout_s)
+            except TimeoutError:
+                raise InputError(
+                    503, "overloaded", f"too many large images are being decoded ({pixels} pixels wait); retry later"
+                ) from None
+        try:
+            height, width = decode_image(data, self.max_pixels, header).shape[:2]
+        finally:
+            if budget is not None:
+                budget.release(pixels)
+        name = safe_name(name)
         if isinstance(boxes, list) and len(boxes) == 4 and not any(isinstance(v, list) for v in boxes):
             boxes = [boxes]
         parsed = parse_boxes(boxes, width, height, self.max_boxes)
@@ -113,6 +156,13 @@ class UploadStore:
         known = self._seq_of(sha)
         if known is not None:
             return AddResult("duplicate", sha, known)
+        if room_bytes is not None and len(data) > room_bytes:
+            raise InputError(
+                507,
+                "pool_quota_exceeded",
+                f"the unlabeled pool is full: this image needs {len(data)} bytes, {max(room_bytes, 0)} are left "
+                "(max_pool_bytes); nothing more is stored until images are removed or the quota is raised",
+            )
         relative = Path("images", sha[:2], f"{sha}.{EXTENSIONS[header.format]}")
         self._write_file(self.root / relative, data)
         boxes_json = None if parsed is None else json.dumps(parsed.tolist())
@@ -131,35 +181,91 @@ class UploadStore:
         return AddResult("duplicate", sha, seq)
 
     def reject(self, name: str, reason: str, actor: str) -> None:
-        """Record a refused item (counted by stats)."""
+        """Record a refused item (counted by stats); name and reason are cut to their bounds."""
         with self._db() as db:
             db.execute(
                 "INSERT INTO rejections (name, reason, actor, created) VALUES (?, ?, ?, ?)",
-                (name, reason, actor, _now()),
+                (safe_name(name), safe_text(reason, MAX_REASON_CHARS), actor, _now()),
             )
 
-    def add_many(self, items: Iterable[tuple[str, bytes | InputError, object]], source: str, actor: str) -> BatchReport:
-        """add() each (name, data or the error met while reading it, boxes); a bad item is rejected on its own."""
+    def add_many(
+        self,
+        items: Iterable[tuple[str, bytes | InputError, object]],
+        source: str,
+        actor: str,
+        budget: PixelBudget | None = None,
+        budget_timeout_s: float = 30.0,
+        quota_bytes: int | None = None,
+    ) -> BatchReport:
+        """add() each (name, data or the error met while reading it, boxes); a bad item is rejected on its own,
+        with its reason. `quota_bytes`: the pool's quota, checked against the bytes stored when the call began
+        plus what it stored (concurrent requests may pass it by at most one request)."""
         report = BatchReport()
-        for name, data, boxes in items:
+        room = None if quota_bytes is None else quota_bytes - self.stored_bytes()
+        for raw_name, data, boxes in items:
+            name = safe_name(raw_name)
             try:
                 if isinstance(data, InputError):
                     raise data
-                result = self.add(data, name, boxes, source, actor)
+                try:
+                    result = self.add(data, name, boxes, source, actor, budget, budget_timeout_s, room)
+                except OSError as err:
+                    if err.errno != errno.ENOSPC:
+                        raise
+                    raise InputError(507, "insufficient_storage", "the server's disk is full; not stored") from None
             except InputError as err:
-                reason = f"{err.code}: {err.message}"
+                reason = safe_text(f"{err.code}: {err.message}", MAX_REASON_CHARS)
                 self.reject(name, reason, actor)
                 report.rejected.append({"name": name, "reason": reason})
+                report.rejected_status.append(err.status)
                 continue
+            if result.status == "accepted" and room is not None:
+                room -= len(data)
             target = report.accepted if result.status == "accepted" else report.duplicates
             target.append({"id": result.sha256, "name": name})
         return report
+
+    def sweep(self, min_age_s: float = SWEEP_MIN_AGE_S, now: float | None = None) -> dict[str, int]:
+        """Delete what a killed process (kill -9, power cut) left: temp files of core.fileio (`.<name>.<pid>.
+        <thread>.tmp`, under images/ and thumbs/) and image files without an index row, when older than
+        `min_age_s` (a younger one may be another process's write in progress). Logged; returns the counts."""
+        cutoff = (time.time() if now is None else now) - min_age_s
+        removed = {"temp_files": 0, "unindexed_images": 0}
+        if not self.root.is_dir():
+            return removed
+        for path in self.root.rglob(".*.tmp"):
+            if _older_than(path, cutoff):
+                path.unlink(missing_ok=True)
+                removed["temp_files"] += 1
+        if self.images_dir.is_dir():
+            with self._db() as db:
+                indexed = {row[0] for row in db.execute("SELECT path FROM images")}
+            for path in self.images_dir.glob("*/*"):
+                relative = path.relative_to(self.root).as_posix()
+                if path.name.startswith(".") or relative in indexed or not _older_than(path, cutoff):
+                    continue
+                path.unlink(missing_ok=True)
+                removed["unindexed_images"] += 1
+        level = logging.WARNING if any(removed.values()) else logging.INFO
+        log.log(
+            level,
+            "upload sweep of %s: removed %d temp file(s) and %d unindexed image(s)",
+            self.root,
+            removed["temp_files"],
+            removed["unindexed_images"],
+        )
+        return removed
 
     # ------------------------------------------------------------------ reads
     def max_seq(self) -> int:
         """The newest image's seq; 0 when empty."""
         with self._db() as db:
             return db.execute("SELECT COALESCE(MAX(seq), 0) FROM images").fetchone()[0]
+
+    def stored_bytes(self) -> int:
+        """Bytes of the stored images (what the pool quota counts)."""
+        with self._db() as db:
+            return db.execute("SELECT COALESCE(SUM(bytes), 0) FROM images").fetchone()[0]
 
     def count_since(self, seq: int) -> int:
         """Images stored after `seq` (e.g. since the pool a model was trained on)."""
@@ -276,6 +382,23 @@ def sidecar_boxes(doc: object, what: str) -> dict[str, object]:
             f"{what} must be a JSON object {{name: [[x, y, w, h], ...]}}, got {type(doc).__name__}",
         )
     return doc
+
+
+def safe_text(text: str, limit: int) -> str:
+    """`text` as valid UTF-8 (surrogates, e.g. undecodable bytes of a tar name, become U+FFFD), cut to `limit` chars."""
+    clean = text if text.isascii() else text.encode("utf-8", "surrogatepass").decode("utf-8", "replace")
+    return clean if len(clean) <= limit else clean[: limit - 1] + "…"
+
+
+def safe_name(name: str) -> str:
+    return safe_text(name, MAX_NAME_CHARS)
+
+
+def _older_than(path: Path, cutoff: float) -> bool:
+    try:
+        return path.is_file() and path.stat().st_mtime < cutoff
+    except OSError:  # removed meanwhile
+        return False
 
 
 def _now() -> str:

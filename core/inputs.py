@@ -5,8 +5,11 @@ parsed in pure Python to get the decoded size *before* any pixel is decoded, so 
 30000×30000 single-colour PNG of 110 kB) is refused with 413 without allocating its 2.7 GB of pixels. The
 same walk over the file's structure (PNG chunks up to IEND, JPEG segments and entropy-coded data up to EOI,
 the RIFF size of WebP, the pixel array size of BMP) refuses truncated files, which decoders would otherwise
-half-decode (libjpeg fills a truncated JPEG with grey and only warns). OpenCV then decodes with IMREAD_COLOR:
-EXIF orientation applied, grey/alpha/16-bit converted to 8-bit RGB.
+half-decode (libjpeg fills a truncated JPEG with grey and only warns). A large image declared in very few
+bytes (over BOMB_MIN_PIXELS pixels and BOMB_PIXELS_PER_BYTE pixels per byte: a 51 KB 6300×6300 1-bit PNG, a 1 KB
+RLE BMP of 6000×6000) is a decompression bomb, refused from the header as well; photos are far denser. OpenCV then
+decodes with IMREAD_COLOR: EXIF orientation applied (JPEG, PNG; for WebP, whose EXIF chunk OpenCV ignores, here),
+grey/alpha/16-bit converted to 8-bit RGB.
 """
 
 from __future__ import annotations
@@ -24,9 +27,13 @@ from typing import cast
 import cv2
 import numpy as np
 
+from core.exif import apply_orientation, webp_orientation
+
 MAX_COORDINATE = 1e6  # |x|, |y|, w, h of a box, pixels (keeps every derived number finite)
 # Smallest usable box side, pixels: a crop affine from a box of 1e-300 px (which passes `> 0`) divides by zero.
 MIN_BOX_SIDE = 1.0
+BOMB_MIN_PIXELS = 16_000_000  # the pixels-per-byte rule applies above this size (smaller images are cheap)
+BOMB_PIXELS_PER_BYTE = 256  # a JPEG photo has < 10, a flat black JPEG ~60, a 1-bit flat PNG ~8000
 MAX_IMAGE_ID = 2**63 - 1  # SQLite / COCO tools store ids as signed 64-bit integers
 _ASCII_INT = re.compile(r"[0-9]{1,19}")  # str.isdigit() also accepts "²" and "①", which int() refuses
 _JPEG_SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
@@ -90,6 +97,15 @@ def check_image(data: bytes, max_pixels: int) -> ImageHeader:
             f"{header.format} image is {header.width}×{header.height} = "
             f"{header.width * header.height} pixels, limit {max_pixels}",
         )
+    pixels = header.width * header.height
+    if pixels > BOMB_MIN_PIXELS and pixels > BOMB_PIXELS_PER_BYTE * len(data):
+        raise InputError(
+            413,
+            "decompression_bomb",
+            f"{header.format} image declares {header.width}×{header.height} = {pixels} pixels in {len(data)} "
+            f"bytes (over {BOMB_PIXELS_PER_BYTE} pixels per byte above {BOMB_MIN_PIXELS} pixels); refused "
+            "before decoding",
+        )
     if header.truncated:
         raise _truncated(header.format.upper(), header.truncated)
     return header
@@ -109,6 +125,8 @@ def decode_image(data: bytes, max_pixels: int, header: ImageHeader | None = None
             "invalid_image",
             f"{header.format} decoded to {bgr.shape[1]}×{bgr.shape[0]}, header says {header.width}×{header.height}",
         )
+    if header.format == "webp":
+        bgr = apply_orientation(bgr, webp_orientation(data))
     return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
 
 

@@ -6,10 +6,12 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
 import secrets
 import sqlite3
 import tarfile
 import threading
+import time
 import zipfile
 
 import httpx
@@ -369,7 +371,10 @@ def test_stats_counts_new_since_the_active_model(live, client, tmp_path) -> None
     assert stats["disk_bytes"] >= sum(rec.path.stat().st_size for rec in snap)
 
     r = post(client, [("files", ("bad1", b"nope")), ("files", ("bad2", b"nope either"))])
-    assert r.status_code == 200 and r.json()["counts"]["rejected"] == 2
+    assert r.status_code == 422 and r.json()["error"]["code"] == "all_rejected"  # not a silent 200
+    assert r.json()["counts"]["rejected"] == 2 and all(
+        item["reason"].startswith("unsupported_image_type") for item in r.json()["rejected"]
+    )
     assert client.get("/v1/unlabeled/stats", headers=auth(UPLOAD)).json()["rejected"] == stats["rejected"] + 2
 
     trained_on = snap[-3].seq  # the model's pool ended three images ago
@@ -419,3 +424,91 @@ def test_ingest_folder_with_lspet_boxes(live, tmp_path) -> None:
     for name in ("im00021.jpg", "im00023.jpg"):
         assert stored[sha((folder / name).read_bytes())] == [lspet_boxes[name]]
     assert sha((folder / "im00022.jpg").read_bytes()) not in stored
+
+
+# ---------------------------------------------------------------------- pool quota, pixel budget, sweep
+@pytest.fixture
+def small_pool(tmp_path):
+    """(client, app) of a server whose pool quota holds a few small images and whose requests wait 0.3 s."""
+    settings = Settings(
+        registry_dir=tmp_path / "registry",
+        data_dir=tmp_path / "data",
+        ort_threads=1,
+        registry_poll_s=0,
+        max_pool_bytes=16_000,
+        request_timeout_s=0.3,
+        tokens={UPLOAD: {"roles": ["upload"], "name": "uploader"}},
+    )
+    app = create_app(settings)
+    with thread_server(app) as base, httpx.Client(base_url=base, timeout=30) as c:
+        yield c, app
+
+
+def test_pool_quota_refuses_with_413_or_507_naming_it(small_pool) -> None:
+    client, app = small_pool
+    store = app.state.service.uploads
+    images = [png(400 + i, (48, 36)) for i in range(8)]
+    assert all(3_000 < len(data) < 5_000 for data in images)
+    r = post(client, [("files", (f"{i}.png", data)) for i, data in enumerate(images)])  # alone > the quota
+    assert r.status_code == 413 and r.json()["error"]["code"] == "request_exceeds_pool_quota"
+    assert "max_pool_bytes" in r.json()["error"]["message"] and store.max_seq() == 0
+    r = post(client, [("files", (f"{i}.png", data)) for i, data in enumerate(images[:3])])
+    assert r.status_code == 200 and r.json()["counts"]["accepted"] == 3
+    used = store.stored_bytes()
+    r = post(client, [("files", ("more.png", images[3])), ("files", ("more2.png", images[4]))])
+    assert r.status_code == 507 and r.json()["error"]["code"] == "pool_quota_exceeded", r.text
+    message = r.json()["error"]["message"]
+    assert "max_pool_bytes" in message and str(used) in message and "/tmp" not in message
+    assert store.max_seq() == 3 and store.stored_bytes() == used  # nothing more stored
+    r = post(client, [("archive", ("more.tgz", tar_bytes({"m.png": images[5], "n.png": images[6]})))])
+    assert r.status_code == 507 and r.json()["error"]["code"] == "pool_quota_exceeded"
+
+
+def test_uploads_decode_within_the_pose_pixel_budget(small_pool) -> None:
+    client, app = small_pool
+    budget = app.state.service.pixel_budget
+    budget.acquire(budget.limit, 1)  # as if /v1/pose requests held every pixel
+    try:
+        r = post(client, [("files", ("a.png", png(500)))])
+        assert r.status_code == 503 and r.headers["retry-after"], r.text
+        assert r.json()["rejected"][0]["reason"].startswith("overloaded")
+    finally:
+        budget.release(budget.limit)
+    r = post(client, [("files", ("a.png", png(500)))])
+    assert r.status_code == 200 and r.json()["counts"]["accepted"] == 1 and budget.used == 0
+
+
+def test_bombs_and_an_all_rejected_archive_answer_422(client, live) -> None:
+    from tests.test_input_limits import png_1bit, rle_bmp
+
+    before = store_of(live).stats(0)["total"]
+    r = post(client, [("files", ("rle.bmp", rle_bmp(6000, 6000))), ("files", ("bits.png", png_1bit(6300)))])
+    assert r.status_code == 422 and r.json()["error"]["code"] == "all_rejected"
+    assert {item["reason"].split(":")[0] for item in r.json()["rejected"]} == {"decompression_bomb"}
+    r = post(client, [("archive", ("junk.tgz", tar_bytes({"a.txt": b"text", "b.txt": b"more"})))])
+    assert r.status_code == 422 and names(r.json(), "rejected") == ["a.txt", "b.txt"]
+    r = post(client, [("archive", ("empty.tgz", tar_bytes({"boxes.json": b"{}"})))])
+    assert r.status_code == 422 and r.json()["error"]["code"] == "no_images"
+    assert store_of(live).stats(0)["total"] == before
+
+
+def test_sweep_removes_stale_leftovers_only(tmp_path, caplog) -> None:
+    store = UploadStore(tmp_path)
+    kept = store.add(png(600), "a.png", None, "test", "alice")
+    shard = tmp_path / "images" / kept.sha256[:2]
+    stale_tmp, fresh_tmp = shard / ".x.png.1.2.tmp", shard / ".y.png.1.3.tmp"
+    stale_orphan, fresh_orphan = shard / ("0" * 64 + ".png"), shard / ("1" * 64 + ".png")
+    thumbs_tmp = tmp_path / "thumbs" / "ab" / ".t.jpg.1.4.tmp"
+    thumbs_tmp.parent.mkdir(parents=True)
+    for path in (stale_tmp, fresh_tmp, stale_orphan, fresh_orphan, thumbs_tmp):
+        path.write_bytes(b"partial")
+    now = time.time()
+    for path in (stale_tmp, stale_orphan, thumbs_tmp, store.snapshot()[0].path):
+        os.utime(path, (now - 7200, now - 7200))
+    with caplog.at_level("INFO", logger="poseloop.uploads"):
+        removed = store.sweep(min_age_s=3600, now=now)
+    assert removed == {"temp_files": 2, "unindexed_images": 1}
+    assert not stale_tmp.exists() and not stale_orphan.exists() and not thumbs_tmp.exists()
+    assert fresh_tmp.exists() and fresh_orphan.exists()  # may be another process's write in progress
+    assert store.snapshot()[0].path.exists()  # indexed images are never touched, however old
+    assert "removed 2 temp file(s) and 1 unindexed image(s)" in caplog.text

@@ -25,6 +25,10 @@ def run_embedded_worker(settings: Settings, stop: threading.Event | None = None,
     stop = stop or threading.Event()
     ctx = context(settings, worker_name("embedded"))
     queue = JobQueue(settings)
+    try:
+        ctx.uploads.sweep()  # temp files and unindexed images a killed process left behind (logged)
+    except Exception:
+        log.exception("upload sweep at start failed")
     next_tick = time.monotonic()
     log.info("embedded worker %s polling %s", ctx.owner, ctx.jobs.path)
     while not stop.is_set():

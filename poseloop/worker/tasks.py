@@ -3,10 +3,15 @@
 `poseloop.retrain` runs one chunk (`retrain_chunk_steps` training steps, checkpointed) and re-sends itself until
 the job is finished, so every task is much shorter than the visibility timeout; a redelivered or duplicate
 message is harmless because the job row's lease decides who works. CUDA is touched only inside tasks (solo pool:
-no fork after CUDA init).
+no fork after CUDA init). A message the broker does not take (it is away) waits in the outbox (continual.queue);
+the scheduler task sends what waits there first. At start each worker sweeps the upload dir (kill -9 leftovers).
 """
 
 from __future__ import annotations
+
+import logging
+
+from celery.signals import worker_ready
 
 from continual.jobs import ACTIVE_STATES
 from continual.queue import INGEST_TASK, RETRAIN_TASK, SCHEDULE_TASK, JobQueue, celery_app
@@ -19,6 +24,16 @@ from poseloop.worker.checks import check_pending
 
 settings = load_settings()
 app = celery_app(settings)
+log = logging.getLogger("poseloop.worker")
+
+
+@worker_ready.connect
+def _sweep_uploads(**_kwargs) -> None:
+    """Temp files and unindexed images a killed process left in the upload dir (UploadStore.sweep logs them)."""
+    try:
+        UploadStore(settings.loop.data_dir / "uploads").sweep()
+    except Exception:  # a sweep that fails must not stop the worker; the next start tries again
+        log.exception("upload sweep at start failed")
 
 
 @app.task(name=RETRAIN_TASK, acks_late=True, reject_on_worker_lost=True)
@@ -29,9 +44,14 @@ def retrain(job_id: str) -> dict:
         JobQueue(settings).dispatch(job_id)  # next chunk; the message is acked only after this returns
     elif outcome == "idle" and ctx.jobs.get(job_id).state in ACTIVE_STATES:
         # another worker holds a live lease (or held it before dying): look again once that lease could expire
-        retrain.apply_async(
-            args=[job_id], countdown=min(settings.loop.job_lease_s, settings.loop.visibility_timeout_s / 2)
-        )
+        try:
+            retrain.apply_async(
+                args=[job_id],
+                countdown=min(settings.loop.job_lease_s, settings.loop.visibility_timeout_s / 2),
+                retry=False,
+            )
+        except Exception:  # the broker is away: the outbox sends the job's message once it is back
+            JobQueue(settings).dispatch(job_id)
     return {"job": job_id, "outcome": outcome, "state": job.state if job else None}
 
 
@@ -49,4 +69,6 @@ def ingest_check() -> dict:
 @app.task(name=SCHEDULE_TASK)
 def maybe_retrain() -> dict:
     registry = ModelRegistry(settings.registry.dir, settings.registry.keep_versions)
-    return tick(JobQueue(settings), registry, UploadStore(settings.loop.data_dir / "uploads"))
+    queue = JobQueue(settings)
+    queue.flush_outbox()  # the broker answers again (this task came through it): what waited goes first
+    return tick(queue, registry, UploadStore(settings.loop.data_dir / "uploads"))

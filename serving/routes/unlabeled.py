@@ -8,22 +8,35 @@ POST input is multipart/form-data, one of:
     {"<member name>": boxes} (LSPET's {"boxes": {...}} wrapper too); see serving.archives.
   Optional `source` text field: provenance stored with each image (default "files" or "archive:<filename>").
 
-Each image passes the /v1/pose input checks and its boxes must overlap it; a bad item is rejected on its own,
-with its reason (also recorded in the store), and the good ones are stored: 200 with per-item lists. 4xx
-answers only a request that is unusable as a whole (no images, bad `boxes` JSON, an unreadable archive).
+Each image passes the /v1/pose input checks (decompression bombs refused from the header, decoding held against
+the same pixel budget as /v1/pose) and its boxes must overlap it; a bad item is rejected on its own, with its
+reason (also recorded in the store), and the good ones are stored: 200 with per-item lists. Archives are
+reported per member the same way (never all-or-nothing, never half-silent: every member is accepted, a
+duplicate, or rejected with its reason). When nothing was stored or found stored (every item rejected, or no
+image at all) the answer is 422 `all_rejected` with the same per-item lists (503/507 when every rejection was
+the server's: overloaded / out of space). 4xx answers a request that is unusable as a whole (no images, bad
+`boxes` JSON, an unreadable archive).
 
 Limits: the whole body is parsed before any image is stored (file parts spooled to temporary files, never held
 in memory), so a body over `max_upload_bytes` (by Content-Length, or counted while it streams in), more than
-`max_upload_files` files or archive entries, or an archive expanding past ARCHIVE_EXPANSION × max_upload_bytes
-is refused whole with 413 and nothing is stored. An image over `max_image_bytes` is rejected on its own.
+`max_upload_files` files or archive entries, or an archive inflating past ARCHIVE_EXPANSION × max_upload_bytes
+(counted while inflating) is refused whole with 413 and nothing is stored. An image over `max_image_bytes` is
+rejected on its own. Pool quota (`max_pool_bytes`, stored image bytes): a request whose images alone exceed it is
+413 `request_exceeds_pool_quota`, one that would take the pool past it 507 `pool_quota_exceeded` (its images
+counted as if all were new), both before anything is stored.
+
+Broker outages: the images are stored without the broker; the ingest-check message waits in the outbox and is
+sent when the broker is back (continual.queue), so an upload never waits on a broker that is down.
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncGenerator
+from typing import Any
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse
 from starlette.datastructures import FormData, UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 
@@ -69,17 +82,36 @@ _BODY_SCHEMA = {
 
 
 @router.post("", openapi_extra=_BODY_SCHEMA, summary="Add unlabeled images (files or one archive) to the pool")
-async def upload(request: Request, caller: Principal = Depends(require("upload"))) -> dict:
+async def upload(request: Request, caller: Principal = Depends(require("upload"))):
     """{accepted: [{id, name}], duplicates: [{id, name}], rejected: [{name, reason}], counts}; id = sha256."""
     service = get_service(request)
     form = await _read_form(request, service.settings)
     try:
-        report = await run_in_threadpool(_ingest, service.uploads, form, service.settings, caller.actor)
+        report = await run_in_threadpool(_ingest, service, form, caller.actor)
     finally:
         await form.close()
     if report.accepted:
-        await run_in_threadpool(service.queue.dispatch_ingest_checks)
+        await run_in_threadpool(service.queue.dispatch_ingest_checks)  # never waits on a broker that is away
+    if report.all_rejected:
+        return _all_rejected(report)
     return report.to_dict()
+
+
+def _all_rejected(report: BatchReport) -> JSONResponse:
+    """422 with the per-item reasons; 503 / 507 when every rejection was the server's (overloaded, full)."""
+    statuses = set(report.rejected_status)
+    status, headers = 422, None
+    if statuses and all(s >= 500 for s in statuses):
+        status = 507 if 507 in statuses else 503
+        headers = {"Retry-After": "5"} if status == 503 else None
+    total = len(report.rejected)
+    message = (
+        f"every file was rejected ({total}); nothing was stored, see 'rejected' for each reason"
+        if total
+        else "the upload holds no image (only directories, links or boxes.json)"
+    )
+    body = {"error": {"code": "all_rejected" if total else "no_images", "message": message}, **report.to_dict()}
+    return JSONResponse(body, status_code=status, headers=headers)
 
 
 @router.get("/stats", summary="Pool size, images new since the active model was trained, rejections, disk use")
@@ -152,8 +184,14 @@ async def _read_form(request: Request, settings: Settings) -> FormData:
         raise InputError(400, "malformed_multipart", f"multipart body cannot be parsed: {err}") from None
 
 
-def _ingest(store: UploadStore, form: FormData, settings: Settings, actor: str) -> BatchReport:
+def _ingest(service: Any, form: FormData, actor: str) -> BatchReport:  # serving.app.Service
     """Check the request as a whole, then store item by item (in a worker thread: hashing, decoding, fsync)."""
+    store, settings = service.uploads, service.settings
+    store_options = {
+        "budget": service.pixel_budget,
+        "budget_timeout_s": settings.api.request_timeout_s,
+        "quota_bytes": settings.limits.max_pool_bytes,
+    }
     unknown = sorted(set(form.keys()) - set(FIELDS))
     if unknown:
         raise InputError(422, "unknown_field", f"unknown form field(s) {unknown}; expected {list(FIELDS)}")
@@ -174,13 +212,37 @@ def _ingest(store: UploadStore, form: FormData, settings: Settings, actor: str) 
             ARCHIVE_EXPANSION * settings.limits.max_upload_bytes,
         )
         archive = Archive(archives[0].file, archives[0].filename or "archive", limits)
-        return store.add_many(archive.images(), source or f"archive:{archive.name}", actor)
+        try:
+            _check_quota(store, archive.member_bytes, settings.limits.max_pool_bytes)
+            return store.add_many(archive.images(), source or f"archive:{archive.name}", actor, **store_options)
+        finally:
+            archive.close()
     names = [f.filename or f"files[{i}]" for i, f in enumerate(files)]
     boxes = _boxes_per_file(boxes_text, names)
+    _check_quota(store, sum(f.size or 0 for f in files), settings.limits.max_pool_bytes)
     items = (
         (name, _read_part(part, settings.limits.max_image_bytes), box) for name, part, box in zip(names, files, boxes)
     )
-    return store.add_many(items, source or "files", actor)
+    return store.add_many(items, source or "files", actor, **store_options)
+
+
+def _check_quota(store: UploadStore, request_bytes: int, quota: int) -> None:
+    """413 when the request's images alone exceed the pool quota, 507 when they would take the pool past it."""
+    if request_bytes > quota:
+        raise InputError(
+            413,
+            "request_exceeds_pool_quota",
+            f"the upload's images are {request_bytes} bytes, more than the whole pool quota of {quota} bytes "
+            "(max_pool_bytes); nothing was stored",
+        )
+    used = store.stored_bytes()
+    if used + request_bytes > quota:
+        raise InputError(
+            507,
+            "pool_quota_exceeded",
+            f"the unlabeled pool holds {used} bytes of images; this upload's {request_bytes} bytes would pass its "
+            f"quota of {quota} bytes (max_pool_bytes); nothing was stored: free space or raise the quota",
+        )
 
 
 def _boxes_per_file(text: str | None, names: list[str]) -> list[object]:
