@@ -152,6 +152,8 @@ def _post(client: httpx.Client, chunk: list[Item], source: str) -> dict:
         response = client.post("/v1/unlabeled", files=files, data=data)
     except httpx.HTTPError as err:
         raise IngestError(f"cannot reach {client.base_url}: {type(err).__name__}: {err}") from None
+    if response.status_code == 422 and _error_code(response) == "all_rejected":
+        return response.json()  # a batch of only bad files: its per-file reasons count, the run goes on
     if response.status_code != 200:
         try:
             error = response.json()["error"]
@@ -160,3 +162,10 @@ def _post(client: httpx.Client, chunk: list[Item], source: str) -> dict:
             detail = response.text[:300]
         raise IngestError(f"POST /v1/unlabeled answered {response.status_code}: {detail}")
     return response.json()
+
+
+def _error_code(response: httpx.Response) -> str | None:
+    try:
+        return response.json()["error"]["code"]
+    except (ValueError, KeyError, TypeError):
+        return None

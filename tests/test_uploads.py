@@ -426,6 +426,21 @@ def test_ingest_folder_with_lspet_boxes(live, tmp_path) -> None:
     assert sha((folder / "im00022.jpg").read_bytes()) not in stored
 
 
+def test_ingest_goes_on_past_a_batch_of_only_bad_files(live, tmp_path) -> None:
+    """A batch whose every file is rejected is a 422 `all_rejected` from the API; ingest counts its reasons and
+    sends the next batch instead of stopping the run."""
+    folder = tmp_path / "mixed"
+    folder.mkdir()
+    (folder / "a_broken.jpg").write_bytes(b"not a jpeg at all")
+    good = data_path("lspet", "images", "im00025.jpg")
+    (folder / "b_good.jpg").write_bytes(good.read_bytes())
+    result = ingest(str(folder), "--batch", "1", "--url", live[0], "--token", UPLOAD)
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    assert (summary["accepted"], summary["rejected"]) == (1, 1)
+    assert summary["rejections"][0]["name"] == "a_broken.jpg"
+
+
 # ---------------------------------------------------------------------- pool quota, pixel budget, sweep
 @pytest.fixture
 def small_pool(tmp_path):
