@@ -41,6 +41,7 @@ from serving.metrics import Metrics, MetricsMiddleware
 from serving.render import render_poses
 from serving.request_ids import RequestIdMiddleware, request_id_of
 from serving.routes import health, models, ops, pose, unlabeled
+from serving.ui import install_ui
 
 if TYPE_CHECKING:
     from serving.pipeline import PoseOptions
@@ -142,11 +143,15 @@ class Service:
         }
         return PoseOutcome(result, image, {k: round(v, 3) for k, v in timing.items()})
 
-    async def render(self, pose_input: PoseInput, options: PoseOptions | None = None) -> tuple[bytes, str]:
+    async def render(
+        self, pose_input: PoseInput, options: PoseOptions | None = None, kpt_threshold: float = 0.0
+    ) -> tuple[bytes, str]:
+        """PNG overlay of the request's poses; only `valid` keypoints (score ≥ kpt_threshold, in the image)."""
         outcome = await self.predict(pose_input, options)
 
         def draw() -> bytes:
-            overlay = render_poses(outcome.image, outcome.result.poses, outcome.result.metadata.schema.skeleton)
+            skeleton = outcome.result.metadata.schema.skeleton
+            overlay = render_poses(outcome.image, outcome.result.poses, skeleton, kpt_threshold)
             ok, png = cv2.imencode(".png", cv2.cvtColor(overlay, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_PNG_COMPRESSION, 1])
             if not ok:
                 raise BatchError("PNG encoding failed")
@@ -317,6 +322,7 @@ def create_app(settings: Settings, manager: ModelManager | None = None) -> FastA
         redoc_url=None,
     )
     install_offline_docs(app)
+    install_ui(app)  # the ops console at /ui (static files, a client of the routes below)
     app.state.dev_tokens = dev_tokens
     for router in (pose.router, models.router, ops.router, health.router, unlabeled.router):
         app.include_router(router)

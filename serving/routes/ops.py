@@ -1,10 +1,13 @@
-"""Operations (role `ops`): retrain jobs, promote (hot swap), rollback, pin/unpin automatic promotion, audit.
+"""Operations (role `ops`): retrain jobs (and their training curves), promote (hot swap), rollback, pin/unpin
+automatic promotion, audit.
 
 Answers are typed (serving.ops_types); every error is the ErrorBody `{"error": {"code", "message"}}`.
 """
 
 from __future__ import annotations
 
+import json
+import math
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Header, Query, Request, Response
@@ -212,6 +215,66 @@ def job(
     service = get_service(request)
     found = _job_or_404(service, job_id)
     return found.to_dict(logs=service.queue.jobs.logs(job_id, tail))
+
+
+class JobMetrics(BaseModel):
+    job_id: str
+    available: bool = Field(..., description="false: no metrics file on this host (queued, or trained elsewhere)")
+    total_rows: int = Field(..., description="rows in the file; `rows` is every row, or an even sample of them")
+    rows: list[dict[str, int | float | None]] = Field(
+        ...,
+        description="oldest first, numeric fields only: step, loss…, lr (training rows), val/<metric> (validation "
+        "rows); non-finite values are null",
+    )
+
+
+MAX_METRIC_ROWS = 20_000
+
+
+@router.get(
+    "/jobs/{job_id}/metrics",
+    summary="A job's training curve: the metrics.jsonl rows of its run directory (loss per logged step, validation)",
+    response_model=JobMetrics,
+    responses=error_responses(404),
+)
+def job_metrics(
+    job_id: str,
+    request: Request,
+    max_rows: int = Query(2000, ge=10, le=MAX_METRIC_ROWS, description="training rows sampled evenly past this"),
+    _caller: Principal = Depends(require("ops")),
+) -> dict[str, Any]:
+    service = get_service(request)
+    found = _job_or_404(service, job_id)
+    # the run directory continual.retrain gives a job: <data_dir>/jobs/<kind>-<id> (on the worker's host)
+    path = service.settings.loop.data_dir / "jobs" / f"{found.kind}-{found.id}" / "metrics.jsonl"
+    if not path.is_file():
+        return {"job_id": found.id, "available": False, "total_rows": 0, "rows": []}
+    rows = [row for row in (_metric_row(line) for line in path.read_text().splitlines()) if row]
+    return {"job_id": found.id, "available": True, "total_rows": len(rows), "rows": _sample(rows, max_rows)}
+
+
+def _metric_row(line: str) -> dict[str, int | float | None] | None:
+    """The numeric fields of one metrics.jsonl line (NaN/inf → None: a diverged loss must still chart);
+    None for a blank, torn (a write in progress) or step-less line."""
+    try:
+        row = json.loads(line)
+    except json.JSONDecodeError:
+        return None
+    if not isinstance(row, dict) or "step" not in row:
+        return None
+    numbers = {k: v for k, v in row.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    return {k: v if math.isfinite(v) else None for k, v in numbers.items()}
+
+
+def _sample(rows: list[dict[str, int | float | None]], limit: int) -> list[dict[str, int | float | None]]:
+    """Every validation row, and `limit` training rows taken evenly plus the last one (the curve's end)."""
+    train = [i for i, row in enumerate(rows) if not any(k.startswith("val/") for k in row)]
+    if len(train) <= limit:
+        return rows
+    stride = len(train) / limit
+    keep = {train[int(j * stride)] for j in range(limit)} | {train[-1]}
+    train_rows = set(train)
+    return [row for i, row in enumerate(rows) if i in keep or i not in train_rows]
 
 
 @router.post(
