@@ -195,6 +195,18 @@ class LoopSettings(_Section):
     broker_url: str | None = Field(None, description="redis://… = Celery/Redis queue; unset = embedded queue")
     job_lease_s: float = Field(120.0, gt=0, description="a job whose worker is silent this long is taken over")
     worker_poll_s: float = Field(1.0, gt=0, description="embedded worker: how often it looks for jobs")
+    # Serving isolation on one box (poseloop.worker.isolation): the workers train at a lower CPU priority, on fewer
+    # threads and away from the API's core, so /v1/pose latency holds while a retrain runs.
+    worker_nice: int = Field(10, ge=0, le=19, description="workers' niceness (0 = the API's priority)")
+    worker_threads: int = Field(
+        0, ge=0, description="workers' torch / ONNX Runtime threads; 0 = every core but one (at least 1)"
+    )
+    worker_cpus: str = Field(
+        "auto",
+        pattern=r"^(auto|all|\d+(-\d+)?(,\d+(-\d+)?)*)$",
+        description="cores the workers may run on: auto = all but core 0 when there are ≥ 2 (the API keeps "
+        "one to itself), all, or a list such as 1,2-3",
+    )
     visibility_timeout_s: float = Field(
         1800.0, gt=0, description="Redis redelivers an unacked task after this; must exceed one chunk"
     )

@@ -209,15 +209,39 @@ def release(
 @app.command()
 def predict(
     image: Path = typer.Argument(..., exists=True, dir_okay=False),
-    box: list[str] = typer.Option([], help="Person box x,y,w,h (repeatable); none = the whole image."),
+    box: list[str] = typer.Option(
+        [], "--box", "--boxes", help="Person box x,y,w,h in image pixels (repeatable); none = detect the people."
+    ),
     model: Path | None = typer.Option(None, help="ONNX model (default: $POSELOOP_MODEL or the bundled one)."),
-    render: Path | None = typer.Option(None, help="Write a skeleton overlay PNG here."),
-    flip: bool = typer.Option(False, "--flip/--no-flip", help="Flip test."),
+    render: Path | None = typer.Option(None, help="Write a skeleton overlay PNG here (valid keypoints only)."),
+    flip: bool | None = typer.Option(None, "--flip/--no-flip", help="Flip test (default: POSELOOP_FLIP_TEST)."),
+    detector: str | None = typer.Option(
+        None, help="Person detector ONNX (default: POSELOOP_DETECTOR_PATH, the bundled NanoDet); '' = whole image."
+    ),
+    det_threshold: float | None = typer.Option(None, help="Person score a detection needs (default 0.35)."),
+    max_persons: int | None = typer.Option(None, help="Most detected persons posed, best first (default 20)."),
+    kpt_threshold: float | None = typer.Option(None, help="Keypoints below it are `valid: false` (default 0.3)."),
 ):
-    """Print keypoints JSON for the people in IMAGE (ONNX Runtime; no torch)."""
+    """Print the /v1/pose JSON for the people in IMAGE (ONNX Runtime; no torch, no server). Without --box the
+    person detector finds them (`persons: []` when it finds nobody), as the API does."""
+    from core.inputs import InputError
     from poseloop.workflows import predict_image
 
-    result = predict_image(image, [_parse_box(b) for b in box], model, render, flip)
+    try:
+        result = predict_image(
+            image,
+            [_parse_box(b) for b in box],
+            model,
+            render,
+            flip,
+            detector=detector,
+            det_threshold=det_threshold,
+            max_persons=max_persons,
+            kpt_threshold=kpt_threshold,
+        )
+    except InputError as err:
+        typer.echo(f"error: {err.code}: {err.message}", err=True)
+        raise typer.Exit(2) from None
     typer.echo(json.dumps(result, indent=2))
 
 
@@ -330,11 +354,13 @@ def worker(
     import signal
 
     from poseloop.worker.embedded import run_embedded_worker
+    from poseloop.worker.isolation import isolate
 
     def _stop(signum, _frame):  # interrupts a running job too: it is released and resumes from its checkpoint
         raise SystemExit(128 + signum)
 
     setup_process_logging(settings)
+    isolate(settings)
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, _stop)
     run_embedded_worker(settings)
@@ -443,6 +469,39 @@ def demo(
     except DemoError as err:
         typer.echo(f"error: {err}", err=True)
         raise typer.Exit(1) from None
+
+
+@app.command()
+def quantize(
+    model: Path = typer.Option(..., exists=True, help="PoseLoop pose ONNX or the NanoDet-g 416 detector ONNX."),
+    out: Path = typer.Option(..., help="Where the INT8 QDQ ONNX goes (must differ from --model)."),
+    calibration_images: int = typer.Option(200, min=1, max=800, help="LSP training images (im0001–0800)."),
+    exclude: str = typer.Option("none", help="Keep in float: none | last (output conv) | head (+ deconvs)."),
+    activations: str = typer.Option("uint8", help="Activation type: uint8 (x86 VNNI default) | int8."),
+):
+    """Static INT8 quantisation (QDQ, per-channel weights), calibrated on serving crops of LSP training images."""
+    from typing import cast
+
+    from poseloop.quantize import Activations, Exclude, QuantizeError, quantize_model
+    from training.datasets import default_data_root
+
+    if exclude not in ("none", "last", "head") or activations not in ("uint8", "int8"):
+        typer.echo("error: --exclude is none|last|head and --activations uint8|int8", err=True)
+        raise typer.Exit(2)
+    try:
+        info = quantize_model(
+            model,
+            out,
+            default_data_root(),
+            calibration_images,
+            cast(Exclude, exclude),
+            True,
+            cast(Activations, activations),
+        )
+    except (QuantizeError, FileNotFoundError) as err:
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(json.dumps({"out": str(out), **info}, indent=2))
 
 
 def main() -> None:  # pragma: no cover - console entry

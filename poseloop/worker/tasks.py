@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 
-from celery.signals import worker_ready
+from celery.signals import worker_init, worker_ready
 
 from continual.jobs import ACTIVE_STATES
 from continual.queue import INGEST_TASK, RETRAIN_TASK, SCHEDULE_TASK, JobQueue, celery_app
@@ -21,10 +21,17 @@ from continual.settings import load_settings
 from continual.uploads import UploadStore
 from models.registry import ModelRegistry
 from poseloop.worker.checks import check_pending
+from poseloop.worker.isolation import isolate
 
 settings = load_settings()
 app = celery_app(settings)
 log = logging.getLogger("poseloop.worker")
+
+
+@worker_init.connect
+def _isolate(**_kwargs) -> None:
+    """Lower priority, fewer threads, off the API's core — before the pool starts, so its processes inherit it."""
+    isolate(settings)
 
 
 @worker_ready.connect
