@@ -26,6 +26,7 @@ import numpy as np
 
 from continual import gate
 from continual.jobs import Job, JobStore, LeaseLost
+from continual.labeled import LabeledStore, labeled_store
 from continual.settings import Settings
 from continual.uploads import UploadStore
 from models.registry import ModelRegistry, RegistryError
@@ -36,6 +37,14 @@ HEARTBEAT_EVERY_S = 2.0
 # each); they are the model's own labels, never the gate's split
 CALIBRATION_RECORDS = 200
 SELF_TEACHER = "self"
+# Retry policy: an infrastructure fault (disk, network, a backend or broker away) is not the job's inputs' fault:
+# the job is handed back and resumes from its last recorded stage, up to this many times; any other exception
+# (bad data, a bug, a refused model) fails the job at once with its cause.
+TRANSIENT_FAULTS: tuple[type[BaseException], ...] = (OSError, TimeoutError)
+MAX_TRANSIENT_FAULTS = 3
+# the gate scores on the registered labeled persons' gate part once it holds this many (a smaller sample's
+# interval is too wide to promote anything); below it, on the active model's configured validation split
+MIN_LABELED_GATE_PERSONS = 5
 
 
 class JobCancelled(Exception):
@@ -122,6 +131,16 @@ def run_retrain(ctx: RetrainContext, job: Job, chunk_steps: int | None = None) -
     except LeaseLost:
         raise
     except Exception as err:
+        faults = int(ctx.jobs.get(job.id).result.get("transient_faults", 0))
+        if isinstance(err, TRANSIENT_FAULTS) and faults < MAX_TRANSIENT_FAULTS:
+            log.warning("retrain job %s: transient fault %d, retried: %s", job.id, faults + 1, err)
+            reporter.beat(
+                result={"transient_faults": faults + 1},
+                log_line=f"transient fault {faults + 1} of {MAX_TRANSIENT_FAULTS} ({type(err).__name__}: {err}); "
+                "the job is retried from its last recorded stage",
+                force=True,
+            )
+            return None  # released like a finished chunk: the next poll or task resumes it
         log.exception("retrain job %s failed", job.id)
         return ctx.jobs.finish(job.id, ctx.owner, "failed", error=f"{type(err).__name__}: {err}")
     return ctx.jobs.finish(job.id, ctx.owner, "succeeded", result=result)
@@ -141,7 +160,7 @@ def _stages(ctx: RetrainContext, job: Job, reporter: Reporter, chunk_steps: int 
     if "candidate" not in result:
         if "active_metric" not in result:
             reporter.beat(stage="baseline", force=True)
-            result["active_metric"] = gate.score_checkpoint(checkpoint, config)
+            result["active_metric"] = _score(checkpoint, config, plan)
             reporter.beat(
                 result={"active_metric": result["active_metric"]},
                 log_line=f"active version {parent.version}: {_summary(result['active_metric'])}",
@@ -157,7 +176,7 @@ def _stages(ctx: RetrainContext, job: Job, reporter: Reporter, chunk_steps: int 
             return None
         result["training"] = trained
         reporter.beat(result={"training": trained}, log_line=f"trained: {trained}", stage="register", force=True)
-        result["candidate_metric"] = gate.score_checkpoint(Path(trained["run_dir"]) / "best.pt", config)
+        result["candidate_metric"] = _score(Path(trained["run_dir"]) / "best.pt", config, plan)
         reporter.beat(
             result={"candidate_metric": result["candidate_metric"]},
             log_line=f"candidate (last checkpoint): {_summary(result['candidate_metric'])}",
@@ -194,6 +213,7 @@ def _plan(ctx: RetrainContext, job: Job) -> dict[str, Any]:
         "iterations": int(job.params.get("iterations") or retrain.iterations),
         "nproc": int(job.params.get("nproc") or retrain.train_nproc),
         "recipe": retrain.recipe,
+        **_labeled_plan(ctx, active.checkpoint_path),
     }
     if retrain.recipe == "distill":
         if retrain.teacher != SELF_TEACHER and not Path(retrain.teacher).is_file():
@@ -203,6 +223,64 @@ def _plan(ctx: RetrainContext, job: Job) -> dict[str, Any]:
             )
         plan["teacher"] = retrain.teacher
     return plan
+
+
+def _labeled_plan(ctx: RetrainContext, checkpoint: Path) -> dict[str, Any]:
+    """The labeled part of the plan, fixed at the first attempt like `unlabeled_seq`: the registered labeled
+    snapshot (its records file), which split the gate scores on, and whether the active model's own dataset is
+    on this machine (without it the job trains on the labeled train part alone)."""
+    store = labeled_store(ctx.settings.loop.data_dir)
+    seq = store.max_seq()
+    readable = _dataset_readable(checkpoint)
+    labeled: dict[str, Any] | None = None
+    if seq:
+        path = store.root / "snapshots" / f"labeled-{seq}.json"
+        counts = store.export_records(path, seq)
+        labeled = {"seq": seq, "records": str(path), "train_persons": counts["train"], "gate_persons": counts["gate"]}
+    gate_persons = labeled["gate_persons"] if labeled else 0
+    split = "labeled" if gate_persons >= MIN_LABELED_GATE_PERSONS else "configured"
+    if not readable and (split != "labeled" or not labeled or not labeled["train_persons"]):
+        raise ValueError(
+            "the active model's training dataset is not on this machine (set POSELOOP_DATA), so the job needs "
+            f"registered labeled data (POST /v1/labeled): at least {MIN_LABELED_GATE_PERSONS} persons in the gate "
+            f"part and one in the train part (has {gate_persons} and {labeled['train_persons'] if labeled else 0})"
+        )
+    return {"labeled": labeled, "gate_split": split, "dataset_splits": readable}
+
+
+def _dataset_readable(checkpoint: Path) -> bool:
+    """Whether the checkpoint's configured labeled dataset (LSP under data.root, or the COCO/MPII files) exists."""
+    import torch
+
+    from training.config import TrainConfig
+    from training.data import data_root
+
+    data = TrainConfig.model_validate(torch.load(checkpoint, map_location="cpu", weights_only=True)["config"]).data
+    if data.dataset == "lsp":
+        try:
+            return (data_root(data) / "lsp" / "joints.mat").is_file()
+        except FileNotFoundError:
+            return False
+    return all(f is not None and Path(f).is_file() for f in (data.coco_ann_file, data.val_ann_file))
+
+
+def _score(checkpoint: Path, config, plan: dict) -> dict[str, Any]:
+    """gate.score_checkpoint on the plan's gate split: the labeled gate part, or the configured validation."""
+    if plan.get("gate_split") != "labeled":
+        return gate.score_checkpoint(checkpoint, config)
+    from training.data import load_labeled_records, remap_record
+
+    records = load_labeled_records(_labeled_records_file(plan))["gate"]
+    return gate.score_checkpoint(checkpoint, config, [remap_record(r, config.data.model_schema) for r in records])
+
+
+def _labeled_records_file(plan: dict) -> str:
+    """The plan's labeled-records file (a redelivered job whose file is gone writes it again from the seq)."""
+    labeled = plan["labeled"]
+    path = Path(labeled["records"])
+    if not path.is_file():
+        LabeledStore(path.parent.parent).export_records(path, labeled["seq"])
+    return str(path)
 
 
 def _config(settings: Settings, checkpoint: Path, job: Job, plan: dict):
@@ -215,6 +293,9 @@ def _config(settings: Settings, checkpoint: Path, job: Job, plan: dict):
     base = torch.load(checkpoint, map_location="cpu", weights_only=True)["config"]
     # the student's labels come from this job's teacher, so a parent's own pseudo-labels never carry over
     data: dict[str, Any] = {"unlabeled": None, "num_workers": 0, "pseudo_labels": None}
+    # registered labeled persons: the train part joins the labels (alone when the dataset is not here)
+    data["labeled_records"] = _labeled_records_file(plan) if plan.get("labeled") else None
+    data["labeled_records_only"] = not plan.get("dataset_splits", True)
     if plan.get("recipe") == "distill":
         recipe = load_config(settings.retrain.distill_config)
         noise = recipe.data.augment
@@ -265,7 +346,7 @@ def _pseudo_labels(ctx: RetrainContext, config, plan: dict, checkpoint: Path) ->
     from training.distill import FilterSpec, TTAConfig, build_teacher, label_pool
 
     schema = config.data.model_schema
-    pool = _unlabeled_records(ctx, plan["unlabeled_seq"], schema)
+    pool = _unlabeled_records(ctx, plan, schema)
     calibration = build_splits(config.data).train[:CALIBRATION_RECORDS]
     source = checkpoint if plan["teacher"] == SELF_TEACHER else Path(plan["teacher"])
     teacher = build_teacher(source, schema, TTAConfig(), torch.get_num_threads())
@@ -299,11 +380,17 @@ def _label_summary(result: dict[str, Any]) -> str:
     )
 
 
-def _unlabeled_records(ctx: RetrainContext, seq: int, schema: str):
+def _unlabeled_records(ctx: RetrainContext, plan: dict, schema: str):
+    """The plan's upload snapshot, one person per box, without the images registered as labeled in the plan's
+    labeled snapshot (their labels are better than a teacher's, and a gate image must never be trained on)."""
     from training.datasets.records import PersonRecord
 
+    labeled = plan.get("labeled")
+    exclude = labeled_store(ctx.settings.loop.data_dir).image_shas(labeled["seq"]) if labeled else set()
     records = []
-    for item in ctx.uploads.snapshot(max_seq=seq):
+    for item in ctx.uploads.snapshot(max_seq=plan["unlabeled_seq"]):
+        if item.sha256 in exclude:
+            continue
         for i, box in enumerate(item.boxes or [[0, 0, item.width, item.height]]):
             records.append(
                 PersonRecord(
@@ -324,7 +411,7 @@ def _train(
     from training.engine import Trainer
     from training.evaluator import metric_name
 
-    records = _unlabeled_records(ctx, plan["unlabeled_seq"], config.data.model_schema)
+    records = _unlabeled_records(ctx, plan, config.data.model_schema)
     # distill trains on the pseudo-labelled records (config.data.pseudo_labels), with no unlabeled branch
     unlabeled = None if config.data.pseudo_labels else records
     reporter.beat(
@@ -452,6 +539,8 @@ def _register(ctx: RetrainContext, job: Job, config, plan: dict, trained: dict, 
             "method": config.method.name,
             "teacher": plan.get("teacher"),
             "trained_on": config.data.dataset,
+            "labeled_seq": (plan.get("labeled") or {}).get("seq"),
+            "gate_split": plan.get("gate_split", "configured"),
         },
         config=config.model_dump(mode="json"),
     )
@@ -506,6 +595,10 @@ def _gate(ctx: RetrainContext, job: Job, plan: dict, result: dict) -> dict[str, 
         "ci_high": evidence.ci_high,
         "persons": evidence.persons,
         "margin": margin,
+        # which persons both models were scored on: "labeled" = the registered labels' gate part (never trained
+        # on), "configured" = the active model's validation split from its training config
+        "split": plan.get("gate_split", "configured"),
+        "labeled_seq": (plan.get("labeled") or {}).get("seq"),
     }
     current = ctx.registry.get(version)
     if current.state == "active":

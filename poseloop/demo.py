@@ -55,15 +55,16 @@ def run_demo(
             raise DemoError(f"the stack at {url} is not ready: {ready.text}")
         start_version = http.get("/v1/models/active", headers=hdr["infer"]).json().get("serving")
         say(f"1. serving version {start_version}")
-        sample = data_root / "lsp" / "images" / "im0801.jpg"
-        image = ("sample.jpg", sample.read_bytes(), "image/jpeg")
+        sample = data_root / "wild" / "basketball1.png"  # two players: the person detector finds both
+        image = (sample.name, sample.read_bytes(), "image/png")
         pose = _ok(http.post("/v1/pose", files={"image": image}, headers=hdr["infer"]))
         render = _ok(http.post("/v1/pose/render", files={"image": image}, headers=hdr["infer"]), raw=True)
         (out_dir / "demo_pose.png").write_bytes(render.content)
-        person = pose["persons"][0]
+        persons = pose["persons"]  # [] when the detector finds nobody
+        scores = ", ".join(f"{p['score']:.2f}" for p in persons) or "none"
         say(
-            f"   pose on {sample.name}: {len(person['keypoints'])} keypoints, person score {person['score']:.2f} "
-            f"→ {out_dir / 'demo_pose.png'}"
+            f"   pose on {sample.name}: {len(persons)} person(s) found by the {pose['boxes_from']}, "
+            f"pose scores {scores} → {out_dir / 'demo_pose.png'}"
         )
         say("2. uploading unlabeled images")
         try:
@@ -119,6 +120,7 @@ def run_demo(
             )
     return {
         "start_version": start_version,
+        "pose_persons": len(persons),
         "job": job["id"],
         "gate": gate,
         "after_rollback": rolled["active"] if rolled else None,

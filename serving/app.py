@@ -40,7 +40,7 @@ from serving.manager import ModelManager, NoActiveModel, PromotionError
 from serving.metrics import Metrics, MetricsMiddleware
 from serving.render import render_poses
 from serving.request_ids import RequestIdMiddleware, request_id_of
-from serving.routes import health, models, ops, pose, unlabeled
+from serving.routes import health, labeled, models, ops, pose, unlabeled
 from serving.ui import install_ui
 
 if TYPE_CHECKING:
@@ -324,7 +324,7 @@ def create_app(settings: Settings, manager: ModelManager | None = None) -> FastA
     install_offline_docs(app)
     install_ui(app)  # the ops console at /ui (static files, a client of the routes below)
     app.state.dev_tokens = dev_tokens
-    for router in (pose.router, models.router, ops.router, health.router, unlabeled.router):
+    for router in (pose.router, models.router, ops.router, health.router, unlabeled.router, labeled.router):
         app.include_router(router)
     _install_error_handlers(app)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
@@ -340,7 +340,7 @@ def _install_error_handlers(app: FastAPI) -> None:
     simple = {
         InputError: lambda e: (e.status, e.code, e.message, None),
         AuthError: lambda e: (e.status, e.code, e.message, {"WWW-Authenticate": "Bearer"} if e.status == 401 else None),
-        PromotionError: lambda e: (e.status, e.code, str(e), None),
+        PromotionError: lambda e: (e.status, e.code, str(e), {"Retry-After": "10"} if e.status == 503 else None),
         VersionNotFound: lambda e: (404, "unknown_version", str(e), None),
         RegistryError: lambda e: (409, "registry_refused", str(e), None),
         NoActiveModel: lambda e: (503, "no_active_model", str(e), {"Retry-After": "5"}),

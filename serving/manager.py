@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 from models.metadata import ModelMetadata
 from models.registry import ModelRegistry, RegistryError
-from serving.backends import BackendLoadError, VersionedBackend, VersionView
+from serving.backends import BackendLoadError, BackendUnavailable, VersionedBackend, VersionView
 from serving.pipeline import PosePipeline
 
 log = logging.getLogger(__name__)
@@ -106,7 +106,7 @@ class ModelManager:
             except BackendLoadError as err:
                 self.last_error = str(err)
                 self._sync_failure = (info.version, time.monotonic())
-                log.error("active version %s failed to load: %s", info.version, err)
+                log.error("active version %s failed to load (retried in %.0f s): %s", info.version, retry_after_s, err)
                 return False
             self._flip(model)
             log.info("following the registry: now serving version %s", info.version)
@@ -156,6 +156,13 @@ class ModelManager:
                 return SwapReport(version, previous, 0.0, 0.0, (time.perf_counter() - start) * 1e3, action)
             try:
                 model = self._load(version, info.onnx_path)
+            except BackendUnavailable as err:  # the serving side's fault: the version stays a candidate
+                log.warning("promote %s: backend unavailable, version kept as %s: %s", version, info.state, err)
+                raise PromotionError(
+                    f"version {version} not loaded, the backend is unavailable (try again): {err}",
+                    status=503,
+                    code="backend_unavailable",
+                ) from err
             except BackendLoadError as err:
                 self.registry.mark_rejected(version, str(err), actor)
                 raise PromotionError(f"version {version} rejected: {err}", status=422, code="load_failed") from err

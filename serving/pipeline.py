@@ -221,11 +221,7 @@ def to_json(
     persons = []
     for pose in poses:
         points = np.asarray(pose.keypoints, np.float64)
-        inside = np.ones(len(points), bool)
-        if image_size is not None:
-            w, h = image_size
-            inside = (points[:, 0] >= -0.5) & (points[:, 0] <= w - 0.5) & (points[:, 1] >= -0.5)
-            inside &= points[:, 1] <= h - 0.5
+        inside, valid = keypoint_flags(pose, kpt_threshold, image_size)
         keypoints = [
             {
                 "name": name,
@@ -233,9 +229,9 @@ def to_json(
                 "y": float(y),
                 "score": float(s),
                 "in_image": bool(ok),
-                "valid": bool(ok and s >= kpt_threshold),
+                "valid": bool(v),
             }
-            for name, (x, y), s, ok in zip(pose.names, points, pose.keypoint_scores, inside)
+            for name, (x, y), s, ok, v in zip(pose.names, points, pose.keypoint_scores, inside, valid)
         ]
         persons.append(
             {
@@ -247,6 +243,22 @@ def to_json(
             }
         )
     return {"model_version": model_version, "persons": persons}
+
+
+def keypoint_flags(
+    pose: PersonPose, kpt_threshold: float = 0.0, image_size: tuple[int, int] | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """(in_image, valid), each (K,) bool: in_image = inside [-0.5, W - 0.5] × [-0.5, H - 0.5] (image_size = (W, H),
+    None = not checked); valid = in_image and score ≥ kpt_threshold (a NaN score is never valid).
+    The one definition behind the JSON flags and the overlay (serving.render draws only valid keypoints)."""
+    points = np.asarray(pose.keypoints, np.float64).reshape(-1, 2)
+    scores = np.asarray(pose.keypoint_scores, np.float64).reshape(-1)
+    inside = np.ones(len(points), bool)
+    if image_size is not None:
+        w, h = image_size
+        inside = (points[:, 0] >= -0.5) & (points[:, 0] <= w - 0.5) & (points[:, 1] >= -0.5)
+        inside &= points[:, 1] <= h - 0.5
+    return inside, inside & (scores >= kpt_threshold)
 
 
 def _check_image(image: np.ndarray) -> np.ndarray:

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 import cv2
 import numpy as np
 
-from serving.pipeline import PersonPose
+from serving.pipeline import PersonPose, keypoint_flags
 
 
 def limb_colours(count: int) -> list[tuple[int, int, int]]:
@@ -17,11 +17,19 @@ def limb_colours(count: int) -> list[tuple[int, int, int]]:
     return [(int(255 * r), int(255 * g), int(255 * b)) for r, g, b in hsv]
 
 
-def render_poses(image_rgb: np.ndarray, poses: Sequence[PersonPose], skeleton: Sequence[Sequence[int]]) -> np.ndarray:
+def render_poses(
+    image_rgb: np.ndarray,
+    poses: Sequence[PersonPose],
+    skeleton: Sequence[Sequence[int]],
+    kpt_threshold: float = 0.0,
+) -> np.ndarray:
     """A copy of `image_rgb` (H×W×3 uint8) with each person's limbs and joints drawn.
 
-    Limb i of `skeleton` (pairs of keypoint indices) always has colour i; a limb's opacity is the lower of its
-    two joint scores, a joint's is its own score (clipped to [0, 1]), so doubtful joints fade out.
+    Only `valid` keypoints are drawn (score ≥ kpt_threshold and inside the image, as the JSON's `valid` flag,
+    serving.pipeline.keypoint_flags), and a limb only when both its joints are valid: the overlay never shows a
+    joint the JSON calls invalid. Limb i of `skeleton` (pairs of keypoint indices) always has colour i; a limb's
+    opacity is the lower of its two joint scores, a joint's is its own score (clipped to [0, 1]), so doubtful
+    joints fade out.
     """
     out = np.array(image_rgb, dtype=np.uint8, copy=True)
     h, w = out.shape[:2]
@@ -31,6 +39,8 @@ def render_poses(image_rgb: np.ndarray, poses: Sequence[PersonPose], skeleton: S
     for pose in poses:
         points = np.asarray(pose.keypoints, np.float64)
         alpha = np.clip(np.nan_to_num(np.asarray(pose.keypoint_scores, np.float64)), 0.0, 1.0)
+        _, valid = keypoint_flags(pose, kpt_threshold, (w, h))
+        alpha = np.where(valid, alpha, 0.0)
         for (a, b), colour in zip(skeleton, colours):
             _blend(
                 out,

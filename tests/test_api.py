@@ -241,6 +241,26 @@ def test_render_returns_png(live, client) -> None:
     assert png.shape == (120, 160, 3)
 
 
+def test_render_draws_only_valid_keypoints(live, client) -> None:
+    """The request's kpt_threshold reaches the overlay: above every keypoint score nothing is drawn (the PNG is
+    the input, pixel for pixel), at 0 the confident keypoints are. A flat image at the model's mean colour makes
+    the test model's scores its biases (below 1, some above 0)."""
+    flat = np.empty((120, 160, 3), np.uint8)
+    flat[:] = (124, 116, 104)  # RGB ≈ the metadata mean: normalised input ≈ 0
+    form = {"image": ("flat.png", encode(flat, ".png")), "boxes": (None, json.dumps([[50.0, 30.0, 60.0, 60.0]]))}
+    pose = client.post("/v1/pose", files=form, params={"kpt_threshold": 0}, headers=auth(INFER)).json()
+    keypoints = pose["persons"][0]["keypoints"]
+    assert all(k["in_image"] for k in keypoints) and 0 < max(k["score"] for k in keypoints) < 1
+
+    def render(threshold: float) -> np.ndarray:
+        r = client.post("/v1/pose/render", files=form, params={"kpt_threshold": threshold}, headers=auth(INFER))
+        assert r.status_code == 200, r.text
+        return cv2.cvtColor(cv2.imdecode(np.frombuffer(r.content, np.uint8), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+
+    assert np.array_equal(render(1.0), flat)  # no keypoint is valid at 1.0: none drawn
+    assert not np.array_equal(render(0.0), flat)
+
+
 def test_models_endpoints_promote_reject_and_rollback(live, client, models_dir) -> None:
     _base, registry, _app = live
     r = client.get("/v1/models", headers=auth(INFER))

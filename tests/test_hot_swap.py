@@ -36,8 +36,8 @@ INFER, OPS = secrets.token_urlsafe(16), secrets.token_urlsafe(16)
 SEEDS = (11, 12, 13)
 CLIENTS = 8
 PHASE_S = 0.8
-REQUESTS = [  # (image, boxes)
-    (sample_image(20, (160, 120)), None),
+REQUESTS = [  # (image, boxes); always explicit boxes: this test is about hot swap, not the person detector
+    (sample_image(20, (160, 120)), [[0.0, 0.0, 160.0, 120.0]]),
     (sample_image(21, (200, 150)), [[10.0, 10.0, 60.0, 120.0], [90.0, 20.0, 70.0, 125.0]]),
     (sample_image(22, (120, 160)), [[-10.0, 20.0, 100.0, 150.0]]),
 ]

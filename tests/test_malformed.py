@@ -215,10 +215,12 @@ def test_valid_variants_are_accepted(server) -> None:
         "jpeg": JPEG,
         "jpeg + trailing bytes": JPEG + b"\x00" * 64,
     }
+    whole = json.dumps([[0, 0, 160, 120]])  # explicit box: this test is about decoding, not detection
     for name, data in variants.items():
-        r = client.post("/v1/pose", files={"image": ("x", data)})
+        r = client.post("/v1/pose", files={"image": ("x", data), "boxes": (None, whole)})
         assert r.status_code == 200, f"{name}: {r.text}"
         assert r.json()["image"]["width"] == 160 and len(r.json()["persons"]) == 1
+        assert r.json()["boxes_from"] == "request", name
 
 
 def test_malformed_corpus_gets_4xx_and_server_survives(server) -> None:

@@ -269,6 +269,22 @@ def test_render_poses(image) -> None:
     assert np.array_equal(render_poses(image, [invisible], [(0, 1), (1, 2)]), image)
 
 
+def test_render_draws_only_valid_keypoints(image) -> None:
+    """The overlay shows what the JSON calls `valid`: a joint below kpt_threshold or outside the image (here
+    0.2 px past the right edge, x > W - 0.5) is not drawn, nor is any limb touching it."""
+    w = image.shape[1]
+    kp = np.array([[40.0, 40.0], [120.0, 40.0], [w - 0.3, 100.0]])
+    pose = PersonPose((0, 0, 1, 1), 0.7, kp, np.array([0.9, 0.2, 0.9]), ("a", "b", "c"))
+    skeleton = [(0, 1), (0, 2)]
+    out = render_poses(image, [pose], skeleton, kpt_threshold=0.3)
+    assert np.any(out[38:43, 38:43] != image[38:43, 38:43])  # joint a: valid, drawn
+    assert np.array_equal(out[30:50, 60:130], image[30:50, 60:130])  # b (0.2 < 0.3) and limb a-b: not drawn
+    assert np.array_equal(out[95:106, w - 8 :], image[95:106, w - 8 :])  # c is outside the image: not drawn
+    assert np.array_equal(out[:, 45:], image[:, 45:])  # nor limb a-c (nor b, nor c)
+    lower = render_poses(image, [pose], skeleton, kpt_threshold=0.1)  # b now valid: it and limb a-b appear
+    assert np.any(lower[38:43, 118:123] != image[38:43, 118:123]) and np.any(lower[40, 60:100] != image[40, 60:100])
+
+
 def test_serving_never_imports_torch() -> None:
     """Import every module under serving/ in a fresh interpreter; torch must not get loaded. Modules that need a
     runtime only present elsewhere (triton_python_backend_utils inside tritonserver) are skipped."""

@@ -201,3 +201,23 @@ def test_a_missing_teacher_fails_the_plan_naming_the_setting(tmp_path, small_mod
     _, done = work_once(ctx)
     assert done.state == "failed" and "'gone.onnx' not found" in done.error
     assert "POSELOOP_RETRAIN_TEACHER" in done.error and str(tmp_path) not in done.error  # no server paths
+
+
+def test_an_infrastructure_fault_is_retried_then_fails_with_its_cause(tmp_path, small_model, data_root):
+    """The label cache directory cannot be created (a file sits where it should be: an OSError, as a full or
+    failing volume gives): the job is handed back and resumes from its recorded stages, MAX_TRANSIENT_FAULTS times,
+    then fails naming the cause. The baseline score recorded by the first attempt is not recomputed."""
+    from continual.retrain import MAX_TRANSIENT_FAULTS
+
+    blocker = tmp_path / "not-a-directory"
+    blocker.write_text("a file where the label cache directory should be")
+    _, queue, ctx = _loop_with(tmp_path, small_model, data_root, retrain_pseudo_label_dir=blocker / "labels")
+    job = _submit(queue, iterations=2)
+    outcomes = [work_once(ctx)[0] for _ in range(MAX_TRANSIENT_FAULTS)]
+    assert outcomes == ["paused"] * MAX_TRANSIENT_FAULTS
+    assert queue.jobs.get(job.id).result["transient_faults"] == MAX_TRANSIENT_FAULTS
+    outcome, done = work_once(ctx)
+    assert outcome == "finished" and done.state == "failed" and "Error" in done.error
+    logs = queue.jobs.logs(job.id, tail=200)
+    assert sum("transient fault" in line for line in logs) == MAX_TRANSIENT_FAULTS
+    assert sum("active version" in line for line in logs) == 1  # the baseline ran once

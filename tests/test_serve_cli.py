@@ -47,15 +47,28 @@ def test_serve_with_managed_triton(tmp_path):
         while httpx.get(base + "/readyz").status_code != 200:
             assert time.monotonic() < deadline, "never ready"
             time.sleep(0.5)
+        image = encode(sample_image(), ".png")  # 160×120, no person in it
         r = httpx.post(
             base + "/v1/pose",
             headers={"Authorization": "Bearer infer-token-0123456789"},
-            files={"image": ("a.png", encode(sample_image()), "image/png")},
+            files={"image": ("a.png", image, "image/png"), "boxes": (None, "[[0, 0, 160, 120]]")},
             timeout=30,
         )
         assert r.status_code == 200, r.text
         assert r.headers["X-Model-Version"] == "1" and len(r.json()["persons"]) == 1
-        assert (tmp_path / "reg" / "triton_repository" / "poseloop" / "1" / "model.onnx").exists()
+        assert r.json()["boxes_from"] == "request"
+        repo = tmp_path / "reg" / "triton_repository"
+        assert (repo / "poseloop" / "1" / "model.onnx").exists()
+        # without boxes the person detector runs as the second Triton model, and finds nobody in this image
+        r = httpx.post(
+            base + "/v1/pose",
+            headers={"Authorization": "Bearer infer-token-0123456789"},
+            files={"image": ("a.png", image, "image/png")},
+            timeout=60,
+        )
+        assert r.status_code == 200, r.text
+        assert r.json()["boxes_from"] == "detector" and r.json()["persons"] == []
+        assert (repo / "poseloop_detector" / "1" / "model.onnx").exists()
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         out, _ = proc.communicate(timeout=60)

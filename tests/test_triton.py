@@ -481,6 +481,47 @@ def test_triton_detector_finds_the_players_the_embedded_one_finds(server) -> Non
     assert detector_input(image)[0].shape == NANODET_G_416.input_shape
 
 
+def test_triton_sync_keeps_the_detector_loaded_for_followers(server, onnx_files, tmp_path) -> None:
+    """API replicas (control=False) only wait for `<model>_detector`; the sync loads it — also when every pose
+    version is already loaded, and again after the server dropped it (it asks the server, not its own memory)."""
+    import tritonclient.http as httpclient
+
+    from models.registry import ModelRegistry
+    from serving.detection import DetectionError
+    from serving.triton.sync import TritonSync
+    from tests.redis_fixtures import wait_for
+
+    if not DETECTOR.exists():
+        pytest.skip(f"{DETECTOR} not found")
+    registry = ModelRegistry(tmp_path / "registry")
+    registry.set_active(registry.register(onnx_files["1"], actor="test").version, "test")
+    args = (server.url, server.repo, "syncdet", server.repository_secret)
+    plain = TritonBackend(*args, grpc_url=server.grpc_url)  # an earlier sync, before a detector was configured
+    owner = TritonBackend(*args, grpc_url=server.grpc_url, detector_path=DETECTOR)
+    follower = TritonBackend(server.url, None, "syncdet", control=False, ready_timeout_s=3, detector_path=DETECTOR)
+    image = np.zeros((120, 160, 3), np.uint8)
+    try:
+        assert TritonSync(registry, plain).once().detector is None  # no detector configured: nothing to do
+        assert follower.detector is not None
+        with pytest.raises(DetectionError, match="syncdet_detector"):  # the follower never loads it itself
+            follower.detector.detect(image, 0.35, 20)
+        report = TritonSync(registry, owner).once()
+        assert report.loaded == [] and report.detector == "loaded" and report.failed == {}
+        assert len(follower.detector.detect(image, 0.35, 20)) == 0  # READY now: it runs (nobody in a flat image)
+        assert TritonSync(registry, owner).once().detector == "ready"  # idempotent
+        client = httpclient.InferenceServerClient(server.url.split("://", 1)[-1])
+        try:  # the server loses it (as after a restart): the owner's cached READY must not hide that
+            client.unload_model("syncdet_detector", headers={REPOSITORY_SECRET_HEADER: server.repository_secret})
+            wait_for(lambda: not client.is_model_ready("syncdet_detector", "1"), 30, "the detector to unload")
+        finally:
+            client.close()
+        assert TritonSync(registry, owner).once().detector == "loaded"
+        assert len(follower.detector.detect(image, 0.35, 20)) == 0
+    finally:
+        for backend in (follower, owner, plain):
+            backend.close()
+
+
 def test_stop_leaves_no_processes_or_shm(server, backend, onnx_files) -> None:
     backend.load("2", onnx_files["2"])
     backend.close()  # open keep-alive connections would make the server wait out its exit timeout

@@ -58,6 +58,7 @@ def test_up_runs_the_loop_and_demo_walks_it(tmp_path, data_root, small_model):
             job_timeout_s=300,
         )
         assert result["gate"]["decision"] == "promoted" and result["after_rollback"] == result["start_version"]
+        assert result["pose_persons"] >= 2  # the sample's two players, found by the person detector
         assert (tmp_path / "demo" / "demo_pose.png").read_bytes()[:4] == b"\x89PNG"
     finally:
         os.killpg(proc.pid, signal.SIGINT)

@@ -32,6 +32,11 @@ class BackendLoadError(RuntimeError):
     """A model version could not be made ready (the message names the cause); loaded versions are unaffected."""
 
 
+class BackendUnavailable(BackendLoadError):
+    """The backend could not be reached, or a version did not become ready in time: a fault of the serving side,
+    not of the version, which therefore stays a candidate and is tried again (with backoff)."""
+
+
 @runtime_checkable
 class VersionedBackend(Protocol):
     """Holds one or more model versions; serving switches between them without downtime."""

@@ -202,7 +202,7 @@ async def render(
     service = get_service(request)
     pose_input, body_options = await read_pose_input(request, service.settings, boxes, None)
     applied = resolve_options(query, body_options, service.settings)
-    png, version = await service.render(pose_input, pipeline_options(applied))
+    png, version = await service.render(pose_input, pipeline_options(applied), applied.kpt_threshold)
     return Response(png, media_type="image/png", headers={"X-Model-Version": version})
 
 

@@ -44,7 +44,7 @@ import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
 from models.metadata import ModelMetadata
-from serving.backends import BackendLoadError
+from serving.backends import BackendLoadError, BackendUnavailable
 from serving.backends.embedded import warm_up
 from serving.detection import DetectionError, PersonDetector
 from serving.triton.control import Control, GrpcControl, HttpControl
@@ -186,6 +186,12 @@ class TritonBackend:
         meta, io = _read_candidate(version, onnx_path)
         if not self.control:
             return self._follow(version, meta, io)
+        try:
+            return self._load_controlled(version, onnx_path, meta, io)
+        except OSError as err:  # Triton unreachable (connection refused / reset) or the repository volume failing
+            raise BackendUnavailable(f"version {version}: Triton unavailable: {type(err).__name__}: {err}") from err
+
+    def _load_controlled(self, version: str, onnx_path: Path, meta: ModelMetadata, io: ModelIO) -> ModelMetadata:
         with self._repository_lock:
             current = self.loaded_versions()
             if version in current:
@@ -408,7 +414,7 @@ class TritonBackend:
         deadline = time.monotonic() + self.ready_timeout_s
         while not self._control.ready(self.model_name, version):
             if time.monotonic() > deadline:
-                raise BackendLoadError(
+                raise BackendUnavailable(
                     f"{self.model_name} version {version} not ready after {self.ready_timeout_s:.0f} s"
                 )
             time.sleep(0.05)

@@ -59,22 +59,28 @@ class TritonDetectorRunner:
         self._ready = False
         self._lock = threading.Lock()
 
-    def ensure_ready(self) -> None:
-        """Load (or wait for) the detector model once; DetectionError naming the cause."""
-        if self._ready:
-            return
+    def ensure_ready(self, fresh: bool = False) -> bool:
+        """Load (or wait for) the detector model once; DetectionError naming the cause (also for a detector file
+        that cannot be read: it fails detection, never a pose version's load). fresh: ask the server even when it
+        was READY before (a server restarted empty has forgotten it), as `poseloop triton-sync` does on every pass.
+        True when this call loaded it."""
+        if self._ready and not fresh:
+            return False
         with self._lock:
-            if self._ready:
-                return
+            if self._ready and not fresh:
+                return False
+            self._ready, loaded = False, False
             try:
                 if self.manage and not self._control.ready(self.model_name, DETECTOR_VERSION):
                     self._load()
+                    loaded = True
                 self._wait_ready()
             except InferenceServerException as err:
                 raise DetectionError(f"Triton detector model {self.model_name}: {err.message()}") from err
-            except RepositoryError as err:
+            except (RepositoryError, OSError) as err:
                 raise DetectionError(f"Triton detector model {self.model_name}: {err}") from err
             self._ready = True
+            return loaded
 
     def run(self, batch: np.ndarray) -> dict[str, np.ndarray]:
         self.ensure_ready()
