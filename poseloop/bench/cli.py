@@ -135,3 +135,66 @@ def bench_retrain(
     atomic_write_bytes(results, json.dumps(record, indent=2).encode())
     write_section(record, out, " ".join(["poseloop", *sys.argv[1:]]))
     typer.echo(json.dumps(record.get("result", {}).get("gate"), indent=2))
+
+
+@bench_app.command("compare")
+def bench_compare(
+    model: list[Path] = typer.Option(
+        [], "--model", exists=True, help="Pose ONNX (repeatable; default: bundled + MoveNet)."
+    ),
+    threads: int = typer.Option(2, help="ONNX Runtime intra-op threads (pose models and detector)."),
+    limit: int | None = typer.Option(None, min=1, help="Only the first N validation persons (a smoke run)."),
+    out: Path = typer.Option(Path("docs/benchmarks.md")),
+    results: Path = typer.Option(Path("docs/results/compare.json")),
+):
+    """PoseLoop vs MoveNet on LSP val im0801–1000: PCK@0.2 limbs with tight, detector and whole-image boxes."""
+    import os
+
+    from core.fileio import atomic_write_bytes
+    from poseloop.bench.compare import DEFAULT_MODELS, run_compare, write_section
+    from training.datasets import default_data_root, lsp_split
+
+    root = default_data_root()
+    records = lsp_split(root, "val")[:limit]
+    load = os.getloadavg()
+    record = run_compare(records, model or DEFAULT_MODELS, threads, coco_root=root / "fixtures" / "coco")
+    record["load_average_at_start"] = list(load)
+    atomic_write_bytes(results, json.dumps(record, indent=2).encode())
+    note = f" · load average at start {load[0]:.1f} (other jobs at nice 19 on the same cores)"
+    write_section(record, out, " ".join(["poseloop", *sys.argv[1:]]), note)
+    for row in record["rows"]:
+        typer.echo(json.dumps({k: row[k]["pck_limbs"] for k in ("tight", "detector", "detector_best_iou", "whole")}))
+
+
+@bench_app.command("int8")
+def bench_int8(
+    calibration_images: int = typer.Option(200, min=1, max=800, help="LSP training images to calibrate on."),
+    threads: int = typer.Option(2, help="ONNX Runtime intra-op threads."),
+    work: Path = typer.Option(Path("runs/int8"), help="Where the quantised files go (never artifacts/)."),
+    out: Path = typer.Option(Path("docs/benchmarks.md")),
+    results: Path = typer.Option(Path("docs/results/int8.json")),
+):
+    """Static INT8 (QDQ) vs fp32: bundled LSP-14 model PCK and ms/person, the detector's speed and boxes."""
+    from core.fileio import atomic_write_bytes
+    from poseloop.bench.int8 import run_int8_bench, write_section
+    from training.datasets import default_data_root, lsp_split
+
+    root = default_data_root()
+    record = run_int8_bench(root, lsp_split(root, "val"), work, calibration_images, threads)
+    atomic_write_bytes(results, json.dumps(record, indent=2).encode())
+    write_section(record, out, " ".join(["poseloop", *sys.argv[1:]]))
+    typer.echo(json.dumps([{r["variant"]: r["pck_limbs"]} for r in record["rows"]] + [record["detector"]["speedup"]]))
+
+
+@bench_app.command("isolation")
+def bench_isolation(
+    seconds: float = typer.Option(15.0, help="Measured seconds per phase (after a 5 s warm-up)."),
+    threads: int = typer.Option(2, help="The API's ONNX Runtime intra-op threads."),
+    out: Path = typer.Option(Path("docs/benchmarks.md")),
+):
+    """/v1/pose p50 while a training loop runs, isolated as the worker runs it and not, as ratios to idle."""
+    from poseloop.bench.isolation import run_isolation_bench, write_section
+
+    result = run_isolation_bench(seconds, threads)
+    write_section(result, out, " ".join(["poseloop", *sys.argv[1:]]))
+    typer.echo(json.dumps(result["p50_ratio"], indent=2))
