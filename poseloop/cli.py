@@ -476,17 +476,24 @@ def quantize(
     model: Path = typer.Option(..., exists=True, help="PoseLoop pose ONNX or the NanoDet-g 416 detector ONNX."),
     out: Path = typer.Option(..., help="Where the INT8 QDQ ONNX goes (must differ from --model)."),
     calibration_images: int = typer.Option(200, min=1, max=800, help="LSP training images (im0001–0800)."),
-    exclude: str = typer.Option("none", help="Keep in float: none | last (output conv) | head (+ deconvs)."),
+    exclude: str = typer.Option(
+        "none", help="Keep in float: none | last (output conv) | head (+ deconvs) | head+stem (+ first conv)."
+    ),
     activations: str = typer.Option("uint8", help="Activation type: uint8 (x86 VNNI default) | int8."),
+    calibration: str = typer.Option("minmax", help="Activation ranges: minmax | percentile | entropy."),
 ):
     """Static INT8 quantisation (QDQ, per-channel weights), calibrated on serving crops of LSP training images."""
     from typing import cast
 
-    from poseloop.quantize import Activations, Exclude, QuantizeError, quantize_model
+    from poseloop.quantize import EXCLUDE_CHOICES, Activations, Calibration, QuantizeError, quantize_model
     from training.datasets import default_data_root
 
-    if exclude not in ("none", "last", "head") or activations not in ("uint8", "int8"):
-        typer.echo("error: --exclude is none|last|head and --activations uint8|int8", err=True)
+    calibrations = ("minmax", "percentile", "entropy")
+    if exclude not in EXCLUDE_CHOICES or activations not in ("uint8", "int8") or calibration not in calibrations:
+        choices = (
+            f"--exclude {'|'.join(EXCLUDE_CHOICES)}, --activations uint8|int8, --calibration {'|'.join(calibrations)}"
+        )
+        typer.echo(f"error: expected {choices}", err=True)
         raise typer.Exit(2)
     try:
         info = quantize_model(
@@ -494,9 +501,9 @@ def quantize(
             out,
             default_data_root(),
             calibration_images,
-            cast(Exclude, exclude),
-            True,
-            cast(Activations, activations),
+            exclude,
+            activations=cast(Activations, activations),
+            calibration=cast(Calibration, calibration),
         )
     except (QuantizeError, FileNotFoundError) as err:
         typer.echo(f"error: {err}", err=True)
