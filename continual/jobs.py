@@ -184,6 +184,19 @@ class JobStore:
                 rows = db.execute("SELECT * FROM jobs ORDER BY created DESC LIMIT ?", (limit,))
             return [_job(r) for r in rows.fetchall()]
 
+    def summary(self) -> dict[str, Any]:
+        """What monitoring scrapes: jobs by state, finished retrains by gate decision, the newest gate's figures."""
+        gate = "json_extract(result, '$.gate.decision')"
+        with self._tx() as db:
+            states = dict.fromkeys((*ACTIVE_STATES, *FINAL_STATES), 0)
+            states.update(dict(db.execute("SELECT state, COUNT(*) FROM jobs GROUP BY state").fetchall()))
+            decisions = dict(db.execute(f"SELECT {gate}, COUNT(*) FROM jobs WHERE {gate} IS NOT NULL GROUP BY 1"))
+            last = db.execute(
+                f"SELECT json_extract(result, '$.gate') FROM jobs WHERE {gate} IS NOT NULL "
+                "ORDER BY finished DESC, created DESC LIMIT 1"
+            ).fetchone()
+        return {"states": states, "gate_decisions": decisions, "last_gate": json.loads(last[0]) if last else None}
+
     def logs(self, job_id: str, tail: int = 50) -> builtins.list[str]:
         with self._tx() as db:
             rows = db.execute(

@@ -85,6 +85,7 @@ class Service:
             settings.loop.data_dir / "uploads", settings.limits.max_pixels, settings.limits.max_boxes
         )
         self.queue = JobQueue(settings)
+        metrics.watch_loop(self.loop_summary)
         self._ready_at = 0.0
         self._stop = threading.Event()
         self._poller: threading.Thread | None = None
@@ -95,6 +96,14 @@ class Service:
         if self.settings.registry.poll_s > 0:
             self._poller = threading.Thread(target=self._poll, name="poseloop-registry-poll", daemon=True)
             self._poller.start()
+
+    def loop_summary(self) -> dict:
+        """The loop's state for /metrics (serving.metrics.LoopCollector), from the stores this process holds."""
+        return {
+            "jobs": self.queue.jobs.summary(),
+            "pool": {"images": self.uploads.count_since(0), "bytes": self.uploads.stored_bytes()},
+            "outbox": len(self.queue.outbox) if self.queue.outbox is not None else 0,
+        }
 
     def close(self) -> None:
         self._stop.set()
@@ -133,6 +142,7 @@ class Service:
             result: PoseResult = await asyncio.wait_for(asyncio.wrap_future(future), settings.api.request_timeout_s)
         except TimeoutError:
             raise Overloaded(f"no result within {settings.api.request_timeout_s} s; retry later") from None
+        self.metrics.observe_confidence(result.version, [p.keypoint_scores for p in result.poses])
         total = (time.perf_counter() - start) * 1e3
         timing = {
             "total": total,

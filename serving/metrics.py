@@ -8,6 +8,15 @@
     poseloop_promotions_total{action, outcome}
     poseloop_hot_swap_seconds                                          histogram (whole promote call)
     poseloop_active_model{version}                                     1 for the serving version
+    poseloop_keypoint_confidence{model_version}                         histogram of returned keypoint scores
+                                                                       (drift: compare versions and weeks)
+  read from the loop's stores at scrape time (LoopCollector):
+    poseloop_jobs{state}, poseloop_queue_depth, poseloop_outbox_messages
+    poseloop_gate_decisions{decision}                                  finished retrains by gate decision
+    poseloop_last_gate{figure}                                         gain, ci_low, ci_high, candidate, active
+    poseloop_unlabeled_images, poseloop_unlabeled_bytes, poseloop_loop_metrics_up
+
+No `*_created` series (prometheus_client's creation timestamps are noise for these dashboards).
 
 `route` is the route template ("/v1/pose"), never the raw path, so label cardinality stays bounded; requests
 that match no route are counted under "unmatched". `model_version` is "none" when no model was involved.
@@ -15,9 +24,32 @@ that match no route are counted under "unmatched". `model_version` is "none" whe
 
 from __future__ import annotations
 
+import logging
 import time
+from collections.abc import Callable, Iterator
+from typing import Any
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    disable_created_metrics,
+    generate_latest,
+)
+from prometheus_client.core import GaugeMetricFamily, Metric
+
+disable_created_metrics()
+log = logging.getLogger("poseloop.metrics")
+CONFIDENCE_BUCKETS = (0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
+GATE_FIGURES = {
+    "gain": "gain",
+    "ci_low": "ci_low",
+    "ci_high": "ci_high",
+    "candidate": "candidate_value",
+    "active": "active_value",
+}
 
 LATENCY_BUCKETS = (0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
@@ -63,7 +95,24 @@ class Metrics:
         self.active_model = Gauge(
             "poseloop_active_model", "1 for the version this process serves", ["version"], registry=r
         )
+        self.keypoint_confidence = Histogram(
+            "poseloop_keypoint_confidence",
+            "scores of the keypoints returned (per version: drift shows as a moving distribution)",
+            ["model_version"],
+            buckets=CONFIDENCE_BUCKETS,
+            registry=r,
+        )
         self._active: str | None = None
+
+    def watch_loop(self, summary: Callable[[], dict[str, Any]]) -> None:
+        """Export the loop's state (LoopCollector) from `summary`, read at every scrape."""
+        self.registry.register(LoopCollector(summary))
+
+    def observe_confidence(self, version: str, scores) -> None:
+        histogram = self.keypoint_confidence.labels(version)
+        for person in scores:
+            for value in person:
+                histogram.observe(float(value))
 
     def observe_request(self, route: str, method: str, status: int, version: str | None, seconds: float) -> None:
         version = version or "none"
@@ -117,8 +166,59 @@ class MetricsMiddleware:
         try:
             await self.app(scope, receive, send_wrapper)
         finally:
-            route = scope.get("route")
-            template = getattr(route, "path", None) or "unmatched"
+            template = getattr(scope.get("route"), "path", None) or _plain_route(scope) or "unmatched"
             self.metrics.observe_request(
                 template, scope.get("method", ""), status, version, time.perf_counter() - start
             )
+
+
+def _plain_route(scope) -> str | None:
+    """The template of a plain Starlette route (FastAPI's /openapi.json), which sets `endpoint` but no `route`."""
+    endpoint, app = scope.get("endpoint"), scope.get("app")
+    if endpoint is None or app is None:
+        return None
+    return next((r.path for r in getattr(app, "routes", ()) if getattr(r, "endpoint", None) is endpoint), None)
+
+
+class LoopCollector:
+    """The loop's state as gauges, read when Prometheus scrapes (no background thread, never stale). `summary`
+    returns {"jobs": JobStore.summary(), "pool": {"images", "bytes"}, "outbox": n}; if it fails, the series are
+    left out and poseloop_loop_metrics_up is 0 (the scrape itself still answers)."""
+
+    def __init__(self, summary: Callable[[], dict[str, Any]]) -> None:
+        self.summary = summary
+
+    def collect(self) -> Iterator[Metric]:
+        up = GaugeMetricFamily("poseloop_loop_metrics_up", "1 when the loop's stores could be read")
+        try:
+            data = self.summary()
+        except Exception:  # a locked or missing store must not break /metrics
+            log.exception("loop metrics: the stores could not be read")
+            up.add_metric([], 0)
+            yield up
+            return
+        up.add_metric([], 1)
+        yield up
+        jobs = data["jobs"]
+        states = GaugeMetricFamily("poseloop_jobs", "jobs by state", labels=["state"])
+        for state, n in sorted(jobs["states"].items()):
+            states.add_metric([state], n)
+        yield states
+        yield GaugeMetricFamily("poseloop_queue_depth", "jobs queued, not yet claimed", value=jobs["states"]["queued"])
+        yield GaugeMetricFamily("poseloop_outbox_messages", "messages waiting for the broker", value=data["outbox"])
+        decisions = GaugeMetricFamily(
+            "poseloop_gate_decisions", "finished retrains by gate decision", labels=["decision"]
+        )
+        for decision in ("promoted", "rejected", "kept"):
+            decisions.add_metric([decision], jobs["gate_decisions"].get(decision, 0))
+        yield decisions
+        if jobs["last_gate"]:
+            last = GaugeMetricFamily("poseloop_last_gate", "the newest gate decision's figures", labels=["figure"])
+            for figure, key in GATE_FIGURES.items():
+                if isinstance(jobs["last_gate"].get(key), int | float):
+                    last.add_metric([figure], jobs["last_gate"][key])
+            yield last
+        yield GaugeMetricFamily(
+            "poseloop_unlabeled_images", "images in the unlabeled pool", value=data["pool"]["images"]
+        )
+        yield GaugeMetricFamily("poseloop_unlabeled_bytes", "stored bytes of the pool", value=data["pool"]["bytes"])
