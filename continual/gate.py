@@ -70,15 +70,24 @@ def decide(evidence: GateEvidence, margin: float, collapse: str | None) -> tuple
     return "reject", f"{evidence.describe()}; {which} {bound:+.2f} < margin {margin}"
 
 
-def score_checkpoint(checkpoint: Path, config: Any) -> dict[str, Any]:
+LABELED_METRIC = "pck_limbs"  # the gate's metric on registered labeled persons, whatever the model's dataset
+
+
+def score_checkpoint(checkpoint: Path, config: Any, records: list | None = None) -> dict[str, Any]:
     """The gate's one scoring function: metric of `checkpoint` on the config's validation split, with the
-    per-person counts a paired comparison needs (LSP). Candidate and baseline both go through it."""
+    per-person counts a paired comparison needs (LSP). Candidate and baseline both go through it.
+
+    `records` (labeled PersonRecords in the model's schema, e.g. the gate part of the registered labels): score
+    on them instead, as PCK@0.2 of the torso on the limb joints each person has labeled (visibility > 0; persons
+    without both torso joints are not counted), per person, so the paired bootstrap applies to any dataset."""
     from training.checkpoints import load_checkpoint
     from training.data import build_splits
     from training.engine import codec_for, pick_device
     from training.evaluator import evaluate_model, metric_name
 
     _, model, _ = load_checkpoint(checkpoint)
+    if records is not None:
+        return _score_records(model, config, records)
     splits = build_splits(config.data)
     device = pick_device(None)
     metrics = evaluate_model(
@@ -100,3 +109,44 @@ def score_checkpoint(checkpoint: Path, config: Any) -> dict[str, Any]:
     if "per_person" in metrics:
         score["per_person"] = metrics["per_person"]
     return score
+
+
+def _score_records(model: Any, config: Any, records: list) -> dict[str, Any]:
+    """(see score_checkpoint) LABELED_METRIC with per-person limb counts on labeled `records`."""
+    import numpy as np
+
+    from models.schemas import LSP14, LSP_LIMB_JOINTS, get_schema
+    from training.distill.filter import pck_correct
+    from training.engine import codec_for, pick_device
+    from training.inference import predict_records
+
+    if not records:
+        raise ValueError("no labeled persons to score on")
+    schema = get_schema(records[0].schema)
+    limb_names = {LSP14.keypoints[j] for j in LSP_LIMB_JOINTS}
+    limbs = [j for j, name in enumerate(schema.keypoints) if name in limb_names]
+    device = pick_device(None)
+    pred = predict_records(
+        model.to(device),
+        records,
+        codec_for(config),
+        model.mean,
+        model.std,
+        padding=config.data.padding,
+        flip_test=config.eval.flip_test,
+        batch_size=config.eval.batch_size,
+        device=device,
+    )
+    gt = np.stack([r.keypoints for r in records])
+    visibility = np.stack([r.visibility for r in records])
+    correct, counted = pck_correct(pred.keypoints, gt, visibility, schema)
+    correct, counted = correct[:, limbs].sum(1), counted[:, limbs].sum(1)
+    total = int(counted.sum())
+    if total == 0:
+        raise ValueError("the labeled persons have no limb joint with both torso joints labeled: nothing to score")
+    return {
+        "metric": LABELED_METRIC,
+        "value": round(100.0 * float(correct.sum()) / total, 3),
+        "persons": len(records),
+        "per_person": {"limbs_correct": correct.tolist(), "limbs_counted": counted.tolist()},
+    }

@@ -141,7 +141,7 @@ class JobStore:
                     return _job(row), False
             row = db.execute(
                 "SELECT * FROM jobs WHERE kind = ? AND model = ? AND state IN ('queued', 'running') "
-                "ORDER BY created LIMIT 1",
+                "ORDER BY created, rowid LIMIT 1",
                 (kind, model),
             ).fetchone()
             if row is not None:
@@ -179,9 +179,11 @@ class JobStore:
     def list(self, limit: int = 50, state: str | None = None) -> builtins.list[Job]:
         with self._tx() as db:
             if state:
-                rows = db.execute("SELECT * FROM jobs WHERE state = ? ORDER BY created DESC LIMIT ?", (state, limit))
+                rows = db.execute(
+                    "SELECT * FROM jobs WHERE state = ? ORDER BY created DESC, rowid DESC LIMIT ?", (state, limit)
+                )
             else:
-                rows = db.execute("SELECT * FROM jobs ORDER BY created DESC LIMIT ?", (limit,))
+                rows = db.execute("SELECT * FROM jobs ORDER BY created DESC, rowid DESC LIMIT ?", (limit,))
             return [_job(r) for r in rows.fetchall()]
 
     def summary(self) -> dict[str, Any]:
@@ -223,7 +225,7 @@ class JobStore:
             if job_id is not None:
                 query += " AND id = ?"
                 args.append(job_id)
-            row = db.execute(query + " ORDER BY created LIMIT 1", args).fetchone()
+            row = db.execute(query + " ORDER BY created, rowid LIMIT 1", args).fetchone()
             if row is None:
                 return None
             job = _job(row)

@@ -7,6 +7,7 @@ import os
 import socket
 
 from continual.jobs import Job, LeaseLost
+from continual.retention import prune_job_dirs
 from continual.retrain import RetrainContext, run_retrain
 from continual.settings import Settings
 from continual.uploads import UploadStore
@@ -58,4 +59,8 @@ def _work_on(ctx: RetrainContext, job: Job, chunk_steps: int | None) -> tuple[st
         ctx.jobs.release(job.id, ctx.owner, log=f"chunk done by {ctx.owner}")
         return "paused", job
     log.info("job %s %s", done.id, done.state)
+    try:
+        prune_job_dirs(ctx.settings.loop.data_dir / "jobs", ctx.jobs, ctx.settings.retrain.keep_job_dirs)
+    except OSError:  # disk hygiene must not turn a finished job into a failure; the next job tries again
+        log.exception("pruning job directories failed")
     return "finished", done

@@ -250,6 +250,12 @@ class RetrainSettings(_Section):
         description="consistency: the recipe (its `method` section) the retrain job runs",
     )
     iterations: int = Field(300, ge=1, description="default retrain budget (steps)")
+    keep_job_dirs: int = Field(
+        20,
+        ge=0,
+        description="finished jobs whose directories stay whole; older ones keep only a promoted job's small "
+        "record (continual.retention)",
+    )
     lr: float = Field(
         1e-4,
         gt=0,

@@ -28,6 +28,7 @@ import errno
 import hashlib
 import json
 import logging
+import os
 import sqlite3
 import threading
 import time
@@ -53,7 +54,10 @@ CREATE TABLE IF NOT EXISTS checks (
     created TEXT);
 CREATE TABLE IF NOT EXISTS quarantine (
     sha256 TEXT PRIMARY KEY, reason TEXT, created TEXT);
+CREATE TABLE IF NOT EXISTS deleted (
+    sha256 TEXT PRIMARY KEY, actor TEXT, reason TEXT, created TEXT);
 """
+CHECK_STATES = ("pending", "checked", "quarantined")
 MAX_REASON_CHARS = 500  # a rejection or quarantine reason is a log line, not an echo of whatever failed
 MAX_NAME_CHARS = 255  # a stored / echoed name (a file name, an archive member path)
 SWEEP_MIN_AGE_S = 600.0  # younger temp files and unindexed images may belong to a write in progress
@@ -173,6 +177,7 @@ class UploadStore:
                 (sha, relative.as_posix(), width, height, boxes_json, len(data), name, source, actor, _now()),
             )
             if cursor.rowcount == 1:
+                db.execute("DELETE FROM deleted WHERE sha256 = ?", (sha,))  # uploaded again after a delete
                 assert cursor.lastrowid is not None, "an INSERT that stored a row has its rowid"
                 return AddResult("accepted", sha, cursor.lastrowid)
         seq = self._seq_of(sha)  # another writer stored the same bytes first
@@ -180,12 +185,12 @@ class UploadStore:
             raise RuntimeError(f"upload {sha} was neither inserted nor found in the index")
         return AddResult("duplicate", sha, seq)
 
-    def reject(self, name: str, reason: str, actor: str) -> None:
-        """Record a refused item (counted by stats); name and reason are cut to their bounds."""
+    def reject(self, name: str, reason: str, actor: str, source: str | None = None) -> None:
+        """Record a refused item (counted by stats, per source); name and reason are cut to their bounds."""
         with self._db() as db:
             db.execute(
-                "INSERT INTO rejections (name, reason, actor, created) VALUES (?, ?, ?, ?)",
-                (safe_name(name), safe_text(reason, MAX_REASON_CHARS), actor, _now()),
+                "INSERT INTO rejections (name, reason, actor, created, source) VALUES (?, ?, ?, ?, ?)",
+                (safe_name(name), safe_text(reason, MAX_REASON_CHARS), actor, _now(), source),
             )
 
     def add_many(
@@ -215,7 +220,7 @@ class UploadStore:
                     raise InputError(507, "insufficient_storage", "the server's disk is full; not stored") from None
             except InputError as err:
                 reason = safe_text(f"{err.code}: {err.message}", MAX_REASON_CHARS)
-                self.reject(name, reason, actor)
+                self.reject(name, reason, actor, source)
                 report.rejected.append({"name": name, "reason": reason})
                 report.rejected_status.append(err.status)
                 continue
@@ -272,7 +277,7 @@ class UploadStore:
         with self._db() as db:
             return db.execute("SELECT COUNT(*) FROM images WHERE seq > ?", (seq,)).fetchone()[0]
 
-    def stats(self, since_seq: int) -> dict[str, int]:
+    def stats(self, since_seq: int) -> dict:
         """total, new_since_active (seq > since_seq), rejected, max_seq, disk_bytes (images plus index)."""
         with self._db() as db:
             total, new, image_bytes, top = db.execute(
@@ -283,8 +288,17 @@ class UploadStore:
             rejected = db.execute("SELECT COUNT(*) FROM rejections").fetchone()[0]
             checked, confidence = db.execute("SELECT COUNT(*), AVG(teacher_confidence) FROM checks").fetchone()
             quarantined = db.execute("SELECT COUNT(*) FROM quarantine").fetchone()[0]
+            sources: dict[str, dict[str, int]] = {
+                name or "-": {"images": n, "bytes": size, "rejected": 0}
+                for name, n, size in db.execute(
+                    "SELECT source, COUNT(*), COALESCE(SUM(bytes), 0) FROM images GROUP BY 1"
+                )
+            }
+            for name, n in db.execute("SELECT source, COUNT(*) FROM rejections GROUP BY 1"):
+                sources.setdefault(name or "-", {"images": 0, "bytes": 0, "rejected": 0})["rejected"] = n
         index_bytes = sum(p.stat().st_size for p in self.root.glob("index.sqlite*") if p.is_file())
         return {
+            "sources": sources,
             "total": total,
             "new_since_active": new,
             "rejected": rejected,
@@ -321,6 +335,110 @@ class UploadStore:
         inspection); its row stays, so the upload is not lost and a re-upload is still a duplicate."""
         with self._db() as db:
             db.execute("INSERT OR REPLACE INTO quarantine VALUES (?, ?, ?)", (sha, reason[:MAX_REASON_CHARS], _now()))
+
+    # ------------------------------------------------------------------ browsing, deleting, labeling candidates
+    def items(self, after_seq: int = 0, limit: int = 50, source: str | None = None) -> list[dict]:
+        """Stored images with seq > after_seq in upload order (a page; the next starts after the last seq), each
+        with its ingest-check state ("pending", "checked", "quarantined") and teacher confidence."""
+        where, args = "i.seq > ?", list[object]([after_seq])
+        if source is not None:
+            where, args = where + " AND i.source = ?", [*args, source]
+        with self._db() as db:
+            rows = db.execute(
+                "SELECT i.seq, i.sha256, i.name, i.source, i.bytes, i.width, i.height, i.boxes, i.created, "
+                "c.teacher_confidence, c.persons, c.thumbnail, q.reason FROM images i "
+                "LEFT JOIN checks c ON c.sha256 = i.sha256 LEFT JOIN quarantine q ON q.sha256 = i.sha256 "
+                f"WHERE {where} ORDER BY i.seq LIMIT ?",
+                (*args, limit),
+            ).fetchall()
+        return [
+            {
+                "seq": seq,
+                "sha256": sha,
+                "name": name,
+                "source": src,
+                "bytes": size,
+                "width": w,
+                "height": h,
+                "boxes": json.loads(boxes) if boxes else None,
+                "created": created,
+                "check": "quarantined" if quarantined else ("checked" if thumb else "pending"),
+                "teacher_confidence": confidence,
+                "persons": persons,
+                "has_thumbnail": bool(thumb),
+                "quarantine_reason": quarantined,
+            }
+            for seq, sha, name, src, size, w, h, boxes, created, confidence, persons, thumb, quarantined in rows
+        ]
+
+    def get(self, sha: str) -> UploadRecord | None:
+        with self._db() as db:
+            row = db.execute(
+                "SELECT seq, sha256, path, width, height, boxes FROM images WHERE sha256 = ?", (sha,)
+            ).fetchone()
+        if row is None:
+            return None
+        seq, sha, path, width, height, boxes = row
+        return UploadRecord(seq, sha, self.root / path, width, height, json.loads(boxes) if boxes else None)
+
+    def delete(self, sha: str, actor: str, reason: str | None = None) -> dict | None:
+        """Remove one image from the pool for good: its index rows first (so no later snapshot names it), then
+        its file and thumbnail (unlinked, directory fsynced), then an audit line (audit.jsonl, fsynced).
+        None when no such image is stored. A job planned before keeps its seq but no longer finds the image."""
+        with self._db() as db:
+            row = db.execute("SELECT seq, path, name, source, bytes FROM images WHERE sha256 = ?", (sha,)).fetchone()
+            if row is None:
+                return None
+            for table in ("images", "checks", "quarantine"):
+                db.execute(f"DELETE FROM {table} WHERE sha256 = ?", (sha,))
+            db.execute(
+                "INSERT OR REPLACE INTO deleted VALUES (?, ?, ?, ?)",
+                (sha, actor, None if reason is None else safe_text(reason, MAX_REASON_CHARS), _now()),
+            )
+        seq, path, name, source, size = row
+        for file in (self.root / path, self.thumbnail_path(sha)):
+            if file.exists():
+                file.unlink()
+                fsync_dir(file.parent)
+        event = {
+            "ts": _now(),
+            "actor": actor,
+            "action": "delete",
+            "sha256": sha,
+            "seq": seq,
+            "name": name,
+            "source": source,
+            "bytes": size,
+            "reason": reason,
+        }
+        with open(self.root / "audit.jsonl", "a") as fh:
+            fh.write(json.dumps(event) + "\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        log.info("upload %s (%s) deleted by %s", sha, name, actor)
+        return event
+
+    def labeling_candidates(self, n: int, exclude: set[str]) -> list[tuple[UploadRecord, float]]:
+        """The `n` checked images the served model was least confident on (mean keypoint peak of the ingest
+        check), quarantined ones and `exclude` (e.g. already labeled) left out: (record, confidence)."""
+        with self._db() as db:
+            rows = db.execute(
+                "SELECT i.seq, i.sha256, i.path, i.width, i.height, i.boxes, c.teacher_confidence FROM images i "
+                "JOIN checks c ON c.sha256 = i.sha256 WHERE i.sha256 NOT IN (SELECT sha256 FROM quarantine) "
+                "ORDER BY c.teacher_confidence ASC, i.seq"
+            ).fetchall()
+        out = []
+        for seq, sha, path, w, h, boxes, confidence in rows:
+            if sha not in exclude:
+                out.append(
+                    (
+                        UploadRecord(seq, sha, self.root / path, w, h, json.loads(boxes) if boxes else None),
+                        float(confidence),
+                    )
+                )
+            if len(out) == n:
+                break
+        return out
 
     def thumbnail_path(self, sha: str) -> Path:
         return self.root / "thumbs" / sha[:2] / f"{sha}.jpg"
@@ -368,6 +486,11 @@ class UploadStore:
                 return
             self.images_dir.mkdir(parents=True, exist_ok=True)
             open_wal(self.db_path, _SCHEMA)
+            with contextlib.closing(sqlite3.connect(self.db_path, timeout=30.0)) as db, db:
+                columns = {row[1] for row in db.execute("PRAGMA table_info(rejections)")}
+                if "source" not in columns:  # an index from before per-source statistics
+                    with contextlib.suppress(sqlite3.OperationalError):  # another process added it meanwhile
+                        db.execute("ALTER TABLE rejections ADD COLUMN source TEXT")
             self._schema_ready = True
 
 

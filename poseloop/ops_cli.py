@@ -101,8 +101,11 @@ def dev_token(url: str) -> str | None:
 
 
 @contextmanager
-def session(url: str, token: str | None, need_token: bool = True) -> Iterator[PoseLoopClient]:
-    """A client for one command; ClientError → one line on stderr and its exit code."""
+def session(
+    url: str, token: str | None, need_token: bool = True, kind: type[PoseLoopClient] | None = None
+) -> Iterator[PoseLoopClient]:
+    """A client (of class `kind`, default PoseLoopClient) for one command; ClientError → one line on stderr and
+    its exit code."""
     from poseloop.client import ClientError, PoseLoopClient
 
     token = token or dev_token(url)
@@ -113,7 +116,7 @@ def session(url: str, token: str | None, need_token: bool = True) -> Iterator[Po
             ExitCode.AUTH,
         )
     try:
-        api = PoseLoopClient(url, token)
+        api = (kind or PoseLoopClient)(url, token)
     except ValueError as err:
         raise fail(str(err), ExitCode.USAGE) from None
     try:
@@ -314,6 +317,38 @@ def version(
         typer.echo(f"server  {server['url']}  API {server['api']}, serving model {server['serving'] or '-'}")
 
 
+def export_labeling(
+    out: Path = typer.Option(..., "--out", help="Folder for the task (created; existing files are replaced)."),
+    n: int = typer.Option(20, "--n", min=1, max=500, help="How many uploads."),
+    strategy: str = typer.Option("low_confidence", "--strategy", help="low_confidence or disagreement."),
+    image_url: str = typer.Option(
+        "/data/local-files/?d=images/", "--image-url", help="Label Studio's URL prefix for DIR/images/."
+    ),
+    url: str = URL,
+    token: str | None = TOKEN,
+    as_json: bool = JSON_OUT,
+) -> None:
+    """The N most informative uploads (lowest model confidence) as a labeling task: images/, annotations.json
+    (COCO, pre-annotated), label_studio_tasks.json, label_config.xml (poseloop.labeling)."""
+    from poseloop.labeling import LabelingClient, write_task
+
+    with session(url, token, kind=LabelingClient) as api:
+        assert isinstance(api, LabelingClient)
+        task = write_task(api, out, n, strategy, image_url)
+    if as_json:
+        typer.echo(
+            json.dumps(
+                {"out": str(out), "count": task["count"], "strategy": task["strategy"], "model": task["model_version"]}
+            )
+        )
+    else:
+        typer.echo(
+            f"{task['count']} uploads ({task['strategy']}, pre-annotated by version {task['model_version']}) → "
+            f"{out}: images/, annotations.json (COCO), label_studio_tasks.json, label_config.xml; send the "
+            "corrected COCO JSON with the images to POST /v1/labeled"
+        )
+
+
 COMMANDS: dict[str, Callable[..., None]] = {
     "models": models,
     "jobs": jobs,
@@ -327,6 +362,7 @@ COMMANDS: dict[str, Callable[..., None]] = {
     "events": events,
     "status": status,
     "version": version,
+    "export-labeling": export_labeling,
 }
 
 

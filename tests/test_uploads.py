@@ -527,3 +527,68 @@ def test_sweep_removes_stale_leftovers_only(tmp_path, caplog) -> None:
     assert fresh_tmp.exists() and fresh_orphan.exists()  # may be another process's write in progress
     assert store.snapshot()[0].path.exists()  # indexed images are never touched, however old
     assert "removed 2 temp file(s) and 1 unindexed image(s)" in caplog.text
+
+
+# ---------------------------------------------------------------------- pool browsing, thumbnails, delete
+def test_items_pages_by_seq_and_filters_by_source(live, client) -> None:
+    r = post(client, [("files", (f"page{i}.png", png(600 + i))) for i in range(5)], data={"source": "cam-7"})
+    ids = [item["id"] for item in r.json()["accepted"]]
+    first = client.get("/v1/unlabeled/items", params={"source": "cam-7", "limit": 3}, headers=auth(UPLOAD)).json()
+    assert [i["sha256"] for i in first["items"]] == ids[:3] and first["next_after_seq"] == first["items"][-1]["seq"]
+    rest = client.get(
+        "/v1/unlabeled/items",
+        params={"source": "cam-7", "limit": 3, "after_seq": first["next_after_seq"]},
+        headers=auth(OPS),
+    ).json()
+    assert [i["sha256"] for i in rest["items"]] == ids[3:] and rest["next_after_seq"] is None
+    item = first["items"][0]
+    assert (item["name"], item["source"], item["width"], item["height"]) == ("page0.png", "cam-7", 64, 48)
+    assert item["check"] == "pending" and item["bytes"] == len(png(600)) and not item["has_thumbnail"]
+    assert client.get("/v1/unlabeled/items", headers=auth(INFER)).status_code == 403
+    r = client.get("/v1/unlabeled/items", params={"limit": 0}, headers=auth(OPS))
+    assert r.status_code == 422 and "limit" in r.json()["error"]["message"]
+
+
+def test_stats_per_source_count_images_bytes_and_rejections(live, client) -> None:
+    post(client, [("files", ("s-a.png", png(650))), ("files", ("s-bad.png", b"nope"))], data={"source": "drone"})
+    sources = client.get("/v1/unlabeled/stats", headers=auth(OPS)).json()["sources"]
+    assert sources["drone"] == {"images": 1, "bytes": len(png(650)), "rejected": 1}
+
+
+def test_thumbnail_after_the_ingest_check(live, client) -> None:
+    data = png(660)
+    sha_ = post(client, [("files", ("t.png", data))]).json()["accepted"][0]["id"]
+    r = client.get(f"/v1/unlabeled/{sha_}/thumbnail", headers=auth(UPLOAD))
+    assert r.status_code == 404 and r.json()["error"]["code"] == "no_thumbnail"
+    store = store_of(live)
+    thumb = store.thumbnail_path(sha_)
+    thumb.parent.mkdir(parents=True, exist_ok=True)
+    thumb.write_bytes(jpeg(660, (32, 24)))
+    store.record_check(sha_, thumb, "1", 0.42, 1)
+    r = client.get(f"/v1/unlabeled/{sha_}/thumbnail", headers=auth(UPLOAD))
+    assert r.status_code == 200 and r.headers["content-type"] == "image/jpeg" and r.content == thumb.read_bytes()
+    item = next(i for i in client.get("/v1/unlabeled/items", headers=auth(OPS)).json()["items"] if i["sha256"] == sha_)
+    assert item["check"] == "checked" and item["teacher_confidence"] == 0.42 and item["has_thumbnail"]
+    assert client.get(f"/v1/unlabeled/{'0' * 64}/thumbnail", headers=auth(OPS)).json()["error"]["code"] == (
+        "unknown_upload"
+    )
+    assert client.get("/v1/unlabeled/not-a-sha/thumbnail", headers=auth(OPS)).status_code == 422
+
+
+def test_delete_removes_the_file_for_good_and_audits_it(live, client) -> None:
+    data = png(670)
+    sha_ = post(client, [("files", ("gone.png", data))], data={"source": "mistake"}).json()["accepted"][0]["id"]
+    store = store_of(live)
+    path = next(r.path for r in store.snapshot() if r.sha256 == sha_)
+    assert client.delete(f"/v1/unlabeled/{sha_}", headers=auth(UPLOAD)).status_code == 403
+    r = client.delete(f"/v1/unlabeled/{sha_}", params={"reason": "a face, no consent"}, headers=auth(OPS))
+    assert r.status_code == 200, r.text
+    assert r.json()["deleted"] == sha_ and r.json()["name"] == "gone.png" and r.json()["bytes"] == len(data)
+    assert not path.exists() and sha_ not in {rec.sha256 for rec in store.snapshot()}  # no later retrain sees it
+    audit = [json.loads(line) for line in (store.root / "audit.jsonl").read_text().splitlines()]
+    assert audit[-1]["action"] == "delete" and audit[-1]["sha256"] == sha_
+    assert audit[-1]["reason"] == "a face, no consent" and audit[-1]["actor"] != "-"
+    assert client.delete(f"/v1/unlabeled/{sha_}", headers=auth(OPS)).status_code == 404
+    assert client.get(f"/v1/unlabeled/{sha_}/image", headers=auth(OPS)).status_code == 404
+    again = post(client, [("files", ("gone.png", data))]).json()  # the same bytes may come back, as new
+    assert again["accepted"][0]["id"] == sha_ and store.get(sha_) is not None

@@ -77,6 +77,12 @@ class DataConfig(Frozen):
     unlabeled_limit: int | None = None  # first N unlabeled persons (quick runs)
     # A pseudo-label cache file (training/distill/cache.py): its kept persons join the labeled train split.
     pseudo_labels: str | None = None
+    # A labeled-records file (continual/labeled.py: persons registered through POST /v1/labeled): its "train" part
+    # joins the labeled train split (after the label budget); its "gate" part is never trained on.
+    labeled_records: str | None = None
+    # With labeled_records: skip the dataset's own splits (a machine without them); train = the file's train part,
+    # validation = its gate part (one validation at the end of a retrain, so nothing is chosen on it).
+    labeled_records_only: bool = False
 
     @property
     def input_size(self) -> Size:

@@ -78,6 +78,34 @@ def load_pseudo_labels(path: str | Path) -> list[PersonRecord]:
     return records
 
 
+LABELED_RECORDS_FORMAT = "poseloop.labeled_records/1"  # written by continual/labeled.py export_records
+
+
+def load_labeled_records(path: str | Path) -> dict[str, list[PersonRecord]]:
+    """The persons of a labeled-records file by part ("train", "gate"), in their own schema.
+
+    Keypoints are image pixels; joints with visibility 0 get coordinates 0 (weight 0 in training, not counted in
+    evaluation); record ids are "labeled/<seq>"."""
+    payload = json.loads(Path(path).read_text())
+    if payload.get("format") != LABELED_RECORDS_FORMAT:
+        raise ValueError(f"{path}: not a labeled-records file (format {payload.get('format')!r})")
+    parts: dict[str, list[PersonRecord]] = {"train": [], "gate": []}
+    for person in payload["persons"]:
+        visibility = np.asarray(person["visibility"], np.int8)
+        keypoints = np.where(visibility[:, None] > 0, np.asarray(person["keypoints"], np.float32), 0.0)
+        parts[person["part"]].append(
+            PersonRecord(
+                image_path=Path(person["image"]),
+                box=np.asarray(person["box"], np.float32),
+                keypoints=keypoints,
+                visibility=visibility,
+                schema=person["schema"],
+                record_id=person["id"],
+            )
+        )
+    return parts
+
+
 def remap_record(record: PersonRecord, schema: str) -> PersonRecord:
     """The record's labels in another keypoint schema, matched by joint name; joints the source lacks get
     visibility 0 (weight 0 in training, not counted in evaluation)."""
@@ -99,9 +127,10 @@ def remap_record(record: PersonRecord, schema: str) -> PersonRecord:
 
 def build_splits(cfg: DataConfig) -> Splits:
     """Labeled train/val records (+ the unlabeled pool when `data.unlabeled` is set; + pseudo-labelled persons,
-    appended to train after the label budget, when `data.pseudo_labels` is set), in `cfg.model_schema`."""
-    splits = _labeled_splits(cfg)
-    if cfg.model_schema != splits.schema:
+    appended to train after the label budget, when `data.pseudo_labels` is set; + registered labeled persons,
+    `data.labeled_records`), in `cfg.model_schema`."""
+    splits = None if cfg.labeled_records_only else _labeled_splits(cfg)
+    if splits is not None and cfg.model_schema != splits.schema:
         target = cfg.model_schema
         splits = replace(
             splits,
@@ -111,6 +140,7 @@ def build_splits(cfg: DataConfig) -> Splits:
             schema=target,
             description=f"{splits.description}; labels mapped {splits.schema} → {target} by joint name",
         )
+    splits = _with_labeled_records(cfg, splits)
     if cfg.pseudo_labels:
         pseudo = load_pseudo_labels(cfg.pseudo_labels)
         if pseudo and pseudo[0].schema != splits.schema:
@@ -130,6 +160,28 @@ def build_splits(cfg: DataConfig) -> Splits:
         unlabeled=unlabeled,
         description=f"{splits.description}; unlabeled {cfg.unlabeled} ({len(unlabeled)} persons)",
     )
+
+
+def _with_labeled_records(cfg: DataConfig, splits: Splits | None) -> Splits:
+    """`splits` (in the model's schema) + the labeled-records file's train part, mapped to the model's schema by
+    joint name; without `splits` (labeled_records_only): train = the file's train part, val = its gate part."""
+    if cfg.labeled_records is None:
+        if splits is None:
+            raise ValueError("data.labeled_records_only needs data.labeled_records")
+        return splits
+    parts = load_labeled_records(cfg.labeled_records)
+    schema = cfg.model_schema
+    train = [remap_record(r, schema) for r in parts["train"]]
+    added = f"{len(train)} registered labeled persons from {Path(cfg.labeled_records).name}"
+    if splits is None:
+        val = [remap_record(r, schema) for r in parts["gate"]]
+        if not train or not val:
+            raise ValueError(
+                f"{cfg.labeled_records}: labeled_records_only needs persons in both the train and the "
+                f"gate part (has {len(train)} and {len(val)})"
+            )
+        return Splits(train, val, schema, f"{added}; val = its {len(val)} gate persons")
+    return replace(splits, train=splits.train + train, description=f"{splits.description}; + {added}")
 
 
 def _labeled_splits(cfg: DataConfig) -> Splits:

@@ -31,23 +31,33 @@ sent when the broker is back (continual.queue), so an upload never waits on a br
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncGenerator
-from typing import Any
+from typing import Any, Literal
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends, Path, Query, Request
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel, Field
 from starlette.datastructures import FormData, UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 
+from continual.coco_labels import label_studio_config, label_studio_tasks, labeling_task
+from continual.labeled import labeled_store
 from continual.settings import Settings
 from continual.uploads import BatchReport, UploadStore
-from core.inputs import InputError, declared_length_exceeds, parse_json
+from core.inputs import InputError, PoseInput, declared_length_exceeds, parse_json
 from serving.archives import Archive, ArchiveLimits
 from serving.auth import AuthError, Principal
+from serving.ops_types import error_responses
 from serving.routes.deps import get_service, require
 
-router = APIRouter(prefix="/v1/unlabeled", tags=["unlabeled"])
+router = APIRouter(prefix="/v1/unlabeled", tags=["unlabeled"], responses=error_responses(401, 403))
+log = logging.getLogger("poseloop.uploads")
+SHA = Path(..., pattern=r"^[0-9a-f]{64}$", description="the image's sha256 (its id)")
+MAX_PAGE = 500
+MAX_EXPORT = 500
+DEFAULT_IMAGE_URL = "/data/local-files/?d=images/"  # Label Studio local-files serving of <root>/images/
 
 ARCHIVE_EXPANSION = 8  # an archive may hold up to this many times max_upload_bytes once decompressed
 MAX_FIELD_BYTES = 64 << 20  # text fields (`boxes` for 10,000 files is well under 1 MiB)
@@ -81,11 +91,24 @@ _BODY_SCHEMA = {
 }
 
 
-@router.post("", openapi_extra=_BODY_SCHEMA, summary="Add unlabeled images (files or one archive) to the pool")
+class UploadReport(BaseModel):
+    accepted: list[dict[str, str]] = Field(..., description="[{id (sha256), name}] stored now")
+    duplicates: list[dict[str, str]] = Field(..., description="[{id, name}] already stored")
+    rejected: list[dict[str, str]] = Field(..., description="[{name, reason}]")
+    counts: dict[str, int]
+
+
+@router.post(
+    "",
+    openapi_extra=_BODY_SCHEMA,
+    summary="Add unlabeled images (files or one archive) to the pool",
+    response_model=UploadReport,
+    responses=error_responses(400, 413, 422, 503),
+)
 async def upload(request: Request, caller: Principal = Depends(require("upload"))):
     """{accepted: [{id, name}], duplicates: [{id, name}], rejected: [{name, reason}], counts}; id = sha256."""
     service = get_service(request)
-    form = await _read_form(request, service.settings)
+    form = await read_form(request, service.settings)
     try:
         report = await run_in_threadpool(_ingest, service, form, caller.actor)
     finally:
@@ -114,10 +137,91 @@ def _all_rejected(report: BatchReport) -> JSONResponse:
     return JSONResponse(body, status_code=status, headers=headers)
 
 
-@router.get("/stats", summary="Pool size, images new since the active model was trained, rejections, disk use")
-async def stats(request: Request, caller: Principal = Depends(require(None))) -> dict:
+class SourceStats(BaseModel):
+    images: int
+    bytes: int
+    rejected: int
+
+
+class PoolStats(BaseModel):
+    total: int
+    new_since_active: int = Field(..., description="images newer than the active model's unlabeled_seq")
+    rejected: int
+    max_seq: int
+    disk_bytes: int
+    checked: int = Field(..., description="images the ingest check has seen (thumbnail, confidence)")
+    quarantined: int
+    mean_teacher_confidence: float | None
+    sources: dict[str, SourceStats] = Field(..., description="per upload source: images, bytes, rejections")
+    active_version: str | None
+    active_unlabeled_seq: int
+
+
+class PoolItem(BaseModel):
+    seq: int
+    sha256: str
+    name: str | None
+    source: str | None
+    bytes: int
+    width: int
+    height: int
+    boxes: list[list[float]] | None = Field(..., description="[x, y, w, h] image pixels; null = the whole image")
+    created: str
+    check: Literal["pending", "checked", "quarantined"]
+    teacher_confidence: float | None
+    persons: int | None
+    has_thumbnail: bool
+    quarantine_reason: str | None
+
+
+class PoolPage(BaseModel):
+    items: list[PoolItem]
+    next_after_seq: int | None = Field(..., description="pass as after_seq for the next page; null = the last page")
+
+
+class DeletedUpload(BaseModel):
+    deleted: str = Field(..., description="sha256")
+    seq: int
+    name: str | None
+    source: str | None
+    bytes: int
+    actor: str
+    reason: str | None
+
+
+class ExportItem(BaseModel):
+    sha256: str
+    seq: int
+    file_name: str = Field(..., description="the name in the COCO document and the task's images/ folder")
+    width: int
+    height: int
+    score: float = Field(..., description="low_confidence: the served model's mean keypoint confidence")
+    image_path: str = Field(..., description="GET this (role ops) for the image bytes")
+
+
+class LabelingExport(BaseModel):
+    strategy: str
+    count: int
+    model_version: str
+    schema_: str = Field(..., alias="schema")
+    items: list[ExportItem]
+    coco: dict[str, Any] = Field(..., description="COCO keypoints JSON with the model's pre-annotations")
+    label_studio: list[dict[str, Any]] = Field(..., description="Label Studio import tasks (keypointlabels)")
+    label_config: str = Field(..., description="Label Studio labeling interface (XML) for these tasks")
+
+
+def _pool_reader(caller: Principal) -> None:
     if not caller.roles & {"upload", "ops"}:
         raise AuthError(403, "forbidden", f"this token lacks the 'upload' or 'ops' role (has {sorted(caller.roles)})")
+
+
+@router.get(
+    "/stats",
+    summary="Pool size, images new since the active model was trained, rejections, disk use, per source",
+    response_model=PoolStats,
+)
+async def stats(request: Request, caller: Principal = Depends(require(None))) -> dict:
+    _pool_reader(caller)
     service = get_service(request)
 
     def read() -> dict:
@@ -133,8 +237,166 @@ async def stats(request: Request, caller: Principal = Depends(require(None))) ->
     return await run_in_threadpool(read)
 
 
-async def _read_form(request: Request, settings: Settings) -> FormData:
-    """The multipart form; 413 as soon as the body passes max_upload_bytes or max_upload_files."""
+@router.get(
+    "/items",
+    summary="Browse the pool in upload order (pages by seq)",
+    response_model=PoolPage,
+    responses=error_responses(422),
+)
+async def items(
+    request: Request,
+    after_seq: int = Query(0, ge=0, description="only images with seq > after_seq"),
+    limit: int = Query(50, ge=1, le=MAX_PAGE),
+    source: str | None = Query(None, max_length=MAX_SOURCE_CHARS, description="only this upload source"),
+    caller: Principal = Depends(require(None)),
+) -> dict:
+    _pool_reader(caller)
+    page = await run_in_threadpool(get_service(request).uploads.items, after_seq, limit, source)
+    return {"items": page, "next_after_seq": page[-1]["seq"] if len(page) == limit else None}
+
+
+@router.get(
+    "/export",
+    summary="The N most informative uploads as a labeling task (COCO + Label Studio)",
+    response_model=LabelingExport,
+    responses=error_responses(409, 422, 503),
+)
+async def export(
+    request: Request,
+    n: int = Query(20, ge=1, le=MAX_EXPORT, description="how many images"),
+    strategy: Literal["low_confidence", "disagreement"] = Query("low_confidence"),
+    image_url: str = Query(DEFAULT_IMAGE_URL, max_length=500, description="Label Studio URL prefix of images/"),
+    caller: Principal = Depends(require("ops")),
+) -> dict:
+    """low_confidence: the checked uploads the served model was least sure of (ingest checks), labeled images
+    left out; each is run through the active model for its pre-annotations (the boxes of the upload, else the
+    whole image). disagreement: 409 until teacher–student disagreement is recorded per upload."""
+    service = get_service(request)
+    if strategy == "disagreement":
+        raise InputError(
+            409,
+            "not_recorded",
+            "teacher–student disagreement is not recorded per upload yet; use "
+            "strategy=low_confidence (the ingest checks' confidence)",
+        )
+    labeled = await run_in_threadpool(labeled_store(service.settings.loop.data_dir).image_shas)
+    candidates = await run_in_threadpool(service.uploads.labeling_candidates, n, labeled)
+    if not candidates:
+        raise InputError(
+            409,
+            "no_candidates",
+            "no checked, unlabeled upload to choose from: wait for the ingest "
+            "checks (GET /v1/unlabeled/stats 'checked') or upload more images",
+        )
+    chosen, version, schema = [], "", ""
+    for i, (record, score) in enumerate(candidates):
+        data = await run_in_threadpool(record.path.read_bytes)
+        boxes = record.boxes or [[0, 0, record.width, record.height]]
+        outcome = await service.predict(PoseInput(data, boxes, False, None))
+        version, schema = outcome.result.version, outcome.result.metadata.schema.name
+        poses = [
+            {"box": list(p.box), "keypoints": p.keypoints.tolist(), "scores": p.keypoint_scores.tolist()}
+            for p in outcome.result.poses
+        ]
+        name = f"{record.sha256}{record.path.suffix}"
+        chosen.append(
+            {
+                "file_name": name,
+                "image_id": i + 1,
+                "width": outcome.width,
+                "height": outcome.height,
+                "poses": poses,
+                "item": {
+                    "sha256": record.sha256,
+                    "seq": record.seq,
+                    "file_name": name,
+                    "width": outcome.width,
+                    "height": outcome.height,
+                    "score": round(score, 4),
+                    "image_path": f"/v1/unlabeled/{record.sha256}/image",
+                },
+            }
+        )
+    coco = labeling_task(chosen, schema, version)
+    log.info("labeling export of %d uploads (%s) for %s", len(chosen), strategy, caller.actor)
+    return {
+        "strategy": strategy,
+        "count": len(chosen),
+        "model_version": version,
+        "schema": schema,
+        "items": [c["item"] for c in chosen],
+        "coco": coco,
+        "label_studio": label_studio_tasks(coco, image_url, version),
+        "label_config": label_studio_config(schema),
+    }
+
+
+@router.get(
+    "/{sha}/thumbnail",
+    summary="The ingest check's thumbnail (JPEG, longest side 160 px)",
+    response_class=Response,
+    responses={200: {"content": {"image/jpeg": {}}}, **error_responses(404, 422)},
+)
+async def thumbnail(request: Request, sha: str = SHA, caller: Principal = Depends(require(None))) -> Response:
+    _pool_reader(caller)
+    store: UploadStore = get_service(request).uploads
+    if await run_in_threadpool(store.get, sha) is None:
+        raise InputError(404, "unknown_upload", f"no upload {sha} in the pool")
+    path = store.thumbnail_path(sha)
+    if not path.is_file():
+        raise InputError(404, "no_thumbnail", f"upload {sha} has no thumbnail yet: its ingest check has not run")
+    return Response(
+        await run_in_threadpool(path.read_bytes),
+        media_type="image/jpeg",
+        headers={"Cache-Control": "private, max-age=3600"},
+    )
+
+
+@router.get(
+    "/{sha}/image",
+    summary="The stored image bytes (role ops; labeling exports fetch them)",
+    response_class=Response,
+    responses={200: {"content": {"image/*": {}}}, **error_responses(404, 422)},
+)
+async def image(request: Request, sha: str = SHA, _caller: Principal = Depends(require("ops"))) -> Response:
+    record = await run_in_threadpool(get_service(request).uploads.get, sha)
+    if record is None or not record.path.is_file():
+        raise InputError(404, "unknown_upload", f"no upload {sha} in the pool")
+    media = {".jpg": "image/jpeg", ".png": "image/png", ".webp": "image/webp", ".bmp": "image/bmp"}
+    return Response(await run_in_threadpool(record.path.read_bytes), media_type=media[record.path.suffix])
+
+
+@router.delete(
+    "/{sha}",
+    summary="Remove an upload from the pool for good (audit-logged)",
+    response_model=DeletedUpload,
+    responses=error_responses(404, 422),
+)
+async def delete(
+    request: Request,
+    sha: str = SHA,
+    reason: str | None = Query(None, max_length=500, description="why (recorded in the pool's audit log)"),
+    caller: Principal = Depends(require("ops")),
+) -> dict:
+    """The index row goes first (no later retrain snapshot names the image), then the file and thumbnail,
+    then a line in <data_dir>/uploads/audit.jsonl. Uploading the same bytes again adds it anew."""
+    event = await run_in_threadpool(get_service(request).uploads.delete, sha, caller.actor, reason)
+    if event is None:
+        raise InputError(404, "unknown_upload", f"no upload {sha} in the pool")
+    return {
+        "deleted": sha,
+        "seq": event["seq"],
+        "name": event["name"],
+        "source": event["source"],
+        "bytes": event["bytes"],
+        "actor": caller.actor,
+        "reason": reason,
+    }
+
+
+async def read_form(request: Request, settings: Settings, fields: tuple[str, ...] = FIELDS) -> FormData:
+    """The multipart form (at most one part per name in `fields` besides files); 413 as soon as the body passes
+    max_upload_bytes or max_upload_files. Shared with serving.routes.labeled."""
     ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if ctype != "multipart/form-data":
         raise InputError(
@@ -168,7 +430,7 @@ async def _read_form(request: Request, settings: Settings) -> FormData:
         request.headers,
         counted(),
         max_files=settings.limits.max_upload_files,
-        max_fields=len(FIELDS),
+        max_fields=len(fields),
         max_part_size=MAX_FIELD_BYTES,
     )
     try:
@@ -195,8 +457,8 @@ def _ingest(service: Any, form: FormData, actor: str) -> BatchReport:  # serving
     unknown = sorted(set(form.keys()) - set(FIELDS))
     if unknown:
         raise InputError(422, "unknown_field", f"unknown form field(s) {unknown}; expected {list(FIELDS)}")
-    files, archives = _file_parts(form, "files"), _file_parts(form, "archive")
-    boxes_text, source = _text_field(form, "boxes"), _text_field(form, "source")
+    files, archives = file_parts(form, "files"), file_parts(form, "archive")
+    boxes_text, source = text_field(form, "boxes"), text_field(form, "source")
     if not files and not archives:
         raise InputError(400, "no_files", "the request holds no images: send 'files' parts or one 'archive' part")
     if archives and (files or len(archives) > 1):
@@ -221,7 +483,7 @@ def _ingest(service: Any, form: FormData, actor: str) -> BatchReport:  # serving
     boxes = _boxes_per_file(boxes_text, names)
     _check_quota(store, sum(f.size or 0 for f in files), settings.limits.max_pool_bytes)
     items = (
-        (name, _read_part(part, settings.limits.max_image_bytes), box) for name, part, box in zip(names, files, boxes)
+        (name, read_part(part, settings.limits.max_image_bytes), box) for name, part, box in zip(names, files, boxes)
     )
     return store.add_many(items, source or "files", actor, **store_options)
 
@@ -267,13 +529,13 @@ def _boxes_per_file(text: str | None, names: list[str]) -> list[object]:
     return [doc.get(name) for name in names]
 
 
-def _read_part(part: UploadFile, limit: int) -> bytes | InputError:
+def read_part(part: UploadFile, limit: int) -> bytes | InputError:
     if part.size is not None and part.size > limit:
         return InputError(413, "image_too_large", f"image is {part.size} bytes, limit {limit} (max_image_bytes)")
     return part.file.read()
 
 
-def _file_parts(form: FormData, field: str) -> list[UploadFile]:
+def file_parts(form: FormData, field: str) -> list[UploadFile]:
     parts = form.getlist(field)
     files = [p for p in parts if isinstance(p, UploadFile)]
     if len(files) != len(parts):
@@ -281,7 +543,7 @@ def _file_parts(form: FormData, field: str) -> list[UploadFile]:
     return files
 
 
-def _text_field(form: FormData, field: str) -> str | None:
+def text_field(form: FormData, field: str) -> str | None:
     values = form.getlist(field)
     texts = [v for v in values if isinstance(v, str)]
     if len(values) > 1 or len(texts) != len(values):
