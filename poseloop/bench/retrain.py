@@ -68,10 +68,17 @@ def run_retrain_bench(
         "wall_minutes": round((time.time() - t0) / 60, 1),
         "uploads": uploads,
         "recipe": settings.retrain.recipe,
-        "teacher": Path(settings.retrain.teacher).name if settings.retrain.recipe == "distill" else None,
+        "teacher": _teacher_name(settings.retrain.teacher) if settings.retrain.recipe == "distill" else None,
         "result": done.result,
         "log": queue.jobs.logs(done.id)[-40:],
     }
+
+
+def _teacher_name(teacher: str) -> str:
+    """`self`, or the teacher file as <its folder>/<file> (artifacts/teachers/movenet-thunder/model.onnx →
+    movenet-thunder/model.onnx): enough to name it, no absolute server path."""
+    path = Path(teacher)
+    return teacher if teacher == "self" else f"{path.parent.name}/{path.name}"
 
 
 def write_section(record: dict[str, Any], out: Path, command: str) -> None:
