@@ -345,13 +345,14 @@ def _pseudo_labels(ctx: RetrainContext, config, plan: dict, checkpoint: Path) ->
     from training.data import build_splits
     from training.distill import FilterSpec, TTAConfig, build_teacher, label_pool
 
+    cache_root = ctx.settings.retrain.pseudo_label_dir or ctx.settings.loop.data_dir / "pseudo_labels"
+    cache_root.mkdir(parents=True, exist_ok=True)  # an unusable volume fails here, before a teacher pass
     schema = config.data.model_schema
     pool = _unlabeled_records(ctx, plan, schema)
     calibration = build_splits(config.data).train[:CALIBRATION_RECORDS]
     source = checkpoint if plan["teacher"] == SELF_TEACHER else Path(plan["teacher"])
     teacher = build_teacher(source, schema, TTAConfig(), torch.get_num_threads())
     spec = FilterSpec(precision=ctx.settings.retrain.distill_precision)
-    cache_root = ctx.settings.retrain.pseudo_label_dir or ctx.settings.loop.data_dir / "pseudo_labels"
     labels = label_pool(teacher, pool, cache_root, spec, calibration)
     counts = labels.provenance["counts"]
     if counts["persons_kept"] == 0:
