@@ -24,7 +24,7 @@ up: install
 
 # the whole suite: real datasets, Redis, Celery workers, uvicorn and tritonserver where present
 test: install
-	$(VENV)/bin/pytest -q
+	$(VENV)/bin/pytest -q --durations=20
 
 # unit tests only (no dataset, Redis, Triton or server processes): the inner dev loop, under 2 minutes
 test-fast: install
