@@ -208,12 +208,27 @@ def release(
 
 @app.command()
 def predict(
-    image: Path = typer.Argument(..., exists=True, dir_okay=False),
+    source: list[str] = typer.Argument(
+        ..., help="Image file, folder, glob pattern ('imgs/*.jpg', '**' spans folders) or video (.mp4/.avi/.mov/.mkv)."
+    ),
     box: list[str] = typer.Option(
-        [], "--box", "--boxes", help="Person box x,y,w,h in image pixels (repeatable); none = detect the people."
+        [],
+        "--box",
+        "--boxes",
+        help="Person box x,y,w,h in image pixels (repeatable; one image file only); none = detect the people.",
     ),
     model: Path | None = typer.Option(None, help="ONNX model (default: $POSELOOP_MODEL or the bundled one)."),
-    render: Path | None = typer.Option(None, help="Write a skeleton overlay PNG here (valid keypoints only)."),
+    render: Path | None = typer.Option(
+        None,
+        help="Skeleton overlays (valid keypoints only): the PNG file for one image; for several inputs or with "
+        "--out a folder of <name>.png (video frames <video>_<frame>.png), e.g. --out pred --render pred/renders.",
+    ),
+    out: Path | None = typer.Option(
+        None, help="Write DIR/results.json (COCO keypoint results) and DIR/images.json (image ids → files)."
+    ),
+    recursive: bool = typer.Option(False, "--recursive", "-r", help="A folder's subfolders too."),
+    every: int = typer.Option(1, min=1, help="Every Nth video frame (and Nth file of a folder or glob)."),
+    limit: int | None = typer.Option(None, min=1, help="At most M inputs (images or video frames)."),
     flip: bool | None = typer.Option(None, "--flip/--no-flip", help="Flip test (default: POSELOOP_FLIP_TEST)."),
     detector: str | None = typer.Option(
         None, help="Person detector ONNX (default: POSELOOP_DETECTOR_PATH, the bundled NanoDet); '' = whole image."
@@ -222,27 +237,50 @@ def predict(
     max_persons: int | None = typer.Option(None, help="Most detected persons posed, best first (default 20)."),
     kpt_threshold: float | None = typer.Option(None, help="Keypoints below it are `valid: false` (default 0.3)."),
 ):
-    """Print the /v1/pose JSON for the people in IMAGE (ONNX Runtime; no torch, no server). Without --box the
-    person detector finds them (`persons: []` when it finds nobody), as the API does."""
+    """The /v1/pose JSON for the people in SOURCE (ONNX Runtime; no torch, no server). Without --box the
+    person detector finds them (`persons: []` when it finds nobody), as the API does. One image file: its JSON;
+    several inputs: one JSON line each (progress on stderr); --out DIR: COCO results files instead. A bad image
+    among several is skipped with its reason (the count on stderr); the run goes on."""
     from core.inputs import InputError
-    from poseloop.workflows import predict_image
+    from poseloop import workflows
 
+    boxes = [_parse_box(b) for b in box]
     try:
-        result = predict_image(
-            image,
-            [_parse_box(b) for b in box],
+        sources = workflows.resolve_sources(source, recursive, every, limit)
+        if boxes and not sources.single_file:
+            raise workflows.SourceError("--box applies to one image file, not to a folder, glob, video or list")
+        if out is not None and out.exists() and not out.is_dir():
+            raise workflows.SourceError(f"--out {out} is a file, not a folder")
+        many = out is not None or not sources.single_file
+        if many and render is not None and render.suffix.lower() in workflows.IMAGE_SUFFIXES:
+            raise workflows.SourceError(f"--render {render}: overlays of several inputs or with --out go to a folder")
+        predictor = workflows.Predictor(
             model,
-            render,
             flip,
             detector=detector,
             det_threshold=det_threshold,
             max_persons=max_persons,
             kpt_threshold=kpt_threshold,
         )
+        if sources.single_file and out is None:
+            typer.echo(json.dumps(workflows.predict_file(predictor, Path(source[0]), boxes, render), indent=2))
+            return
+        summary = workflows.predict_many(sources, predictor, out, render, boxes or None, typer.echo)
     except InputError as err:
         typer.echo(f"error: {err.code}: {err.message}", err=True)
         raise typer.Exit(2) from None
-    typer.echo(json.dumps(result, indent=2))
+    except workflows.SourceError as err:
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(2) from None
+    if summary.skipped:
+        where = f"{out}/images.json" if out is not None else "the lines with `skipped`"
+        typer.echo(
+            f"skipped {len(summary.skipped)} of {len(summary.skipped) + summary.images} inputs: {where}", err=True
+        )
+    if out is not None:
+        typer.echo(
+            json.dumps({k: v for k, v in vars(summary).items() if k != "skipped"} | {"skipped": len(summary.skipped)})
+        )
 
 
 @app.command()
