@@ -34,7 +34,7 @@ from continual.coco_labels import LabeledPerson
 from continual.uploads import EXTENSIONS, safe_name
 from core.fileio import atomic_write_bytes, fsync_dir
 from core.inputs import ImageHeader
-from core.sqlite import open_wal
+from core.sqlite import open_wal, transaction
 
 GATE_PERCENT = 20  # share of images (by hash) whose persons form the gate part
 LABELED_RECORDS_FORMAT = "poseloop.labeled_records/1"  # read by training.data.load_labeled_records
@@ -218,13 +218,8 @@ class LabeledStore:
                 self.images_dir.mkdir(parents=True, exist_ok=True)
                 open_wal(self.db_path, _SCHEMA)
                 self._schema_ready = True
-        db = sqlite3.connect(self.db_path, timeout=30.0)
-        try:
-            db.execute("PRAGMA synchronous = FULL")
-            with db:
-                yield db
-        finally:
-            db.close()
+        with transaction(self.db_path) as db:
+            yield db
 
 
 def labeled_store(data_dir: Path) -> LabeledStore:

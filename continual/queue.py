@@ -28,7 +28,7 @@ from typing import Any
 
 from continual.jobs import ACTIVE_STATES, Job, JobNotFound, JobStore
 from continual.settings import Settings
-from core.sqlite import open_wal
+from core.sqlite import open_wal, transaction
 
 log = logging.getLogger("poseloop.queue")
 MODEL = "poseloop"
@@ -94,13 +94,8 @@ class Outbox:
 
     @contextmanager
     def _db(self) -> Iterator[sqlite3.Connection]:
-        db = sqlite3.connect(self.path, timeout=30.0)
-        try:
-            db.execute("PRAGMA synchronous = FULL")
-            with db:
-                yield db
-        finally:
-            db.close()
+        with transaction(self.path) as db:
+            yield db
 
     def put(self, key: str, task: str, args: list[Any], queue: str) -> None:
         with self._db() as db:

@@ -40,7 +40,7 @@ from typing import Literal
 
 from core.fileio import atomic_write_bytes, fsync_dir
 from core.inputs import InputError, PixelBudget, check_image, decode_image, parse_boxes
-from core.sqlite import open_wal
+from core.sqlite import open_wal, transaction
 
 EXTENSIONS = {"jpeg": "jpg", "png": "png", "webp": "webp", "bmp": "bmp"}
 _SCHEMA = """
@@ -472,13 +472,8 @@ class UploadStore:
     def _db(self) -> Iterator[sqlite3.Connection]:
         """A fresh connection, one transaction (committed on success), closed afterwards."""
         self._ensure_schema()
-        db = sqlite3.connect(self.db_path, timeout=30.0)
-        try:
-            db.execute("PRAGMA synchronous = FULL")
-            with db:
-                yield db
-        finally:
-            db.close()
+        with transaction(self.db_path) as db:
+            yield db
 
     def _ensure_schema(self) -> None:
         with self._schema_lock:

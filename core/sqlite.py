@@ -1,9 +1,12 @@
-"""SQLite set-up shared by the job table and the upload index (several processes of one machine)."""
+"""SQLite set-up shared by the loop's stores (job table, upload index, labeled store, outbox): several processes
+of one machine open the same files."""
 
 from __future__ import annotations
 
 import sqlite3
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 
@@ -28,3 +31,16 @@ def open_wal(path: Path, schema: str, timeout_s: float = 30.0) -> None:
         finally:
             db.close()
         time.sleep(0.01)
+
+
+@contextmanager
+def transaction(path: Path, timeout_s: float = 30.0) -> Iterator[sqlite3.Connection]:
+    """A fresh connection with durable commits (synchronous FULL), one transaction (committed on success, rolled
+    back on error), closed afterwards."""
+    db = sqlite3.connect(path, timeout=timeout_s)
+    try:
+        db.execute("PRAGMA synchronous = FULL")
+        with db:
+            yield db
+    finally:
+        db.close()
