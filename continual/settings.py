@@ -123,6 +123,13 @@ class InferenceSettings(_Section):
     max_persons: int = Field(20, ge=1, description="default most detected persons posed per image")
     kpt_threshold: float = Field(0.3, ge=0, le=1, description="default score below which a keypoint is not valid")
     flip_test: bool = Field(False, description="default flip test (mirrored crops too; about 2× pose compute)")
+    decode_min_side: int = Field(
+        800,
+        ge=0,
+        description="a JPEG whose long side is ≥ 2× this is decoded at 1/2, 1/4 or 1/8 (libjpeg DCT scaling) while "
+        "its long side stays ≥ this and every given box stays ≥ the model's crop size; keypoints are returned in "
+        "full-resolution pixels; 0 = always decode in full",
+    )
 
     @field_validator("detector_path", mode="before")
     @classmethod

@@ -1,4 +1,5 @@
-"""EXIF orientation for decoders that ignore it (OpenCV applies it to JPEG and PNG, not to WebP). No domain."""
+"""EXIF orientation: applied for decoders that ignore it (OpenCV applies it to JPEG and PNG, not to WebP), and read
+from a JPEG's header to know its displayed size before decoding. No domain."""
 
 from __future__ import annotations
 
@@ -36,6 +37,24 @@ def webp_orientation(data: bytes) -> int:
         if kind == b"EXIF":
             return _tiff_orientation(data[pos + 8 : pos + 8 + size])
         pos += 8 + size + (size & 1)  # chunks are padded to an even size
+    return 1
+
+
+def jpeg_orientation(data: bytes) -> int:
+    """The EXIF orientation tag (1–8) of a JPEG's APP1 segment; 1 when there is none or it cannot be read.
+    Only the segments before the first scan are read (EXIF must precede the image data)."""
+    pos, n = 2, len(data)
+    while pos + 4 <= n and data[pos] == 0xFF:
+        marker = data[pos + 1]
+        if marker == 0xFF:  # fill byte
+            pos += 1
+            continue
+        if marker == 0xDA:  # start of scan: no EXIF after this
+            break
+        (length,) = struct.unpack(">H", data[pos + 2 : pos + 4])
+        if marker == 0xE1 and data[pos + 4 : pos + 10] == b"Exif\x00\x00":
+            return _tiff_orientation(data[pos + 4 : pos + 2 + length])
+        pos += 2 + length
     return 1
 
 

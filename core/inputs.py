@@ -27,7 +27,7 @@ from typing import cast
 import cv2
 import numpy as np
 
-from core.exif import apply_orientation, webp_orientation
+from core.exif import apply_orientation, jpeg_orientation, webp_orientation
 
 MAX_COORDINATE = 1e6  # |x|, |y|, w, h of a box, pixels (keeps every derived number finite)
 # Smallest usable box side, pixels: a crop affine from a box of 1e-300 px (which passes `> 0`) divides by zero.
@@ -36,6 +36,7 @@ BOMB_MIN_PIXELS = 16_000_000  # the pixels-per-byte rule applies above this size
 BOMB_PIXELS_PER_BYTE = 256  # a JPEG photo has < 10, a flat black JPEG ~60, a 1-bit flat PNG ~8000
 MAX_IMAGE_ID = 2**63 - 1  # SQLite / COCO tools store ids as signed 64-bit integers
 _ASCII_INT = re.compile(r"[0-9]{1,19}")  # str.isdigit() also accepts "²" and "①", which int() refuses
+_JPEG_REDUCED = {2: cv2.IMREAD_REDUCED_COLOR_2, 4: cv2.IMREAD_REDUCED_COLOR_4, 8: cv2.IMREAD_REDUCED_COLOR_8}
 _JPEG_SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
 _JPEG_NEXT_MARKER = re.compile(rb"\xff[^\x00\xd0-\xd7]")  # a marker in entropy-coded data (not stuffing/RST)
 
@@ -111,34 +112,111 @@ def check_image(data: bytes, max_pixels: int) -> ImageHeader:
     return header
 
 
-def decode_image(data: bytes, max_pixels: int, header: ImageHeader | None = None) -> np.ndarray:
+def decode_image(data: bytes, max_pixels: int, header: ImageHeader | None = None, reduction: int = 1) -> np.ndarray:
     """Encoded bytes → H×W×3 RGB uint8; 413 if width × height > max_pixels (decided before decoding).
 
-    `header`: the result of check_image(data, max_pixels) when the caller already has it."""
+    `header`: the result of check_image(data, max_pixels) when the caller already has it. `reduction` 2, 4 or 8
+    decodes a JPEG at that fraction of its size by libjpeg's DCT scaling (⌈W/f⌉ × ⌈H/f⌉, several times faster
+    than a full decode); see reduction_for."""
     header = header or check_image(data, max_pixels)
-    bgr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    if reduction != 1 and (header.format != "jpeg" or reduction not in _JPEG_REDUCED):
+        raise ValueError(f"reduced decoding is for JPEG at 1/2, 1/4 or 1/8, not {header.format} at 1/{reduction}")
+    bgr = cv2.imdecode(np.frombuffer(data, np.uint8), _JPEG_REDUCED.get(reduction, cv2.IMREAD_COLOR))
     if bgr is None or bgr.ndim != 3 or bgr.shape[2] != 3 or bgr.size == 0:
         raise InputError(400, "undecodable_image", f"the {header.format} image could not be decoded (corrupt data)")
-    if sorted(bgr.shape[:2]) != sorted((header.height, header.width)):
+    expected = (-(-header.height // reduction), -(-header.width // reduction))
+    if sorted(bgr.shape[:2]) != sorted(expected):
         raise InputError(
             400,
             "invalid_image",
-            f"{header.format} decoded to {bgr.shape[1]}×{bgr.shape[0]}, header says {header.width}×{header.height}",
+            f"{header.format} decoded to {bgr.shape[1]}×{bgr.shape[0]} at 1/{reduction}, header says "
+            f"{header.width}×{header.height}",
         )
     if header.format == "webp":
         bgr = apply_orientation(bgr, webp_orientation(data))
     return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
 
 
+def displayed_size(data: bytes, header: ImageHeader) -> tuple[int, int]:
+    """(W, H) of the image as decoded, i.e. after EXIF orientation (a JPEG tagged 5–8 is displayed transposed)."""
+    if header.format == "jpeg" and jpeg_orientation(data) >= 5:
+        return header.height, header.width
+    return header.width, header.height
+
+
+def reduction_for(
+    header: ImageHeader, size: tuple[int, int], boxes: np.ndarray | None, min_side: int, min_box: tuple[int, int]
+) -> int:
+    """The largest JPEG decode reduction f ∈ {1, 2, 4, 8} that keeps what the pipeline needs: the long side
+    ≥ `min_side` pixels (the detector's input and the crops of the people it finds), and every given box at
+    least `min_box` = (w, h) pixels (the model's crop size, so no crop is upsampled from fewer pixels than it
+    has). `size` = displayed (W, H); min_side 0 = always 1 (full decode); other formats are always decoded whole."""
+    if header.format != "jpeg" or min_side <= 0:
+        return 1
+    for f in (8, 4, 2):
+        if -(-max(size) // f) < min_side:
+            continue
+        if (
+            boxes is not None
+            and len(boxes)
+            and (np.min(boxes[:, 2]) / f < min_box[0] or np.min(boxes[:, 3]) / f < min_box[1])
+        ):
+            continue
+        return f
+    return 1
+
+
+@dataclass(frozen=True)
+class DecodedInput:
+    """A request's image as decoded (at 1/`reduction` of its displayed size for a large JPEG), its boxes in that
+    image's pixels (None = not given), and the displayed size the results are mapped back to."""
+
+    image: np.ndarray
+    boxes: np.ndarray | None
+    size: tuple[int, int]  # (W, H) displayed, full resolution
+    reduction: int = 1
+
+    @property
+    def scale(self) -> tuple[float, float]:
+        """(sx, sy): full-resolution pixels per decoded pixel, along x and y."""
+        h, w = self.image.shape[:2]
+        return self.size[0] / w, self.size[1] / h
+
+
 def decode_pose_input(
-    pose_input: PoseInput, max_pixels: int, max_boxes: int, header: ImageHeader | None = None
-) -> tuple[np.ndarray, np.ndarray | None]:
-    """(RGB image, boxes or None) from a PoseInput; InputError for anything wrong."""
-    image = decode_image(pose_input.data, max_pixels, header)
-    h, w = image.shape[:2]
+    pose_input: PoseInput,
+    max_pixels: int,
+    max_boxes: int,
+    header: ImageHeader | None = None,
+    *,
+    min_side: int = 0,
+    min_box: tuple[int, int] = (0, 0),
+) -> DecodedInput:
+    """The decoded image and checked boxes of a PoseInput; InputError for anything wrong. Boxes are checked
+    against the displayed full-resolution size; when a large JPEG is decoded reduced (reduction_for with
+    `min_side`, `min_box`) they are mapped into the reduced image (pixel centres: x' = (x + 0.5) / s - 0.5)."""
+    header = header or check_image(pose_input.data, max_pixels)
+    size = displayed_size(pose_input.data, header)
+    boxes = _pose_boxes(pose_input, size, max_boxes)
+    reduction = reduction_for(header, size, boxes, min_side, min_box)
+    image = decode_image(pose_input.data, max_pixels, header, reduction)
+    if image.shape[1::-1] != (-(-size[0] // reduction), -(-size[1] // reduction)):
+        size = size[::-1]  # the decoder read the orientation differently (e.g. a second EXIF segment): trust it
+        boxes = _pose_boxes(pose_input, size, max_boxes)
+    decoded = DecodedInput(image, boxes, size, reduction)
+    if boxes is None or reduction == 1:
+        return decoded
+    sx, sy = decoded.scale
+    scaled = np.column_stack(
+        [(boxes[:, 0] + 0.5) / sx - 0.5, (boxes[:, 1] + 0.5) / sy - 0.5, boxes[:, 2] / sx, boxes[:, 3] / sy]
+    )
+    return DecodedInput(image, scaled, size, reduction)
+
+
+def _pose_boxes(pose_input: PoseInput, size: tuple[int, int], max_boxes: int) -> np.ndarray | None:
     if pose_input.boxes_text:  # then `boxes` is the raw text (or None), see PoseInput
-        return image, parse_boxes_text(cast("str | None", pose_input.boxes), w, h, max_boxes)
-    return image, parse_boxes(pose_input.boxes, w, h, max_boxes)
+        return parse_boxes_text(cast("str | None", pose_input.boxes), size[0], size[1], max_boxes)
+    return parse_boxes(pose_input.boxes, size[0], size[1], max_boxes)
 
 
 class PixelBudget:

@@ -110,9 +110,9 @@ def letterbox(image: np.ndarray, side: int) -> tuple[np.ndarray, Letterbox]:
 
 def detector_input(image_rgb: np.ndarray, spec: DetectorSpec = NANODET_G_416) -> tuple[np.ndarray, Letterbox]:
     """H×W×3 RGB uint8 → ((1, 3, S, S) float32 BGR normalised network input, its Letterbox)."""
-    canvas, box = letterbox(np.ascontiguousarray(image_rgb[..., ::-1]), spec.input_size)  # RGB → BGR
+    canvas, box = letterbox(image_rgb, spec.input_size)  # resized per channel, so RGB → BGR after (S² pixels, not H×W)
     mean, std = np.asarray(spec.mean_bgr, np.float32), np.asarray(spec.std_bgr, np.float32)
-    x = ((canvas.astype(np.float32) - mean) / std).transpose(2, 0, 1)[None]
+    x = ((canvas[..., ::-1].astype(np.float32) - mean) / std).transpose(2, 0, 1)[None]
     return np.ascontiguousarray(x), box
 
 

@@ -194,7 +194,7 @@ class Predictor:
         prepared = pipeline.prepare(rgb, checked, pipeline_options(self.applied))
         poses = pipeline.decode(self.backend.infer(prepared.crops), prepared) if prepared.persons else []
         result = to_json(poses, self.backend.metadata.version, self.applied.kpt_threshold, (width, height))
-        result["image"] = {"width": width, "height": height, "id": None}
+        result["image"] = {"width": width, "height": height, "id": None, "decoded_scale": 1.0}  # decoded in full
         result["boxes_from"] = prepared.source
         result["options"] = self.applied.model_dump()
         return result, poses

@@ -15,7 +15,7 @@ import math
 import threading
 import time
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 import cv2
@@ -53,17 +53,15 @@ READY_CACHE_S = 1.0
 
 @dataclass(frozen=True)
 class PoseOutcome:
+    """One request's result; poses in full-resolution pixels of the displayed image, whatever `reduction` the
+    image was decoded at (1 = full; large JPEGs: 2, 4 or 8, see core.inputs.reduction_for)."""
+
     result: PoseResult
-    image: np.ndarray  # the decoded RGB image
+    image: np.ndarray  # the decoded RGB image (1/reduction of width × height)
     timing_ms: dict[str, float]
-
-    @property
-    def width(self) -> int:
-        return self.image.shape[1]
-
-    @property
-    def height(self) -> int:
-        return self.image.shape[0]
+    width: int
+    height: int
+    reduction: int = 1
 
 
 class Service:
@@ -111,10 +109,16 @@ class Service:
             self._poller.join(5)
         self.batcher.close()
 
-    async def predict(self, pose_input: PoseInput, options: PoseOptions | None = None) -> PoseOutcome:
-        """Decode, validate, batch and infer one request (image memory is held against the pixel budget)."""
+    async def predict(
+        self, pose_input: PoseInput, options: PoseOptions | None = None, *, reduce: bool = True
+    ) -> PoseOutcome:
+        """Decode, validate, batch and infer one request (image memory is held against the pixel budget).
+
+        reduce: decode a large JPEG only at the resolution the detector and the crops need
+        (`inference.decode_min_side`); False = always the full image (renders)."""
         start = time.perf_counter()
         settings = self.settings
+        min_side = settings.inference.decode_min_side if reduce else 0
 
         def prepare():  # in a worker thread: header checks, decoding and cropping are CPU work
             with self.batcher.expecting():
@@ -125,19 +129,25 @@ class Service:
                 except TimeoutError as err:
                     raise Overloaded(f"too many large images in flight: {err}") from None
                 try:
-                    image, boxes = decode_pose_input(
-                        pose_input, settings.limits.max_pixels, settings.limits.max_boxes, header
+                    crop = self.manager.active().pipeline.codec.input_size
+                    decoded = decode_pose_input(
+                        pose_input,
+                        settings.limits.max_pixels,
+                        settings.limits.max_boxes,
+                        header,
+                        min_side=min_side,
+                        min_box=(crop.w, crop.h),
                     )
-                    decoded = time.perf_counter()
-                    future = self.batcher.submit(image, boxes, options)
+                    decoded_at = time.perf_counter()
+                    future = self.batcher.submit(decoded.image, decoded.boxes, options)
                 except BaseException:
                     self.pixel_budget.release(pixels)
                     raise
                 # released when the batch is done with the image, whatever happens to this request
                 future.add_done_callback(lambda _f: self.pixel_budget.release(pixels))
-                return image, future, decoded
+                return decoded, future, decoded_at
 
-        image, future, decoded = await run_in_threadpool(prepare)
+        decoded, future, decoded_at = await run_in_threadpool(prepare)
         try:
             result: PoseResult = await asyncio.wait_for(asyncio.wrap_future(future), settings.api.request_timeout_s)
         except TimeoutError:
@@ -146,18 +156,23 @@ class Service:
         total = (time.perf_counter() - start) * 1e3
         timing = {
             "total": total,
-            "decode": (decoded - start) * 1e3,
+            "decode": (decoded_at - start) * 1e3,
             "queue": result.queue_ms,
             "inference": result.infer_ms,
             "batch_crops": result.batch_crops,
         }
-        return PoseOutcome(result, image, {k: round(v, 3) for k, v in timing.items()})
+        if decoded.reduction != 1:
+            sx, sy = decoded.scale
+            result = replace(result, poses=[pose.rescaled(sx, sy) for pose in result.poses])
+        timing = {k: round(v, 3) for k, v in timing.items()}
+        width, height = decoded.size
+        return PoseOutcome(result, decoded.image, timing, width, height, decoded.reduction)
 
     async def render(
         self, pose_input: PoseInput, options: PoseOptions | None = None, kpt_threshold: float = 0.0
     ) -> tuple[bytes, str]:
         """PNG overlay of the request's poses; only `valid` keypoints (score ≥ kpt_threshold, in the image)."""
-        outcome = await self.predict(pose_input, options)
+        outcome = await self.predict(pose_input, options, reduce=False)
 
         def draw() -> bytes:
             skeleton = outcome.result.metadata.schema.skeleton

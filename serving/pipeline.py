@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal
 
@@ -36,6 +36,14 @@ class PersonPose:
     keypoint_scores: np.ndarray
     names: tuple[str, ...]
     det_score: float | None = None
+
+    def rescaled(self, sx: float, sy: float) -> PersonPose:
+        """This pose in an image `sx` × `sy` times larger (pixel centres kept: x = (x' + 0.5) · sx - 0.5), e.g.
+        back from a reduced JPEG decode to the full-resolution image."""
+        x, y, w, h = self.box
+        points = (np.asarray(self.keypoints, np.float64) + 0.5) * (sx, sy) - 0.5
+        box = ((x + 0.5) * sx - 0.5, (y + 0.5) * sy - 0.5, w * sx, h * sy)
+        return replace(self, box=box, keypoints=points)
 
 
 @dataclass(frozen=True)

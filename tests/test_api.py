@@ -108,7 +108,7 @@ def test_pose_json_matches_local_pipeline(live, client, models_dir) -> None:
     assert r.status_code == 200, r.text
     doc = r.json()
     assert r.headers["x-model-version"] == doc["model_version"] == "1"
-    assert doc["image"] == {"width": 160, "height": 120, "id": None}
+    assert doc["image"] == {"width": 160, "height": 120, "id": None, "decoded_scale": 1.0}
     assert set(doc["timing_ms"]) >= {"total", "decode", "queue", "inference"}
     expected = local_poses(models_dir["a"], IMAGE, BOXES)
     assert len(doc["persons"]) == 2

@@ -102,7 +102,7 @@ def test_predict_detects_people_like_the_api(tmp_path, monkeypatch):
     assert 0.35 <= person["det_score"] <= 1 and person["box"][2] > 10 and person["box"][3] > 10
     assert found["options"] == {"max_persons": 20, "det_threshold": 0.35, "kpt_threshold": 0.3, "flip": False}
     height, width = cv2.imread(str(photo)).shape[:2]
-    assert found["image"] == {"width": width, "height": height, "id": None}
+    assert found["image"] == {"width": width, "height": height, "id": None, "decoded_scale": 1.0}
 
     flat = tmp_path / "flat.png"
     cv2.imwrite(str(flat), np.full((240, 320, 3), 128, np.uint8))

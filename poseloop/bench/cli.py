@@ -198,3 +198,28 @@ def bench_isolation(
     result = run_isolation_bench(seconds, threads)
     write_section(result, out, " ".join(["poseloop", *sys.argv[1:]]))
     typer.echo(json.dumps(result["p50_ratio"], indent=2))
+
+
+@bench_app.command("decode")
+def bench_decode(
+    images: int = typer.Option(40, min=1, max=200, help="LSP val photos (im0801–) enlarged to each size."),
+    model: Path | None = typer.Option(None, exists=True, help="Pose ONNX (default: the bundled model)."),
+    threads: int = typer.Option(2, help="ONNX Runtime intra-op threads (pose model and detector)."),
+    repeat: int = typer.Option(5, min=1, help="Timed runs per photo (median)."),
+    out: Path = typer.Option(Path("docs/benchmarks.md")),
+    results: Path = typer.Option(Path("docs/results/decode.json")),
+):
+    """1920×1080 and 4000×3000 JPEGs: reduced vs full decode, ms and PCK, detector + pose as /v1/pose."""
+    from core.fileio import atomic_write_bytes
+    from poseloop.bench.decode import run_decode_bench, write_section
+    from poseloop.workflows import default_model_path
+    from training.datasets import default_data_root, lsp_split
+
+    chosen = model or default_model_path()
+    if chosen is None:
+        raise typer.BadParameter("no bundled model; pass --model")
+    record = run_decode_bench(lsp_split(default_data_root(), "val")[:images], Path(chosen), threads, repeat)
+    atomic_write_bytes(results, json.dumps(record, indent=2).encode())
+    write_section(record, out, " ".join(["poseloop", *sys.argv[1:]]))
+    for row in record["rows"]:
+        typer.echo(json.dumps({k: row[k] for k in ("size", "decode_speedup", "total_speedup", "pck_delta")}))

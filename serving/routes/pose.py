@@ -76,9 +76,14 @@ class Person(BaseModel):
 
 
 class ImageInfo(BaseModel):
-    width: int
+    width: int = Field(..., description="displayed width (after EXIF orientation); keypoints are in these pixels")
     height: int
     id: int | None
+    decoded_scale: float = Field(
+        1.0,
+        description="the resolution the image was decoded at: 1 = full, 1/2, 1/4, 1/8 = a large JPEG decoded only "
+        "as large as the detector and the crops need (inference.decode_min_side); keypoints are still full-size",
+    )
 
 
 class AppliedOptions(BaseModel):
@@ -179,7 +184,12 @@ async def pose(
     if format == "coco":
         return service.json_response(to_coco(outcome.result.poses, pose_input.image_id), headers)
     doc = to_json(outcome.result.poses, outcome.result.version, applied.kpt_threshold, (outcome.width, outcome.height))
-    doc["image"] = {"width": outcome.width, "height": outcome.height, "id": pose_input.image_id}
+    doc["image"] = {
+        "width": outcome.width,
+        "height": outcome.height,
+        "id": pose_input.image_id,
+        "decoded_scale": 1 / outcome.reduction,
+    }
     doc["boxes_from"] = outcome.result.source
     doc["options"] = applied.model_dump()
     doc["timing_ms"] = {**outcome.timing_ms, "detect": round(outcome.result.detect_ms, 3)}
