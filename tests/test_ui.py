@@ -283,6 +283,51 @@ def test_pool_and_audit_log_pages(page, live) -> None:
     screenshot(page, "events")
 
 
+def test_pool_gallery_shows_thumbnails_and_deletes_an_upload(page, live) -> None:
+    """The latest uploads as tiles, newest first: an ingest-checked one with its thumbnail (fetched with the
+    token: the route needs it) and its figures; Delete (after a confirm) removes it from the pool for good."""
+    from continual.uploads import UploadStore
+
+    image = sample_image(7, (120, 90))
+    answer = httpx.post(
+        live["base"] + "/v1/unlabeled",
+        files=[("files", ("gallery.png", encode(image), "image/png"))],
+        data={"source": "gallery-test"},
+        headers=auth(UPLOAD),
+    )
+    assert answer.status_code == 200, answer.text
+    store = UploadStore(live["data_dir"] / "uploads")
+    item = max(store.items(0, 100), key=lambda i: i["seq"])
+    thumb = store.thumbnail_path(item["sha256"])
+    thumb.parent.mkdir(parents=True, exist_ok=True)
+    thumb.write_bytes(cv2.imencode(".jpg", np.full((60, 80, 3), (40, 200, 40), np.uint8))[1].tobytes())
+    store.record_check(item["sha256"], thumb, "2", 0.731, 1)  # as the worker's ingest check records it
+    sign_in(page, live["base"])
+    page.click("#nav a[data-page=pool]")
+    page.wait_for_selector("body[data-loaded=pool]")
+    tiles = page.locator("#pool-gallery figure.tile")
+    expect(tiles).to_have_count(store.count_since(0))
+    newest = tiles.first
+    assert newest.get_attribute("data-seq") == str(item["seq"])
+    caption = newest.locator("figcaption").inner_text()
+    assert "gallery-test" in caption and "checked" in caption and "conf 0.73" in caption and "1 person" in caption
+    page.wait_for_function("() => document.querySelector('#pool-gallery figure.tile img')?.naturalWidth === 80")
+    green = page.evaluate(
+        """() => { const img = document.querySelector('#pool-gallery figure.tile img');
+        const c = document.createElement('canvas'); c.width = img.naturalWidth; c.height = img.naturalHeight;
+        const g = c.getContext('2d'); g.drawImage(img, 0, 0); return Array.from(g.getImageData(40, 30, 1, 1).data); }"""
+    )
+    assert green[1] > 150 and green[0] < 100  # the stored thumbnail's pixels, not a placeholder
+    assert tiles.nth(1).locator(".no-thumb").inner_text() == "not checked yet"  # no ingest check ran on these
+    screenshot(page, "pool-gallery")
+    newest.locator("button.danger").click()  # the page fixture accepts the confirm dialog
+    expect(page.locator("#pool-gallery figure.tile")).to_have_count(store.count_since(0))
+    expect(page.locator(f"#pool-gallery figure.tile[data-seq='{item['seq']}']")).to_have_count(0)
+    assert store.get(item["sha256"]) is None
+    gone = httpx.get(f"{live['base']}/v1/unlabeled/{item['sha256']}/thumbnail", headers=auth(OPS))
+    assert gone.status_code == 404
+
+
 def test_try_it_draws_the_skeleton_over_an_lsp_image(page, live) -> None:
     if not LSP_IMAGE.exists():
         pytest.skip(f"{LSP_IMAGE} not found (../shared/datasets)")

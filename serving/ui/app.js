@@ -314,6 +314,60 @@
         keys.map((k) => el('td', { text: k.endsWith('bytes') ? bytes(row[k]) : dash(row[k]) }))))));
   }
 
+  const GALLERY_SIZE = 24;
+  const thumbnails = new Map(); // sha256 → object URL of its thumbnail (fetched once, with the token)
+  let galleryKey = '';
+
+  async function thumbnailUrl(sha) {
+    if (!thumbnails.has(sha)) {
+      const response = await fetch(ROOT + 'v1/unlabeled/' + sha + '/thumbnail', {
+        headers: { Authorization: 'Bearer ' + sessionStorage.getItem(TOKEN_KEY) },
+      });
+      if (!response.ok) throw new ApiError(response.status, 'thumbnail', 'thumbnail ' + response.status);
+      thumbnails.set(sha, URL.createObjectURL(await response.blob()));
+    }
+    return thumbnails.get(sha);
+  }
+
+  function galleryTile(item) {
+    const placeholder = (text) => el('div', { class: 'no-thumb', text });
+    let image;
+    if (item.has_thumbnail) {
+      image = el('img', { alt: item.name || item.sha256.slice(0, 12) });
+      thumbnailUrl(item.sha256).then((url) => { image.src = url; }, () => image.replaceWith(placeholder('thumbnail unavailable')));
+    } else {
+      image = placeholder(item.check === 'pending' ? 'not checked yet' : 'no thumbnail');
+    }
+    const remove = el('button', { class: 'danger small', text: 'Delete', 'data-sha': item.sha256 });
+    remove.addEventListener('click', async () => {
+      if (!window.confirm(`Delete upload #${item.seq} (${item.name || item.sha256.slice(0, 12)}) from the pool for good?`)) return;
+      remove.disabled = true;
+      try {
+        const doc = await api('v1/unlabeled/' + item.sha256 + '?reason=' + encodeURIComponent('ops console'), { method: 'DELETE' });
+        toast(`deleted upload #${doc.seq}`);
+      } catch (err) {
+        toast(err.message, true);
+      } finally {
+        await refresh();
+      }
+    });
+    const facts = [`#${item.seq}`, item.source || 'no source', item.check];
+    if (item.teacher_confidence !== null) facts.push('conf ' + num(item.teacher_confidence, 2));
+    if (item.persons !== null) facts.push(item.persons + (item.persons === 1 ? ' person' : ' persons'));
+    return el('figure', { class: 'tile' + (item.check === 'quarantined' ? ' quarantined' : ''), 'data-seq': item.seq },
+      image, el('figcaption', { text: facts.join(' · '), title: item.quarantine_reason || item.name || '' }), remove);
+  }
+
+  async function loadGallery(maxSeq) {
+    const page = await api(`v1/unlabeled/items?after_seq=${Math.max(0, maxSeq - GALLERY_SIZE)}&limit=${GALLERY_SIZE}`);
+    const items = page.items.slice().reverse(); // newest first
+    const key = items.map((i) => i.sha256 + i.check).join();
+    if (key === galleryKey) return; // unchanged since the last poll: keep the tiles (no flicker, no refetch)
+    galleryKey = key;
+    $('#pool-gallery').replaceChildren(...(items.length ? items.map(galleryTile)
+      : [el('p', { class: 'muted', text: 'The pool is empty: POST /v1/unlabeled (or `poseloop upload`) adds images.' })]));
+  }
+
   async function loadPool() {
     const stats = await api('v1/unlabeled/stats');
     const scalar = Object.entries(stats).filter(([, v]) => v === null || typeof v !== 'object');
@@ -324,6 +378,7 @@
     $('#pool-sources').replaceChildren(sources && Object.keys(sources).length
       ? sourceTable(sources)
       : el('p', { class: 'muted', text: 'This server does not report per-source figures (GET /v1/unlabeled/stats).' }));
+    await loadGallery(stats.max_seq || 0);
   }
 
   // ------------------------------------------------------------------ audit log
