@@ -175,7 +175,13 @@ def _stages(ctx: RetrainContext, job: Job, reporter: Reporter, chunk_steps: int 
         if trained is None:
             return None
         result["training"] = trained
-        reporter.beat(result={"training": trained}, log_line=f"trained: {trained}", stage="register", force=True)
+        reporter.beat(
+            result={"training": trained},
+            log_line=f"trained: {trained}",
+            stage="register",
+            force=True,
+            step=trained["steps"],  # the last step run, logged or not
+        )
         result["candidate_metric"] = _score(Path(trained["run_dir"]) / "best.pt", config, plan)
         reporter.beat(
             result={"candidate_metric": result["candidate_metric"]},
@@ -434,7 +440,9 @@ def _train(
         ).summary()
     stopped = out["stopped"]
     if stopped is None and out["steps"] < config.optim.iterations:
-        reporter.beat(log_line=f"checkpointed at step {out['steps']}; continuing in the next chunk", force=True)
+        reporter.beat(
+            log_line=f"checkpointed at step {out['steps']}; continuing in the next chunk", force=True, step=out["steps"]
+        )
         return None
     return {
         "run_dir": out["run_dir"],

@@ -217,6 +217,13 @@ class LoopSettings(_Section):
     visibility_timeout_s: float = Field(
         1800.0, gt=0, description="Redis redelivers an unacked task after this; must exceed one chunk"
     )
+    worker_metrics_port: int = Field(
+        9101,
+        ge=0,
+        le=65535,
+        description="each training worker serves its own Prometheus /metrics here (chunk times, steps/s, busy, "
+        "ingest checks, process); 0 = off; a second worker on the same machine finds it taken and logs it",
+    )
     orphan_after_s: float = Field(600.0, ge=0, description="scheduler re-sends a job queued this long unclaimed")
 
 

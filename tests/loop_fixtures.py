@@ -61,6 +61,7 @@ TEST_TEACHER = REPO / "artifacts" / "teachers" / "movenet-thunder" / "model.onnx
 
 def loop_settings(root: Path, **overrides):
     overrides.setdefault("retrain_teacher", str(TEST_TEACHER))
+    overrides.setdefault("worker_metrics_port", 0)  # in-process workers of many tests: no fixed port
     return load_settings(registry_dir=root / "registry", data_dir=root / "data", dev=True, job_lease_s=30, **overrides)
 
 

@@ -127,6 +127,7 @@ def loop_env(root: Path, broker_url: str, **extra: str) -> dict[str, str]:
         "POSELOOP_RETRAIN_CHUNK_STEPS": "3",
         "POSELOOP_RETRAIN_MIN_NEW_IMAGES": "100000",
         "POSELOOP_ORPHAN_AFTER_S": "0",
+        "POSELOOP_WORKER_METRICS_PORT": "0",  # a test that scrapes a worker gives it a free port
         "OMP_NUM_THREADS": "1",
     }
     env.update(extra)

@@ -12,7 +12,7 @@ from continual.settings import load_settings
 from continual.uploads import UploadStore
 from tests.loop_fixtures import RETRAIN_OVERRIDES, install_active, lspet_images, upload_lspet
 from tests.redis_fixtures import CeleryWorker, loop_env, wait_for
-from tests.serving_fixtures import auth, process_server
+from tests.serving_fixtures import auth, free_port, process_server
 
 pytestmark = pytest.mark.slow
 
@@ -28,8 +28,8 @@ def stack(tmp_path, small_model, redis_server, data_root, monkeypatch):
     upload_lspet(uploads, data_root, 12)
     workers: list[CeleryWorker] = []
 
-    def start_worker() -> CeleryWorker:
-        workers.append(CeleryWorker(env, tmp_path / "worker.log").start())
+    def start_worker(**extra_env: str) -> CeleryWorker:
+        workers.append(CeleryWorker({**env, **extra_env}, tmp_path / "worker.log").start())
         return workers[-1]
 
     yield settings, registry, uploads, JobQueue(settings), start_worker, env
@@ -104,7 +104,8 @@ def test_end_to_end_upload_retrain_gate_hot_swap_over_http(stack, data_root, tmp
         "o" * 20: {"roles": ["ops"], "name": "ops"},
         "i" * 20: {"roles": ["infer"], "name": "client"},
     }
-    start_worker()
+    metrics_port = free_port()
+    start_worker(POSELOOP_WORKER_METRICS_PORT=str(metrics_port))
     with process_server({**env, "POSELOOP_TOKENS": json.dumps(tokens), "POSELOOP_REGISTRY_POLL_S": "0.5"}) as (base, _):
         files = [("files", (p.name, p.read_bytes(), "image/jpeg")) for p in lspet_images(data_root, 16)[12:]]
         up = httpx.post(f"{base}/v1/unlabeled", files=files, headers=auth("u" * 20), timeout=60)
@@ -145,3 +146,25 @@ def test_end_to_end_upload_retrain_gate_hot_swap_over_http(stack, data_root, tmp
             "ingest checks",
         )
         assert 0 < stats["mean_teacher_confidence"] <= 1.5
+    # the worker's own /metrics: two chunks (3 + 1 of the 4 steps), the job it finished, the 16 ingest checks
+    series = worker_series(metrics_port)
+    assert series[("poseloop_worker_job_chunks_total", (("outcome", "paused"),))] >= 1
+    assert series[("poseloop_worker_job_chunks_total", (("outcome", "finished"),))] == 1
+    assert series[("poseloop_worker_jobs_finished_total", (("state", "succeeded"),))] == 1
+    assert series[("poseloop_worker_train_steps_total", ())] == 4
+    assert series[("poseloop_worker_ingest_checked_total", ())] == 16
+    assert series[("poseloop_worker_busy", ())] == 0 and series[("process_cpu_seconds_total", ())] > 0
+    assert not any(name.endswith("_created") for name, _ in series)
+
+
+def worker_series(port: int) -> dict[tuple[str, tuple], float]:
+    """{(sample name, sorted labels): value} of a worker's /metrics (the info series keyed without labels)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
+    series = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            labels = () if sample.name.endswith("_info") else tuple(sorted(sample.labels.items()))
+            series[(sample.name, labels)] = sample.value
+    return series

@@ -13,10 +13,11 @@ import threading
 import time
 
 from continual.queue import JobQueue
-from continual.runner import context, work_once, worker_name
+from continual.runner import context, worker_name
 from continual.schedule import tick
 from continual.settings import Settings
 from poseloop.worker.checks import check_pending
+from poseloop.worker.metrics import WorkerMetrics
 
 log = logging.getLogger("poseloop.worker")
 
@@ -25,6 +26,8 @@ def run_embedded_worker(settings: Settings, stop: threading.Event | None = None,
     stop = stop or threading.Event()
     ctx = context(settings, worker_name("embedded"))
     queue = JobQueue(settings)
+    metrics = WorkerMetrics()
+    metrics.serve(settings.loop.worker_metrics_port)
     try:
         ctx.uploads.sweep()  # temp files and unindexed images a killed process left behind (logged)
     except Exception:
@@ -40,6 +43,6 @@ def run_embedded_worker(settings: Settings, stop: threading.Event | None = None,
                     log.info("scheduler: %s → job %s", decision["retrain"], decision["job"])
             except Exception:
                 log.exception("scheduler tick failed")
-        outcome, _ = work_once(ctx)
-        if outcome == "idle" and check_pending(ctx.uploads, ctx.registry) == 0:
+        outcome, _ = metrics.work_once(ctx)
+        if outcome == "idle" and metrics.ingest(lambda: check_pending(ctx.uploads, ctx.registry)) == 0:
             stop.wait(settings.loop.worker_poll_s)

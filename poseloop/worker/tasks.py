@@ -15,23 +15,28 @@ from celery.signals import worker_init, worker_ready
 
 from continual.jobs import ACTIVE_STATES
 from continual.queue import INGEST_TASK, RETRAIN_TASK, SCHEDULE_TASK, JobQueue, celery_app
-from continual.runner import context, work_once, worker_name
+from continual.runner import context, worker_name
 from continual.schedule import tick
 from continual.settings import load_settings
 from continual.uploads import UploadStore
 from models.registry import ModelRegistry
 from poseloop.worker.checks import check_pending
 from poseloop.worker.isolation import isolate
+from poseloop.worker.metrics import WorkerMetrics
 
 settings = load_settings()
 app = celery_app(settings)
 log = logging.getLogger("poseloop.worker")
+metrics = WorkerMetrics()
 
 
 @worker_init.connect
 def _isolate(**_kwargs) -> None:
-    """Lower priority, fewer threads, off the API's core — before the pool starts, so its processes inherit it."""
-    isolate(settings)
+    """Lower priority, fewer threads, off the API's core — before the pool starts, so its processes inherit it;
+    then the worker's own /metrics (solo pool: the tasks run in this process)."""
+    chosen = isolate(settings)
+    metrics.describe(worker_name("celery"), chosen.nice, chosen.threads, chosen.cpus)
+    metrics.serve(settings.loop.worker_metrics_port)
 
 
 @worker_ready.connect
@@ -46,7 +51,7 @@ def _sweep_uploads(**_kwargs) -> None:
 @app.task(name=RETRAIN_TASK, acks_late=True, reject_on_worker_lost=True)
 def retrain(job_id: str) -> dict:
     ctx = context(settings, worker_name("celery"))
-    outcome, job = work_once(ctx, job_id, settings.retrain.chunk_steps)
+    outcome, job = metrics.work_once(ctx, job_id, settings.retrain.chunk_steps)
     if outcome == "paused":
         JobQueue(settings).dispatch(job_id)  # next chunk; the message is acked only after this returns
     elif outcome == "idle" and ctx.jobs.get(job_id).state in ACTIVE_STATES:
@@ -68,7 +73,7 @@ def ingest_check() -> dict:
     store = UploadStore(settings.loop.data_dir / "uploads")
     registry = ModelRegistry(settings.registry.dir, settings.registry.keep_versions)
     checked = 0
-    while (n := check_pending(store, registry)) > 0:
+    while (n := metrics.ingest(lambda: check_pending(store, registry))) > 0:
         checked += n
     return {"checked": checked}
 
