@@ -218,9 +218,11 @@ def model_card(r: dict) -> str:
     limbs_ok = "reached" if flip["pck_limbs"] >= LIMB_TARGET else "**not reached**"
     ms_ok = "reached" if speed["batch8"]["ms_per_person"] <= MS_TARGET else "**not reached**"
     data, recipe = _card_data(r, schema.name), _card_recipe(r)
+    skeleton = SKELETON_NAMES.get(schema.name, schema.name)
     return f"""# Model card: PoseLoop {r["version"]}
 
-A top-down 2D pose estimator for the {schema.num_keypoints}-joint {schema.name} skeleton, one person crop at a time;
+A top-down 2D pose estimator for the {schema.num_keypoints}-joint {skeleton} skeleton (schema `{schema.name}`),
+one person crop at a time;
 the bundled person detector (artifacts/detector-nanodet-g-416) finds the people when a request sends no boxes.
 `make up` / `poseloop up` and `poseloop serve` install the default bundle as registry version 1 when the registry is
 empty; `poseloop predict` uses it when no `--model` is given. It was trained by PoseLoop's own pipeline; every
@@ -282,6 +284,7 @@ figures are in docs/benchmarks.md (Serving).
 {_card_limits(schema.name)}"""
 
 
+SKELETON_NAMES = {"lsp14": "LSP", "coco17": "COCO keypoints", "mpii16": "MPII"}
 LSP_CITATION = """- Labeled: Leeds Sports Pose (LSP), images im0001–0800 (the training part of the project's split of
   the LSP training half). S. Johnson and M. Everingham, "Clustered Pose and Nonlinear Appearance Models for Human Pose
   Estimation", BMVC 2010. Images from Flickr; no licence is stated: research use."""
@@ -333,16 +336,16 @@ def _card_recipe(r: dict) -> str:
             f"{rec['iterations']} steps, Adam lr {rec['lr']}, batch {rec['batch_size']}, on the labeled crops and "
             "the teacher's kept pseudo-labels, rendered as clean Gaussians; base augmentation plus wider scale and "
             "box-shift jitter (for detector and loose boxes) and crop-relative occlusion. Shipped checkpoint: step "
-            f"{r['source_step']} (the last one; nothing was chosen on validation)."
+            f"{r['source_step']} (the last one; nothing was chosen on validation).\n"
         )
     return (
         "1. Supervised: ImageNet MobileNetV2, 1,000 steps on 100 labels then 2,000 steps on all 800 labels\n"
         "   (Adam 1e-3, batch 32, scale/rotation/flip augmentation): the LSP-SSL benchmark's `supervised_all` row,\n"
         "   `poseloop bench ssl --profile full --only supervised_all`.\n"
-        f"2. Fine-tuning from step 1 (`{r['selection'][0]['run']}`): method `{rec['method']}`, {rec['iterations']} "
-        f"steps, lr {rec['lr']}, batch {rec['batch_size']}; best step on validation: {r['source_step']}.\n"
+        f"2. Fine-tuning from step 1 (`{r['selection'][0]['run']}`): method `{rec['method']}`, {rec['iterations']}\n"
+        f"   steps, lr {rec['lr']}, batch {rec['batch_size']}; best step on validation: {r['source_step']}.\n\n"
         "Input 128×96 with the deconv head is the pair that meets the CPU latency target (docs/benchmarks.md,\n"
-        "Inference). The final model was not retrained on all 1,000 labels, so its validation figures stay clean."
+        "Inference). The final model was not retrained on all 1,000 labels, so its validation figures stay clean.\n"
     )
 
 
@@ -374,7 +377,7 @@ def _card_limits(schema: str) -> str:
         "  face labels) and are not scored here; expect them to be the least reliable."
     )
     return f"""- One person per crop: without boxes, the bundled detector proposes them (it misses some people on hard
-  sports photos, see Side by side); `boxes` in the request bypass it.
+  sports photos: docs/benchmarks.md, Pose models side by side); `boxes` in the request bypass it.
 {skeleton}
 - Training data is sports imagery (LSP: athletics, gymnastics, ball games and similar), people ≈150 px
   tall: expect lower accuracy on other domains (surveillance views from above, crowded scenes, children,
