@@ -21,14 +21,12 @@ BUNDLED_MODEL_DIR = Path(__file__).resolve().parent.parent / "artifacts"
 
 
 def default_model_path() -> Path | None:
-    """$POSELOOP_MODEL, else the newest bundled artifacts/<name>/v<N>/model.onnx — a COCO-17 bundle (coco17-*)
-    before any other, since that is what users' tools read — else None."""
+    """$POSELOOP_MODEL, else the newest bundled artifacts/<name>/v<N>/model.onnx, else None."""
     env = os.environ.get("POSELOOP_MODEL")
     if env:
         return Path(env)
     bundled = sorted(
-        BUNDLED_MODEL_DIR.glob("*/v*/model.onnx"),
-        key=lambda p: (p.parent.parent.name.startswith("coco17-"), p.parent.parent.name, int(p.parent.name[1:] or 0)),
+        BUNDLED_MODEL_DIR.glob("*/v*/model.onnx"), key=lambda p: (p.parent.parent.name, int(p.parent.name[1:] or 0))
     )
     return bundled[-1] if bundled else None
 

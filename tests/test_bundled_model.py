@@ -1,5 +1,5 @@
 """The committed bundles (artifacts/<name>/v<N>/): contract, size, real-image accuracy; and the default one's
-first start. Every bundle is checked (the LSP-14 v1 the SSL benchmark uses and the COCO-17 default).
+first start. Every bundle is checked, whatever its keypoint schema.
 
 Checks run on the shipped files. Those that need ../shared skip cleanly without it; the rest always run.
 """
@@ -73,11 +73,11 @@ def test_bundle_fits_the_budget_and_its_card_tells_the_truth(bundle, release) ->
         assert f"| {mine['detector']:.1f} |" in card
 
 
-def test_the_default_is_the_coco17_bundle_when_shipped(monkeypatch) -> None:
+def test_the_default_is_the_newest_bundle(monkeypatch) -> None:
     monkeypatch.delenv("POSELOOP_MODEL", raising=False)
-    default = default_model_path()
-    coco = [b for b in BUNDLES if ModelMetadata.from_onnx(b).schema.name == "coco17"]
-    assert default == (coco[-1] if coco else BUNDLES[-1])
+    assert default_model_path() == BUNDLES[-1]
+    monkeypatch.setenv("POSELOOP_MODEL", "/somewhere/else.onnx")
+    assert default_model_path() == Path("/somewhere/else.onnx")
 
 
 def test_onnx_contract_and_checkpoint(bundle, release) -> None:
