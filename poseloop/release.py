@@ -119,7 +119,7 @@ def _comparison(path: Path | None, onnx: Path) -> dict | None:
         }
     if not any(r["this"] for r in rows.values()):
         raise SystemExit(f"{path} has no row for {onnx}: run `poseloop bench compare --model {onnx} ...` first")
-    return {"source": str(path), "persons": record["rows"][0]["tight"].get("persons"), "rows": rows}
+    return {"source": str(path), "persons": record["persons"], "rows": rows}
 
 
 def _candidate_row(path: Path) -> dict:

@@ -17,6 +17,7 @@ from continual.settings import Settings
 from core.exif import jpeg_orientation
 from core.inputs import InputError, PoseInput, check_image, decode_pose_input, displayed_size, reduction_for
 from models.registry import ModelRegistry
+from serving.app import create_app
 from serving.backends.detector import embedded_detector
 from serving.backends.onnxruntime import OnnxRuntimeBackend
 from serving.pipeline import PersonPose, PosePipeline
@@ -137,7 +138,7 @@ def test_api_answers_a_large_photo_in_full_resolution_pixels(tmp_path) -> None:
     registry.register(ONNX, metrics={}, actor="test")
     registry.set_active("1", actor="test")
     settings = Settings(registry_dir=tmp_path / "registry", ort_threads=1, registry_poll_s=0, tokens={token: ["infer"]})
-    with thread_server(_app(settings)) as base, httpx.Client(base_url=base, timeout=60) as client:
+    with thread_server(create_app(settings)) as base, httpx.Client(base_url=base, timeout=60) as client:
         files = {"image": ("big.jpg", data), "boxes": (None, json.dumps([box]))}
         r = client.post("/v1/pose", files=files, headers=auth(token))
         assert r.status_code == 200, r.text
@@ -160,9 +161,3 @@ def _iou(a, b) -> float:
     iw = max(0.0, min(ax + aw, bx + bw) - max(ax, bx))
     ih = max(0.0, min(ay + ah, by + bh) - max(ay, by))
     return iw * ih / (aw * ah + bw * bh - iw * ih)
-
-
-def _app(settings: Settings):
-    from serving.app import create_app
-
-    return create_app(settings)
