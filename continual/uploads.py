@@ -51,17 +51,25 @@ CREATE TABLE IF NOT EXISTS rejections (
     id INTEGER PRIMARY KEY, name TEXT, reason TEXT, actor TEXT, created TEXT);
 CREATE TABLE IF NOT EXISTS checks (
     sha256 TEXT PRIMARY KEY, thumbnail TEXT, teacher_version TEXT, teacher_confidence REAL, persons INT,
-    created TEXT);
+    created TEXT, disagreement REAL);
 CREATE TABLE IF NOT EXISTS quarantine (
     sha256 TEXT PRIMARY KEY, reason TEXT, created TEXT);
 CREATE TABLE IF NOT EXISTS deleted (
     sha256 TEXT PRIMARY KEY, actor TEXT, reason TEXT, created TEXT);
 """
 CHECK_STATES = ("pending", "checked", "quarantined")
+# How the active-learning export ranks checked uploads: the served model's mean keypoint confidence (lowest
+# first) or its flip disagreement (largest first; serving.pipeline.PosePipeline.predict_with_flip_gap).
+LABELING_ORDER = {
+    "low_confidence": "c.teacher_confidence ASC",
+    "disagreement": "c.disagreement DESC",
+}
 MAX_REASON_CHARS = 500  # a rejection or quarantine reason is a log line, not an echo of whatever failed
 MAX_NAME_CHARS = 255  # a stored / echoed name (a file name, an archive member path)
 SWEEP_MIN_AGE_S = 600.0  # younger temp files and unindexed images may belong to a write in progress
 log = logging.getLogger("poseloop.uploads")
+# Columns added after the first release: an older index gets them (NULL in old rows) when first opened.
+MIGRATIONS = (("rejections", "source", "TEXT"), ("checks", "disagreement", "REAL"))
 
 
 @dataclass(frozen=True)
@@ -323,11 +331,22 @@ class UploadStore:
             for seq, sha, path, width, height, boxes in rows
         ]
 
-    def record_check(self, sha: str, thumbnail: Path, teacher_version: str, confidence: float, persons: int) -> None:
+    def record_check(
+        self,
+        sha: str,
+        thumbnail: Path,
+        teacher_version: str,
+        confidence: float,
+        persons: int,
+        disagreement: float | None = None,
+    ) -> None:
+        """One ingest check's result; `disagreement` is None when the model found no person to compare views on."""
+        thumb = str(thumbnail.relative_to(self.root))
         with self._db() as db:
             db.execute(
-                "INSERT OR REPLACE INTO checks VALUES (?, ?, ?, ?, ?, ?)",
-                (sha, str(thumbnail.relative_to(self.root)), teacher_version, confidence, persons, _now()),
+                "INSERT OR REPLACE INTO checks (sha256, thumbnail, teacher_version, teacher_confidence, persons, "
+                "created, disagreement) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (sha, thumb, teacher_version, confidence, persons, _now(), disagreement),
             )
 
     def quarantine(self, sha: str, reason: str) -> None:
@@ -346,30 +365,12 @@ class UploadStore:
         with self._db() as db:
             rows = db.execute(
                 "SELECT i.seq, i.sha256, i.name, i.source, i.bytes, i.width, i.height, i.boxes, i.created, "
-                "c.teacher_confidence, c.persons, c.thumbnail, q.reason FROM images i "
+                "c.teacher_confidence, c.disagreement, c.persons, c.thumbnail, q.reason FROM images i "
                 "LEFT JOIN checks c ON c.sha256 = i.sha256 LEFT JOIN quarantine q ON q.sha256 = i.sha256 "
                 f"WHERE {where} ORDER BY i.seq LIMIT ?",
                 (*args, limit),
             ).fetchall()
-        return [
-            {
-                "seq": seq,
-                "sha256": sha,
-                "name": name,
-                "source": src,
-                "bytes": size,
-                "width": w,
-                "height": h,
-                "boxes": json.loads(boxes) if boxes else None,
-                "created": created,
-                "check": "quarantined" if quarantined else ("checked" if thumb else "pending"),
-                "teacher_confidence": confidence,
-                "persons": persons,
-                "has_thumbnail": bool(thumb),
-                "quarantine_reason": quarantined,
-            }
-            for seq, sha, name, src, size, w, h, boxes, created, confidence, persons, thumb, quarantined in rows
-        ]
+        return [_pool_item(*row) for row in rows]
 
     def get(self, sha: str) -> UploadRecord | None:
         with self._db() as db:
@@ -418,22 +419,27 @@ class UploadStore:
         log.info("upload %s (%s) deleted by %s", sha, name, actor)
         return event
 
-    def labeling_candidates(self, n: int, exclude: set[str]) -> list[tuple[UploadRecord, float]]:
-        """The `n` checked images the served model was least confident on (mean keypoint peak of the ingest
-        check), quarantined ones and `exclude` (e.g. already labeled) left out: (record, confidence)."""
+    def labeling_candidates(
+        self, n: int, exclude: set[str], strategy: str = "low_confidence"
+    ) -> list[tuple[UploadRecord, float]]:
+        """The `n` most informative checked images by `strategy` (LABELING_ORDER: lowest confidence, or largest
+        flip disagreement — images checked before disagreement was recorded, or with no person, have none and are
+        not candidates for it), quarantined ones and `exclude` (e.g. already labeled) left out: (record, score)."""
+        order = LABELING_ORDER[strategy]
+        score = order.split()[0]
         with self._db() as db:
             rows = db.execute(
-                "SELECT i.seq, i.sha256, i.path, i.width, i.height, i.boxes, c.teacher_confidence FROM images i "
+                f"SELECT i.seq, i.sha256, i.path, i.width, i.height, i.boxes, {score} FROM images i "
                 "JOIN checks c ON c.sha256 = i.sha256 WHERE i.sha256 NOT IN (SELECT sha256 FROM quarantine) "
-                "ORDER BY c.teacher_confidence ASC, i.seq"
+                f"AND {score} IS NOT NULL ORDER BY {order}, i.seq"
             ).fetchall()
         out = []
-        for seq, sha, path, w, h, boxes, confidence in rows:
+        for seq, sha, path, w, h, boxes, value in rows:
             if sha not in exclude:
                 out.append(
                     (
                         UploadRecord(seq, sha, self.root / path, w, h, json.loads(boxes) if boxes else None),
-                        float(confidence),
+                        float(value),
                     )
                 )
             if len(out) == n:
@@ -482,11 +488,34 @@ class UploadStore:
             self.images_dir.mkdir(parents=True, exist_ok=True)
             open_wal(self.db_path, _SCHEMA)
             with contextlib.closing(sqlite3.connect(self.db_path, timeout=30.0)) as db, db:
-                columns = {row[1] for row in db.execute("PRAGMA table_info(rejections)")}
-                if "source" not in columns:  # an index from before per-source statistics
-                    with contextlib.suppress(sqlite3.OperationalError):  # another process added it meanwhile
-                        db.execute("ALTER TABLE rejections ADD COLUMN source TEXT")
+                for table, column, kind in MIGRATIONS:
+                    if column not in {row[1] for row in db.execute(f"PRAGMA table_info({table})")}:
+                        with contextlib.suppress(sqlite3.OperationalError):  # another process added it meanwhile
+                            db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
             self._schema_ready = True
+
+
+def _pool_item(
+    seq, sha, name, src, size, w, h, boxes, created, confidence, disagreement, persons, thumb, quarantined
+) -> dict:
+    """One row of UploadStore.items' query as the pool page's item."""
+    return {
+        "seq": seq,
+        "sha256": sha,
+        "name": name,
+        "source": src,
+        "bytes": size,
+        "width": w,
+        "height": h,
+        "boxes": json.loads(boxes) if boxes else None,
+        "created": created,
+        "check": "quarantined" if quarantined else ("checked" if thumb else "pending"),
+        "teacher_confidence": confidence,
+        "disagreement": disagreement,
+        "persons": persons,
+        "has_thumbnail": bool(thumb),
+        "quarantine_reason": quarantined,
+    }
 
 
 def sidecar_boxes(doc: object, what: str) -> dict[str, object]:

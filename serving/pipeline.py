@@ -139,6 +139,24 @@ class PosePipeline:
         h, w = image.shape[:2]
         return self.crop(image, _check_boxes([[0.0, 0.0, float(w), float(h)]]), flip, None, "whole_image")
 
+    def predict_with_flip_gap(
+        self, image: np.ndarray, boxes: Sequence[Sequence[float]] | np.ndarray | None = None
+    ) -> tuple[list[PersonPose], np.ndarray]:
+        """The plain poses (as `predict` without flip test) and, per person, how far the keypoints of the mirrored
+        crop (flipped back) lie from them: the mean joint distance in units of the crop height. One backend call.
+        The flip-TTA teacher of a retrain averages exactly these two views, so where they disagree its
+        pseudo-labels are least trustworthy: the active-learning export's "disagreement" score."""
+        prepared = self.prepare(image, boxes, PoseOptions(flip=True))
+        n = prepared.persons
+        if n == 0:
+            return [], np.zeros(0)
+        heatmaps = np.asarray(self.backend.infer(prepared.crops), np.float32)
+        plain = replace(prepared, crops=prepared.crops[:n], flipped=False)
+        mirrored, _ = self.codec.decode(self.codec.flip_back(heatmaps[n:], self.flip_index))
+        straight, _ = self.codec.decode(heatmaps[:n])
+        gaps = np.linalg.norm(straight - mirrored, axis=-1).mean(axis=1) / self.codec.input_size.h
+        return self.decode(heatmaps[:n], plain), gaps
+
     def recrop(self, image: np.ndarray, prepared: PreparedCrops) -> PreparedCrops:
         """`prepared`'s persons cropped for this pipeline's model (after a promotion changed preprocessing)."""
         return self.crop(

@@ -54,7 +54,8 @@ def test_export_needs_checked_uploads_and_the_ops_role(live) -> None:
     assert r.status_code == 409 and r.json()["error"]["code"] == "no_candidates"  # nothing checked yet
     assert client.get("/v1/unlabeled/export", headers=auth(UPLOAD)).status_code == 403
     r = client.get("/v1/unlabeled/export", params={"strategy": "disagreement"}, headers=auth(OPS))
-    assert r.status_code == 409 and r.json()["error"]["code"] == "not_recorded"
+    assert r.status_code == 409 and r.json()["error"]["code"] == "no_candidates"
+    assert "disagreement" in r.json()["error"]["message"]
     r = client.get("/v1/unlabeled/export", params={"strategy": "random"}, headers=auth(OPS))
     assert r.status_code == 422 and "strategy" in r.json()["error"]["message"]
 
@@ -103,3 +104,24 @@ def test_export_labeling_round_trip_through_post_labeled(live, tmp_path) -> None
     assert {item["id"] for item in r.json()["accepted"]} == set(chosen)
     again = client.get("/v1/unlabeled/export", params={"n": 5}, headers=auth(OPS)).json()
     assert {item["sha256"] for item in again["items"]} == set(ids) - set(chosen)  # labeled ones are left out
+
+
+def test_disagreement_export_ranks_by_the_recorded_flip_gap(live) -> None:
+    """strategy=disagreement: the uploads whose keypoints moved most between the image and its mirror (recorded
+    by the ingest check) come first; an upload checked before the column existed (NULL) is no candidate."""
+    _base, client, settings, registry = live
+    ids = upload(client, 4, seed0=40)
+    store = UploadStore(settings.loop.data_dir / "uploads")
+    check_pending(store, registry)
+    gaps = {item["sha256"]: item["disagreement"] for item in store.items() if item["sha256"] in ids}
+    assert all(gap is not None and gap >= 0 for gap in gaps.values()) and len(set(gaps.values())) > 1
+    legacy = ids[0]  # as an index from before the column: the check stays, its disagreement is unknown
+    item = next(i for i in store.items() if i["sha256"] == legacy)
+    store.record_check(legacy, store.thumbnail_path(legacy), "1", item["teacher_confidence"], 1, None)
+    r = client.get("/v1/unlabeled/export", params={"n": 50, "strategy": "disagreement"}, headers=auth(OPS))
+    assert r.status_code == 200, r.text
+    body = r.json()
+    order = [i["sha256"] for i in body["items"] if i["sha256"] in ids]
+    assert order == sorted(ids[1:], key=lambda sha: -gaps[sha]) and body["strategy"] == "disagreement"
+    scores = [i["score"] for i in body["items"]]
+    assert scores == sorted(scores, reverse=True)

@@ -382,6 +382,20 @@ def test_build_splits_appends_pseudo_labels_after_the_budget(tmp_path, data_root
     assert [r.record_id for r in splits.train[4:]] == [f"pseudo/synthetic/{i}" for i in range(3)]
     assert "+ 3 pseudo-labelled persons" in splits.description
     assert len(build_splits(DataConfig(label_budget=4)).train) == 4
+    # a pseudo share of 0.5 with 1 label and 3 pseudo-labels: the label enters 3 times, the pseudo-labels once
+    shared = build_splits(DataConfig(label_budget=1, pseudo_labels=str(cache), pseudo_share=0.5))
+    assert [r.record_id for r in shared.train] == ["lsp/im0001"] * 3 + [f"pseudo/synthetic/{i}" for i in range(3)]
+    assert "labeled records ×3 for a pseudo share of 0.5" in shared.description
+
+
+@pytest.mark.parametrize(
+    ("labeled", "pseudo", "share", "repeat"),
+    [(800, 4859, 0.5, 6), (800, 4859, None, 1), (800, 400, 0.5, 1), (100, 4859, 0.8, 12), (0, 10, 0.5, 1)],
+)
+def test_labeled_repeat_reaches_the_pseudo_share(labeled, pseudo, share, repeat):
+    from training.data import labeled_repeat
+
+    assert labeled_repeat(labeled, pseudo, share) == repeat
 
 
 # ---------------------------------------------------------------------- occlusion noise

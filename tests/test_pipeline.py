@@ -163,6 +163,43 @@ def test_flip_test_recovers_an_asymmetric_pose(backend) -> None:
     assert np.abs(pose.keypoints - crop_kp).max() <= 1.0
 
 
+class MirrorBlindBackend(GaussianBackend):
+    """Fake model that outputs the same crop keypoints for a mirrored crop: maximally flip-inconsistent."""
+
+    def infer(self, batch: np.ndarray) -> np.ndarray:
+        ones = np.ones(len(self.crop_keypoints))
+        return np.stack([self.codec.encode(self.crop_keypoints, ones)[0] for _ in range(len(batch))])
+
+
+def test_flip_gap_is_small_for_a_flip_equivariant_model_and_large_otherwise(backend) -> None:
+    """The active-learning disagreement: the plain poses come back unchanged, and the gap (mean joint distance
+    between the plain and the flipped-back mirrored view, in crop heights) separates a model that is consistent
+    under mirroring from one that is not."""
+    crop_kp = np.random.default_rng(3).uniform([24, 24], [72, 104], (14, 2))
+    image = np.random.default_rng(4).integers(0, 255, (128, 96, 3), dtype=np.uint8)
+    box = [[96 / 2 - 96 / 2.5, 128 / 2 - 128 / 2.5, 96 / 1.25, 128 / 1.25]]  # crop == image
+    ideal = PosePipeline(GaussianBackend(backend.metadata, crop_kp), refinement="dark")
+    (pose,), gaps = ideal.predict_with_flip_gap(image, box)
+    (plain,) = ideal.predict(image, box)
+    assert np.array_equal(pose.keypoints, plain.keypoints) and gaps.shape == (1,)
+    assert gaps[0] <= 1.0 / 128  # the flip-back's one-pixel shift bias: ≤ 1 input px
+    blind = PosePipeline(MirrorBlindBackend(backend.metadata, crop_kp), refinement="dark")
+    _, blind_gaps = blind.predict_with_flip_gap(image, box)
+    mirrored, _ = flip_keypoints(crop_kp, np.ones(14), INPUT.w, LSP14.flip_index)  # where its flip-back lands
+    expected = np.linalg.norm(crop_kp - mirrored, axis=-1).mean() / 128
+    assert blind_gaps[0] == pytest.approx(expected, abs=1.5 / 128) and blind_gaps[0] > 10 * gaps[0]
+
+
+def test_flip_gap_on_a_real_model_returns_one_gap_per_person(backend, image) -> None:
+    pipeline = PosePipeline(backend)
+    poses, gaps = pipeline.predict_with_flip_gap(image, BOXES)
+    assert gaps.shape == (3,) and np.all(np.isfinite(gaps)) and np.all(gaps >= 0)
+    for got, want in zip(poses, pipeline.predict(image, BOXES), strict=True):
+        assert np.array_equal(got.keypoints, want.keypoints)
+    nobody, no_gaps = pipeline.predict_with_flip_gap(image, [])
+    assert nobody == [] and no_gaps.shape == (0,)
+
+
 def test_prepare_infer_decode_steps(backend, image) -> None:
     """The public steps a micro-batcher uses: crops of two images in one call, decoded per image."""
     pipeline = PosePipeline(backend, flip_test=True)

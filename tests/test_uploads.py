@@ -592,3 +592,25 @@ def test_delete_removes_the_file_for_good_and_audits_it(live, client) -> None:
     assert client.get(f"/v1/unlabeled/{sha_}/image", headers=auth(OPS)).status_code == 404
     again = post(client, [("files", ("gone.png", data))]).json()  # the same bytes may come back, as new
     assert again["accepted"][0]["id"] == sha_ and store.get(sha_) is not None
+
+
+def test_an_index_from_before_the_later_columns_is_migrated_in_place(tmp_path) -> None:
+    """An uploads index written before per-source rejections and the flip disagreement existed opens, gains
+    both columns (NULL in its old rows), keeps its rows, and takes new checks with a disagreement."""
+    root = tmp_path / "up"
+    root.mkdir()
+    with sqlite3.connect(root / "index.sqlite") as db:
+        db.executescript(
+            "CREATE TABLE rejections (id INTEGER PRIMARY KEY, name TEXT, reason TEXT, actor TEXT, created TEXT);"
+            "CREATE TABLE checks (sha256 TEXT PRIMARY KEY, thumbnail TEXT, teacher_version TEXT, "
+            "teacher_confidence REAL, persons INT, created TEXT);"
+            "INSERT INTO rejections VALUES (1, 'x.png', 'not an image', 't', '2026-01-01');"
+        )
+    store = UploadStore(root)
+    assert store.stats(0)["rejected"] == 1
+    sha_ = store.add(png(680), "new.png", None, "t", "t").sha256
+    store.record_check(sha_, store.thumbnail_path(sha_), "1", 0.5, 1, 0.031)
+    (item,) = store.items()
+    assert item["disagreement"] == 0.031 and item["teacher_confidence"] == 0.5
+    with sqlite3.connect(root / "index.sqlite") as db:
+        assert {row[1] for row in db.execute("PRAGMA table_info(rejections)")} >= {"source"}

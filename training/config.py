@@ -77,6 +77,11 @@ class DataConfig(Frozen):
     unlabeled_limit: int | None = None  # first N unlabeled persons (quick runs)
     # A pseudo-label cache file (training/distill/cache.py): its kept persons join the labeled train split.
     pseudo_labels: str | None = None
+    # The share of pseudo-labelled persons in the train split (so in each batch, on average). None = as the cache
+    # holds them: 4,859 Thunder labels beside 800 LSP labels make the labels a 14% minority. A share s repeats
+    # every labeled record k = round((1 - s) / s × pseudo / labeled) times (at least once), so e.g. 0.5 gives the
+    # labels half of each batch without dropping any pseudo-label.
+    pseudo_share: float | None = Field(default=None, gt=0.0, lt=1.0)
     # A labeled-records file (continual/labeled.py: persons registered through POST /v1/labeled): its "train" part
     # joins the labeled train split (after the label budget); its "gate" part is never trained on.
     labeled_records: str | None = None

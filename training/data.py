@@ -146,11 +146,13 @@ def build_splits(cfg: DataConfig) -> Splits:
         if pseudo and pseudo[0].schema != splits.schema:
             raise ValueError(f"{cfg.pseudo_labels}: pseudo-labels are {pseudo[0].schema}, the data {splits.schema}")
         joints = int(sum((r.visibility > 0).sum() for r in pseudo if r.visibility is not None))
+        repeat = labeled_repeat(len(splits.train), len(pseudo), cfg.pseudo_share)
+        shared = f"; labeled records ×{repeat} for a pseudo share of {cfg.pseudo_share}" if cfg.pseudo_share else ""
         splits = replace(
             splits,
-            train=splits.train + pseudo,
+            train=splits.train * repeat + pseudo,
             description=f"{splits.description}; + {len(pseudo)} pseudo-labelled persons ({joints} joints) "
-            f"from {cfg.pseudo_labels}",
+            f"from {cfg.pseudo_labels}{shared}",
         )
     unlabeled = load_unlabeled(cfg, splits.schema)
     if not unlabeled:
@@ -160,6 +162,14 @@ def build_splits(cfg: DataConfig) -> Splits:
         unlabeled=unlabeled,
         description=f"{splits.description}; unlabeled {cfg.unlabeled} ({len(unlabeled)} persons)",
     )
+
+
+def labeled_repeat(labeled: int, pseudo: int, share: float | None) -> int:
+    """How many times each labeled record enters the train split so that pseudo-labelled persons make up about
+    `share` of it (DataConfig.pseudo_share); 1 without a share or without either kind of record."""
+    if share is None or not labeled or not pseudo:
+        return 1
+    return max(1, round((1 - share) / share * pseudo / labeled))
 
 
 def _with_labeled_records(cfg: DataConfig, splits: Splits | None) -> Splits:

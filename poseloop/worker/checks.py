@@ -1,6 +1,8 @@
 """Ingest checks (the `ingest` queue, or the embedded worker when idle): per uploaded image a thumbnail and the
-active model's confidence on it (mean keypoint peak over its persons) — the statistics ops look at before a
-retrain (`GET /v1/unlabeled/stats`). ONNX Runtime only, no torch; the teacher is the served model."""
+active model's confidence on it (mean keypoint peak over its persons) and its flip disagreement (how far its
+keypoints move between the image and its mirror, the two views the retrain's flip-TTA teacher averages) — the
+statistics ops look at before a retrain (`GET /v1/unlabeled/stats`) and the active-learning export ranks by.
+ONNX Runtime only, no torch; the teacher is the served model."""
 
 from __future__ import annotations
 
@@ -40,7 +42,7 @@ def check_pending(store: UploadStore, registry: ModelRegistry, limit: int = 64) 
 
 
 def _check_one(store: UploadStore, pipeline: PosePipeline, item: UploadRecord, version: str) -> None:
-    """Thumbnail and the served model's confidence for one stored image."""
+    """Thumbnail, the served model's confidence and its flip disagreement for one stored image."""
     rgb = load_image_rgb(item.path.read_bytes())
     scale = THUMBNAIL_SIDE / max(rgb.shape[:2])
     thumb = cv2.resize(rgb, None, fx=min(scale, 1.0), fy=min(scale, 1.0), interpolation=cv2.INTER_AREA)
@@ -48,6 +50,7 @@ def _check_one(store: UploadStore, pipeline: PosePipeline, item: UploadRecord, v
     path = store.thumbnail_path(item.sha256)
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(path, jpeg.tobytes())
-    poses = pipeline.predict(rgb, item.boxes)
+    poses, gaps = pipeline.predict_with_flip_gap(rgb, item.boxes)
     confidence = float(np.mean([p.keypoint_scores.mean() for p in poses])) if poses else 0.0
-    store.record_check(item.sha256, path, version, confidence, len(poses))
+    disagreement = float(gaps.mean()) if len(gaps) else None
+    store.record_check(item.sha256, path, version, confidence, len(poses), disagreement)

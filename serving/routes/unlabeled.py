@@ -169,6 +169,9 @@ class PoolItem(BaseModel):
     created: str
     check: Literal["pending", "checked", "quarantined"]
     teacher_confidence: float | None
+    disagreement: float | None = Field(
+        ..., description="flip disagreement of the ingest check (crop heights); null = not checked or no person"
+    )
     persons: int | None
     has_thumbnail: bool
     quarantine_reason: str | None
@@ -195,7 +198,11 @@ class ExportItem(BaseModel):
     file_name: str = Field(..., description="the name in the COCO document and the task's images/ folder")
     width: int
     height: int
-    score: float = Field(..., description="low_confidence: the served model's mean keypoint confidence")
+    score: float = Field(
+        ...,
+        description="low_confidence: the served model's mean keypoint confidence; disagreement: its flip "
+        "disagreement (mean joint distance between the image's and its mirror's keypoints, in crop heights)",
+    )
     image_path: str = Field(..., description="GET this (role ops) for the image bytes")
 
 
@@ -268,25 +275,22 @@ async def export(
     image_url: str = Query(DEFAULT_IMAGE_URL, max_length=500, description="Label Studio URL prefix of images/"),
     caller: Principal = Depends(require("ops")),
 ) -> dict:
-    """low_confidence: the checked uploads the served model was least sure of (ingest checks), labeled images
-    left out; each is run through the active model for its pre-annotations (the boxes of the upload, else the
-    whole image). disagreement: 409 until teacher–student disagreement is recorded per upload."""
+    """The checked uploads (ingest checks), labeled images left out, ranked by `strategy`: low_confidence = the
+    served model's lowest mean keypoint confidence first; disagreement = its largest flip disagreement first (the
+    mirrored view, flipped back, against the plain one: the two views a retrain's flip-TTA teacher averages, so
+    the images whose pseudo-labels would be least trustworthy). Each is run through the active model for its
+    pre-annotations (the boxes of the upload, else the whole image)."""
     service = get_service(request)
-    if strategy == "disagreement":
-        raise InputError(
-            409,
-            "not_recorded",
-            "teacher–student disagreement is not recorded per upload yet; use "
-            "strategy=low_confidence (the ingest checks' confidence)",
-        )
     labeled = await run_in_threadpool(labeled_store(service.settings.loop.data_dir).image_shas)
-    candidates = await run_in_threadpool(service.uploads.labeling_candidates, n, labeled)
+    candidates = await run_in_threadpool(service.uploads.labeling_candidates, n, labeled, strategy)
     if not candidates:
+        hint = " (uploads checked before disagreement was recorded, or without a person, have none)"
         raise InputError(
             409,
             "no_candidates",
             "no checked, unlabeled upload to choose from: wait for the ingest "
-            "checks (GET /v1/unlabeled/stats 'checked') or upload more images",
+            "checks (GET /v1/unlabeled/stats 'checked') or upload more images"
+            + (hint if strategy == "disagreement" else ""),
         )
     chosen, version, schema = [], "", ""
     for i, (record, score) in enumerate(candidates):

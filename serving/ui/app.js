@@ -353,6 +353,7 @@
     });
     const facts = [`#${item.seq}`, item.source || 'no source', item.check];
     if (item.teacher_confidence !== null) facts.push('conf ' + num(item.teacher_confidence, 2));
+    if (item.disagreement !== null) facts.push('flip gap ' + num(item.disagreement, 3));
     if (item.persons !== null) facts.push(item.persons + (item.persons === 1 ? ' person' : ' persons'));
     return el('figure', { class: 'tile' + (item.check === 'quarantined' ? ' quarantined' : ''), 'data-seq': item.seq },
       image, el('figcaption', { text: facts.join(' · '), title: item.quarantine_reason || item.name || '' }), remove);
