@@ -38,6 +38,7 @@ from serving.backends import VersionedBackend
 from serving.batching import BatchError, MicroBatcher, Overloaded, PoseResult
 from serving.manager import ModelManager, NoActiveModel, PromotionError
 from serving.metrics import Metrics, MetricsMiddleware
+from serving.previews import VersionPreviews
 from serving.render import render_poses
 from serving.request_ids import RequestIdMiddleware, request_id_of
 from serving.routes import health, labeled, models, ops, pose, unlabeled
@@ -83,6 +84,7 @@ class Service:
             settings.loop.data_dir / "uploads", settings.limits.max_pixels, settings.limits.max_boxes
         )
         self.queue = JobQueue(settings)
+        self.previews = VersionPreviews(manager.registry, getattr(manager.backend, "detector", None))
         metrics.watch_loop(self.loop_summary)
         self._ready_at = 0.0
         self._stop = threading.Event()

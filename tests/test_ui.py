@@ -200,9 +200,40 @@ def test_models_page_shows_versions_and_gate_intervals(page, live) -> None:
     assert "[+0.60, +3.10]" in v2.inner_text() and "promoted" in v2.inner_text()
     v3 = page.locator("tr[data-version='3']")
     assert "rejected" in v3.inner_text() and "[−0.90, +1.60]" in v3.inner_text()
-    assert v3.locator("button").count() == 0  # a rejected version can be neither promoted nor pinned
+    # a rejected version can be neither promoted nor pinned, only previewed
+    assert v3.locator("button[data-action=promote], button[data-action=pin]").count() == 0
+    assert v3.locator("button[data-action=compare]").count() == 1
     assert page.inner_text("#status") == "serving v2"
     screenshot(page, "models")
+
+
+def test_compare_draws_the_newest_uploads_by_two_versions_side_by_side(page, live) -> None:
+    """Compare on the rejected v3: its parent v1 (before) and v3 (after) each draw the newest uploads, fetched
+    with the token from GET /v1/models/{version}/render; the two renders of an upload differ (other weights)."""
+    sign_in(page, live["base"])
+    page.locator("tr[data-version='3'] button[data-action=compare]").click()
+    pairs = page.locator("#compare-pairs .pair")
+    expect(pairs.first).to_be_visible()
+    assert page.input_value("#cmp-before") == "1" and page.input_value("#cmp-after") == "3"
+    assert 1 <= pairs.count() <= 3
+    for i in range(pairs.count()):
+        versions = pairs.nth(i).locator("figure").evaluate_all("(fs) => fs.map((f) => f.dataset.version)")
+        assert versions == ["1", "3"]
+    page.wait_for_function(
+        "() => [...document.querySelectorAll('#compare-pairs img')].every((img) => img.complete && img.naturalWidth)"
+    )
+    differing = page.evaluate(
+        """() => { const [a, b] = document.querySelectorAll('#compare-pairs .pair:first-child img');
+        const pixels = (img) => { const c = document.createElement('canvas'); c.width = img.naturalWidth;
+          c.height = img.naturalHeight; const g = c.getContext('2d'); g.drawImage(img, 0, 0);
+          return g.getImageData(0, 0, c.width, c.height).data; };
+        const pa = pixels(a), pb = pixels(b); let n = 0;
+        for (let i = 0; i < pa.length; i += 4) if (Math.abs(pa[i] - pb[i]) + Math.abs(pa[i + 1] - pb[i + 1]) > 120) n++;
+        return n; }"""
+    )
+    assert differing > 20  # skeleton pixels where the two versions put different joints
+    assert page.inner_text("#status") == "serving v2"  # previews change nothing that serves
+    screenshot(page, "compare")
 
 
 def test_rollback_promote_pin_and_unpin_buttons(page, live) -> None:

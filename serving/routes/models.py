@@ -1,12 +1,16 @@
-"""GET /v1/models, /v1/models/active, /v1/models/{version}: what the registry holds and what this process serves."""
+"""GET /v1/models, /v1/models/active, /v1/models/{version}: what the registry holds and what this process serves;
+GET /v1/models/{version}/render: an upload drawn with that version's poses (serving.previews)."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends, Query, Request, Response
+from fastapi.concurrency import run_in_threadpool
 
+from core.inputs import InputError
 from serving.auth import Principal
+from serving.backends import BackendLoadError
 from serving.ops_types import ActiveModel, ListedVersion, ModelList, error_responses
 from serving.routes.deps import get_service, require
 
@@ -53,3 +57,30 @@ def get_model(version: str, request: Request, _caller: Principal = Depends(requi
     service = get_service(request)
     info = service.manager.registry.get(version)
     return {**info.to_dict(), "loaded": version in service.manager.loaded_versions()}
+
+
+@router.get(
+    "/{version}/render",
+    summary="A pool upload drawn with this version's poses (before/after previews; any version on disk)",
+    response_class=Response,
+    responses={200: {"content": {"image/jpeg": {}}}, **error_responses(403, 404, 409, 422)},
+)
+async def render_version(
+    version: str,
+    request: Request,
+    upload: str = Query(..., pattern=r"^[0-9a-f]{64}$", description="the upload's sha256 (GET /v1/unlabeled/items)"),
+    _caller: Principal = Depends(require("ops")),
+) -> Response:
+    """JPEG (longest side ≤ 640 px) of a stored upload with the poses `version` predicts on it: its boxes, else
+    the detected persons or the whole image. The version need not serve: candidates and older versions are
+    previewed on their own ONNX Runtime session, never loaded into the serving backend. 404 unknown version or
+    upload, 409 a pruned version, 422 a version whose file does not load."""
+    service = get_service(request)
+    record = await run_in_threadpool(service.uploads.get, upload)
+    if record is None or not record.path.is_file():
+        raise InputError(404, "unknown_upload", f"no upload {upload} in the pool")
+    try:
+        jpeg = await run_in_threadpool(service.previews.render, version, record)
+    except BackendLoadError as err:
+        raise InputError(422, "load_failed", str(err)) from None
+    return Response(jpeg, media_type="image/jpeg", headers={"X-Model-Version": version, "Cache-Control": "no-store"})

@@ -250,7 +250,68 @@
         'v1/ops/pin', { version: v.version, reason: 'ops console' }, (d) => `pinned on v${d.active}`));
       buttons.push(b);
     }
+    if (v.on_disk) {
+      const b = el('button', { class: 'small secondary', type: 'button', 'data-action': 'compare', text: 'Compare' });
+      b.addEventListener('click', () => {
+        $('#cmp-after').value = v.version;
+        $('#cmp-before').value = v.parent || listing.previous_active || listing.active || v.version;
+        showCompare().catch((err) => toast(err.message, true));
+      });
+      buttons.push(b);
+    }
     return el('div', { class: 'actions' }, buttons);
+  }
+
+  // ------------------------------------------------------------------ before / after previews
+  const COMPARE_UPLOADS = 3;
+
+  /** Version choices for the comparison: every version with files on disk, newest first; a choice the
+   * operator made stays selected across polls. */
+  function fillCompareChoices(listing) {
+    const onDisk = listing.versions.filter((v) => v.on_disk).map((v) => v.version).reverse();
+    for (const [id, fallback] of [['#cmp-after', onDisk[0]], ['#cmp-before', onDisk[1] || onDisk[0]]]) {
+      const select = $(id);
+      const chosen = select.value;
+      select.replaceChildren(...onDisk.map((v) => el('option', { value: v, text: 'v' + v })));
+      select.value = onDisk.includes(chosen) ? chosen : fallback || '';
+    }
+    $('#cmp-show').disabled = onDisk.length === 0;
+  }
+
+  async function renderUrl(version, sha) {
+    const response = await fetch(ROOT + `v1/models/${encodeURIComponent(version)}/render?upload=${sha}`, {
+      headers: { Authorization: 'Bearer ' + sessionStorage.getItem(TOKEN_KEY) },
+    });
+    if (!response.ok) {
+      const body = await response.json().catch(() => ({}));
+      throw new ApiError(response.status, 'render', (body.error && body.error.message) || 'render ' + response.status);
+    }
+    return URL.createObjectURL(await response.blob());
+  }
+
+  async function showCompare() {
+    const before = $('#cmp-before').value, after = $('#cmp-after').value;
+    const target = $('#compare-pairs');
+    if (!before || !after) return;
+    const stats = await api('v1/unlabeled/stats');
+    const page = await api(`v1/unlabeled/items?after_seq=${Math.max(0, (stats.max_seq || 0) - 4 * COMPARE_UPLOADS)}&limit=${4 * COMPARE_UPLOADS}`);
+    const uploads = page.items.filter((i) => i.check !== 'quarantined').reverse().slice(0, COMPARE_UPLOADS);
+    if (!uploads.length) {
+      target.replaceChildren(el('p', { class: 'muted', text: 'The pool is empty: upload images (POST /v1/unlabeled) to compare versions on them.' }));
+      return;
+    }
+    const figure = (version, url, item) => el('figure', { 'data-version': version },
+      el('img', { src: url, alt: `upload #${item.seq} by v${version}` }),
+      el('figcaption', { text: `v${version} · upload #${item.seq}${item.name ? ' · ' + item.name : ''}` }));
+    try {
+      const pairs = await Promise.all(uploads.map(async (item) => {
+        const [a, b] = await Promise.all([renderUrl(before, item.sha256), renderUrl(after, item.sha256)]);
+        return el('div', { class: 'pair', 'data-sha': item.sha256 }, figure(before, a, item), figure(after, b, item));
+      }));
+      target.replaceChildren(...pairs);
+    } catch (err) {
+      target.replaceChildren(el('p', { class: 'error', text: err.message }));
+    }
   }
 
   function modelRow(v, listing, gates) {
@@ -280,6 +341,7 @@
     const gates = gateDecisions(jobs.jobs);
     fillTable('#models-table', listing.versions.slice().reverse().map((v) => modelRow(v, listing, gates)),
       'no versions registered yet');
+    fillCompareChoices(listing);
   }
 
   // ------------------------------------------------------------------ unlabeled pool
@@ -413,6 +475,7 @@
       'v1/ops/rollback', { reason: 'ops console' }, (d) => `rolled back: v${d.active} active (was v${d.previous})`));
     $('#unpin').addEventListener('click', (e) => act(e.currentTarget, null, 'v1/ops/unpin', { reason: 'ops console' },
       () => 'automatic promotion allowed again'));
+    $('#cmp-show').addEventListener('click', () => showCompare().catch((err) => toast(err.message, true)));
     $('#events-limit').addEventListener('change', refresh);
     window.addEventListener('hashchange', show);
     poll();
