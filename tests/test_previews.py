@@ -31,7 +31,7 @@ def live(tmp_path_factory):
         tokens={OPS: ["ops"], UPLOAD: ["upload"]},
     )
     registry = ModelRegistry(settings.registry.dir)
-    versions = [registry.register(tiny_pose_onnx(root / f"m{seed}.onnx", seed=seed), actor="t").version for seed in (0, 1)]
+    versions = [registry.register(tiny_pose_onnx(root / f"m{s}.onnx", seed=s), actor="t").version for s in (0, 1)]
     registry.set_active(versions[0], "t")
     with thread_server(create_app(settings)) as base, httpx.Client(base_url=base, timeout=60) as client:
         files = [
