@@ -132,13 +132,3 @@ def loop_env(root: Path, broker_url: str, **extra: str) -> dict[str, str]:
     }
     env.update(extra)
     return env
-
-
-def wait_for(predicate, timeout: float, what: str, every: float = 0.25):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(every)
-    raise TimeoutError(f"timed out after {timeout} s waiting for {what}")

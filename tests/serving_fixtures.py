@@ -125,6 +125,19 @@ def encode(image_rgb: np.ndarray, ext: str = ".png") -> bytes:
     return buf.tobytes()
 
 
+def wait_for(predicate, timeout: float, what: str, every: float = 0.25):
+    """Poll `predicate()` until it returns something true (returned); TimeoutError naming `what` after `timeout`
+    s. Tests wait for the state they need (answers served, a process gone), never for a fixed time that a loaded
+    box may not honour."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(every)
+    raise TimeoutError(f"timed out after {timeout} s waiting for {what}")
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -18,8 +18,8 @@ from continual.queue import JobQueue
 from continual.settings import load_settings
 from continual.uploads import UploadStore
 from poseloop.serve import serve_in_subprocess
-from tests.redis_fixtures import loop_env, wait_for
-from tests.serving_fixtures import auth, encode, sample_image, tiny_pose_onnx
+from tests.redis_fixtures import loop_env
+from tests.serving_fixtures import auth, encode, sample_image, tiny_pose_onnx, wait_for
 
 UPLOAD, OPS = "u" * 24, "o" * 24
 FAST_BROKER = {"POSELOOP_BROKER_TIMEOUT_S": "2", "POSELOOP_BROKER_RETRY_S": "0.5"}

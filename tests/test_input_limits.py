@@ -28,8 +28,7 @@ from core.inputs import (
     parse_json,
 )
 from models.geometry import Size, person_crop_affine
-from tests.redis_fixtures import wait_for
-from tests.serving_fixtures import process_server
+from tests.serving_fixtures import process_server, wait_for
 
 
 @pytest.mark.parametrize("box", [[0, 0, 1e-300, 1e-300], [10, 10, 0.5, 40], [10, 10, 40, 1e-9]])

@@ -8,6 +8,7 @@ The server tests skip, with the reason, when no tritonserver can run on this mac
 
 from __future__ import annotations
 
+import math
 import random
 import subprocess
 import sys
@@ -41,12 +42,14 @@ from serving.triton.repository import (
     version_dirs,
 )
 from serving.triton.server import REPOSITORY_SECRET_HEADER, TritonServer, TritonUnavailable, find_tritonserver
+from tests.serving_fixtures import wait_for
 
 pytestmark = pytest.mark.slow
 
 MODEL = "pose"
 H, W = 128, 96  # non-square on purpose
 TOLERANCE = 1e-5
+PHASE_ANSWERS = 8  # answers the traffic must get before and after each load/unload step (not a fixed sleep)
 DETECTOR = Path(__file__).resolve().parents[1] / "artifacts" / "detector-nanodet-g-416" / "model.onnx"
 
 
@@ -219,14 +222,23 @@ class Traffic:
                 self.done.append((time.monotonic(), version))
             time.sleep(self.pause_s)
 
+    def wait_served(self, count: int, version: str | None = None, since: float = 0.0) -> None:
+        """Until `count` more answers (of `version`, when given) completed after `since`."""
+
+        def enough() -> bool:
+            served = self.served(since, math.inf)
+            return (served[version] if version else sum(served.values())) >= count
+
+        wait_for(enough, 120, f"{count} answers{' from v' + version if version else ''}", 0.02)
+
     def __enter__(self) -> Traffic:
         for thread in self._threads:
             thread.start()
-        time.sleep(0.3)
+        self.wait_served(PHASE_ANSWERS)
         return self
 
     def __exit__(self, *exc) -> None:
-        time.sleep(0.3)
+        self.wait_served(PHASE_ANSWERS, since=time.monotonic())
         self._stop.set()
         for thread in self._threads:
             thread.join(timeout=30)
@@ -347,16 +359,15 @@ def test_hot_swap_under_load(backend, onnx_files, inputs, expected, server) -> N
         backend.load("2", onnx_files["2"])
         t1 = time.monotonic()
         traffic.route(["1", "2"])
-        time.sleep(0.5)
+        traffic.wait_served(PHASE_ANSWERS, "2", since=t1)
         t2 = time.monotonic()
         backend.load("3", onnx_files["3"])
         t3 = time.monotonic()
         traffic.route(["2", "3"])  # the router stops sending to v1 before it is unloaded
-        time.sleep(0.3)
+        traffic.wait_served(PHASE_ANSWERS, "3", since=t3)
         t4 = time.monotonic()
         backend.unload("1")
         t5 = time.monotonic()
-        time.sleep(0.3)
     print(
         f"load-in-place v2: {t1 - t0:.2f} s, v3: {t3 - t2:.2f} s, unload v1: {t5 - t4:.2f} s; "
         f"{len(traffic.done)} requests, {Counter(v for _, v in traffic.done)}, "
@@ -489,7 +500,6 @@ def test_triton_sync_keeps_the_detector_loaded_for_followers(server, onnx_files,
     from models.registry import ModelRegistry
     from serving.detection import DetectionError
     from serving.triton.sync import TritonSync
-    from tests.redis_fixtures import wait_for
 
     if not DETECTOR.exists():
         pytest.skip(f"{DETECTOR} not found")

@@ -5,15 +5,14 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import httpx
 import pytest
 
 from poseloop.demo import run_demo
 from tests.loop_fixtures import RETRAIN_OVERRIDES
-from tests.redis_fixtures import REPO, wait_for
-from tests.serving_fixtures import free_port
+from tests.redis_fixtures import REPO
+from tests.serving_fixtures import free_port, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -66,9 +65,11 @@ def test_up_runs_the_loop_and_demo_walks_it(tmp_path, data_root, small_model):
         log.close()
     text = (tmp_path / "up.log").read_text()
     assert "[worker]" in text and "[   api]" in text and "stopped" in text and code == 0
-    time.sleep(0.5)
-    leftover = subprocess.run(["pgrep", "-f", f"--port {port}"], capture_output=True, text=True).stdout.split()
-    assert leftover == []
+
+    def leftover() -> list[str]:
+        return subprocess.run(["pgrep", "-f", f"--port {port}"], capture_output=True, text=True).stdout.split()
+
+    wait_for(lambda: leftover() == [], 30, f"no process left on port {port}", every=0.2)
 
 
 def _ready(base: str) -> bool:

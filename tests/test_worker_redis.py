@@ -11,8 +11,8 @@ from continual.schedule import tick
 from continual.settings import load_settings
 from continual.uploads import UploadStore
 from tests.loop_fixtures import RETRAIN_OVERRIDES, install_active, lspet_images, upload_lspet
-from tests.redis_fixtures import CeleryWorker, loop_env, wait_for
-from tests.serving_fixtures import auth, free_port, process_server
+from tests.redis_fixtures import CeleryWorker, loop_env
+from tests.serving_fixtures import auth, free_port, process_server, wait_for
 
 pytestmark = pytest.mark.slow
 
