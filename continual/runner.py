@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+from collections.abc import Callable
 
 from continual.jobs import Job, LeaseLost
 from continual.retention import prune_job_dirs
@@ -33,11 +34,19 @@ def context(settings: Settings, owner: str) -> RetrainContext:
     )
 
 
-def work_once(ctx: RetrainContext, job_id: str | None = None, chunk_steps: int | None = None) -> tuple[str, Job | None]:
-    """("idle" | "finished" | "paused" | "lost", job). Paused = a chunk was done; the job is claimable again."""
+def work_once(
+    ctx: RetrainContext,
+    job_id: str | None = None,
+    chunk_steps: int | None = None,
+    on_claim: Callable[[Job], None] | None = None,
+) -> tuple[str, Job | None]:
+    """("idle" | "finished" | "paused" | "lost", job). Paused = a chunk was done; the job is claimable again.
+    on_claim: called with the job as claimed, before any work (its progress is where this chunk starts)."""
     job = ctx.jobs.claim(ctx.owner, ctx.settings.loop.job_lease_s, job_id)
     if job is None:
         return "idle", None
+    if on_claim is not None:
+        on_claim(job)
     with log_context(job_id=job.id):
         return _work_on(ctx, job, chunk_steps)
 

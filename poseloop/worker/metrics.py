@@ -24,7 +24,7 @@ from prometheus_client import (
     start_http_server,
 )
 
-from continual.jobs import ACTIVE_STATES, Job
+from continual.jobs import Job
 from continual.retrain import RetrainContext
 from continual.runner import work_once
 
@@ -87,19 +87,18 @@ class WorkerMetrics:
     ) -> tuple[str, Job | None]:
         """continual.runner.work_once, measured (an idle poll is not a chunk)."""
         started = time.perf_counter()
-        steps_before = {  # the claimed row is not returned for a finished job (its final row is), so read it here
-            j.id: int(j.progress.get("step", 0)) for j in ctx.jobs.list(limit=100) if j.state in ACTIVE_STATES
-        }
+        claimed: list[Job] = []  # the job as claimed: its progress is the step this chunk starts from
         self.busy.set(1)
         try:
-            outcome, job = work_once(ctx, job_id, chunk_steps)
+            outcome, job = work_once(ctx, job_id, chunk_steps, on_claim=claimed.append)
         finally:
             self.busy.set(0)
         if outcome == "idle" or job is None:
             return outcome, job
         seconds = time.perf_counter() - started
         after = ctx.jobs.get(job.id)
-        steps = max(0, int(after.progress.get("step", 0)) - steps_before.get(job.id, 0))
+        before = int(claimed[0].progress.get("step", 0)) if claimed else 0
+        steps = max(0, int(after.progress.get("step", 0)) - before)
         self.chunks.labels(outcome).inc()
         self.chunk_seconds.observe(seconds)
         self.steps.inc(steps)
