@@ -71,6 +71,8 @@ def test_openapi_types_models_and_ops_answers(client) -> None:
     for path, operations in typed.items():
         for method, op in operations.items():
             ok = op["responses"].get("200") or op["responses"]["202"]
+            if set(ok.get("content", {})) == {"image/jpeg"}:  # an image route (a version's render): no JSON body
+                continue
             schema = ok["content"]["application/json"]["schema"]
             assert schema != {} and "$ref" in schema, (method, path, schema)
             name = schema["$ref"].rsplit("/", 1)[-1]
