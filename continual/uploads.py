@@ -61,8 +61,8 @@ CHECK_STATES = ("pending", "checked", "quarantined")
 # How the active-learning export ranks checked uploads: the served model's mean keypoint confidence (lowest
 # first) or its flip disagreement (largest first; serving.pipeline.PosePipeline.predict_with_flip_gap).
 LABELING_ORDER = {
-    "low_confidence": "c.teacher_confidence ASC",
-    "disagreement": "c.disagreement DESC",
+    "low_confidence": ("c.teacher_confidence", "ASC"),
+    "disagreement": ("c.disagreement", "DESC"),
 }
 MAX_REASON_CHARS = 500  # a rejection or quarantine reason is a log line, not an echo of whatever failed
 MAX_NAME_CHARS = 255  # a stored / echoed name (a file name, an archive member path)
@@ -425,13 +425,12 @@ class UploadStore:
         """The `n` most informative checked images by `strategy` (LABELING_ORDER: lowest confidence, or largest
         flip disagreement — images checked before disagreement was recorded, or with no person, have none and are
         not candidates for it), quarantined ones and `exclude` (e.g. already labeled) left out: (record, score)."""
-        order = LABELING_ORDER[strategy]
-        score = order.split()[0]
+        score, direction = LABELING_ORDER[strategy]
         with self._db() as db:
             rows = db.execute(
                 f"SELECT i.seq, i.sha256, i.path, i.width, i.height, i.boxes, {score} FROM images i "
                 "JOIN checks c ON c.sha256 = i.sha256 WHERE i.sha256 NOT IN (SELECT sha256 FROM quarantine) "
-                f"AND {score} IS NOT NULL ORDER BY {order}, i.seq"
+                f"AND {score} IS NOT NULL ORDER BY {score} {direction}, i.seq"
             ).fetchall()
         out = []
         for seq, sha, path, w, h, boxes, value in rows:

@@ -151,11 +151,10 @@ class PosePipeline:
         if n == 0:
             return [], np.zeros(0)
         heatmaps = np.asarray(self.backend.infer(prepared.crops), np.float32)
-        plain = replace(prepared, crops=prepared.crops[:n], flipped=False)
         mirrored, _ = self.codec.decode(self.codec.flip_back(heatmaps[n:], self.flip_index))
-        straight, _ = self.codec.decode(heatmaps[:n])
+        straight, scores = self.codec.decode(heatmaps[:n])
         gaps = np.linalg.norm(straight - mirrored, axis=-1).mean(axis=1) / self.codec.input_size.h
-        return self.decode(heatmaps[:n], plain), gaps
+        return self._poses(straight, scores, prepared), gaps
 
     def recrop(self, image: np.ndarray, prepared: PreparedCrops) -> PreparedCrops:
         """`prepared`'s persons cropped for this pipeline's model (after a promotion changed preprocessing)."""
@@ -197,8 +196,12 @@ class PosePipeline:
         if prepared.flipped:
             heatmaps = 0.5 * (heatmaps[:n] + self.codec.flip_back(heatmaps[n:], self.flip_index))
         crop_keypoints, scores = self.codec.decode(heatmaps)
+        return self._poses(crop_keypoints, scores, prepared)
+
+    def _poses(self, crop_keypoints: np.ndarray, scores: np.ndarray, prepared: PreparedCrops) -> list[PersonPose]:
+        """Decoded crop keypoints (N, K, 2) and scores (N, K) of `prepared`'s persons → PersonPoses in image pixels."""
         keypoints = self.codec.to_image(crop_keypoints, prepared.affines)
-        det = [None] * n if prepared.det_scores is None else [float(d) for d in prepared.det_scores]
+        det = [None] * prepared.persons if prepared.det_scores is None else [float(d) for d in prepared.det_scores]
         return [
             PersonPose(
                 box=(float(box[0]), float(box[1]), float(box[2]), float(box[3])),

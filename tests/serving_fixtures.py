@@ -27,6 +27,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from continual.settings import Settings
 from models.codec import HeatmapCodec
 from models.geometry import Size
 from models.schemas import LSP14
@@ -136,6 +137,13 @@ def wait_for(predicate, timeout: float, what: str, every: float = 0.25):
             return value
         time.sleep(every)
     raise TimeoutError(f"timed out after {timeout} s waiting for {what}")
+
+
+def api_settings(root: Path, tokens: dict, **extra) -> Settings:
+    """Settings of a test API under `root` (registry/ and data/ there), one ONNX Runtime thread, no registry
+    polling; `extra` adds or overrides fields (limits, timeouts)."""
+    fields = {"registry_dir": root / "registry", "data_dir": root / "data", "ort_threads": 1, "registry_poll_s": 0}
+    return Settings(**{**fields, "tokens": tokens, **extra})
 
 
 def free_port() -> int:

@@ -12,13 +12,12 @@ import httpx
 import pytest
 from typer.testing import CliRunner
 
-from continual.settings import Settings
 from continual.uploads import UploadStore
 from models.registry import ModelRegistry
 from poseloop.cli import app as cli_app
 from poseloop.worker.checks import check_pending
 from serving.app import create_app
-from tests.serving_fixtures import auth, encode, sample_image, thread_server, tiny_pose_onnx
+from tests.serving_fixtures import api_settings, auth, encode, sample_image, thread_server, tiny_pose_onnx
 
 OPS, UPLOAD = secrets.token_urlsafe(16), secrets.token_urlsafe(16)
 
@@ -26,13 +25,7 @@ OPS, UPLOAD = secrets.token_urlsafe(16), secrets.token_urlsafe(16)
 @pytest.fixture(scope="module")
 def live(tmp_path_factory):
     root = tmp_path_factory.mktemp("active_learning")
-    settings = Settings(
-        registry_dir=root / "registry",
-        data_dir=root / "data",
-        ort_threads=1,
-        registry_poll_s=0,
-        tokens={OPS: ["ops"], UPLOAD: ["upload"]},
-    )
+    settings = api_settings(root, {OPS: ["ops"], UPLOAD: ["upload"]})
     registry = ModelRegistry(settings.registry.dir)
     info = registry.register(tiny_pose_onnx(root / "m.onnx"), actor="test")
     registry.set_active(info.version, "test")

@@ -17,12 +17,11 @@ import pytest
 
 from continual.coco_labels import parse_coco
 from continual.labeled import GATE_PERCENT, LABELED_RECORDS_FORMAT, LabeledStore, part_of
-from continual.settings import Settings
 from core.inputs import InputError, check_image
 from models.registry import ModelRegistry
 from models.schemas import COCO17, LSP14
 from serving.app import create_app
-from tests.serving_fixtures import auth, encode, sample_image, thread_server, tiny_pose_onnx
+from tests.serving_fixtures import api_settings, auth, encode, sample_image, thread_server, tiny_pose_onnx
 
 OPS, UPLOAD = secrets.token_urlsafe(16), secrets.token_urlsafe(16)
 SIZE = (64, 48)  # w, h of the synthetic images
@@ -159,14 +158,11 @@ def test_build_splits_adds_the_train_part_and_can_run_on_labels_alone(tmp_path) 
 @pytest.fixture(scope="module")
 def live(tmp_path_factory):
     root = tmp_path_factory.mktemp("labeled_api")
-    settings = Settings(
-        registry_dir=root / "registry",
-        data_dir=root / "data",
-        ort_threads=1,
-        registry_poll_s=0,
+    settings = api_settings(
+        root,
+        {OPS: {"roles": ["ops"], "name": "annotator"}, UPLOAD: ["upload"]},
         max_upload_bytes=4 << 20,
         max_image_bytes=300_000,
-        tokens={OPS: {"roles": ["ops"], "name": "annotator"}, UPLOAD: ["upload"]},
     )
     registry = ModelRegistry(settings.registry.dir)
     info = registry.register(tiny_pose_onnx(root / "m.onnx"), actor="test")

@@ -8,7 +8,7 @@ import pytest
 
 from continual.settings import Settings
 from serving.app import create_app
-from tests.serving_fixtures import auth, encode, sample_image, thread_server
+from tests.serving_fixtures import api_settings, auth, encode, sample_image, thread_server
 
 OPS = "o" * 24
 UPLOAD = "u" * 24
@@ -17,13 +17,7 @@ UPLOAD = "u" * 24
 @pytest.fixture(scope="module")
 def client(tmp_path_factory):
     root = tmp_path_factory.mktemp("ops_answers")
-    settings = Settings(
-        registry_dir=root / "registry",
-        data_dir=root / "data",
-        ort_threads=1,
-        registry_poll_s=0,
-        tokens={OPS: ["ops"], UPLOAD: ["upload"]},
-    )
+    settings = api_settings(root, {OPS: ["ops"], UPLOAD: ["upload"]})
     with thread_server(create_app(settings)) as base, httpx.Client(base_url=base, timeout=30) as c:
         yield c
 

@@ -11,11 +11,10 @@ import httpx
 import numpy as np
 import pytest
 
-from continual.settings import Settings
 from models.registry import ModelRegistry
 from serving.app import create_app
 from serving.previews import PREVIEW_SIDE
-from tests.serving_fixtures import auth, encode, sample_image, thread_server, tiny_pose_onnx
+from tests.serving_fixtures import api_settings, auth, encode, sample_image, thread_server, tiny_pose_onnx
 
 OPS, UPLOAD = secrets.token_urlsafe(16), secrets.token_urlsafe(16)
 
@@ -23,13 +22,7 @@ OPS, UPLOAD = secrets.token_urlsafe(16), secrets.token_urlsafe(16)
 @pytest.fixture(scope="module")
 def live(tmp_path_factory):
     root = tmp_path_factory.mktemp("previews")
-    settings = Settings(
-        registry_dir=root / "registry",
-        data_dir=root / "data",
-        ort_threads=1,
-        registry_poll_s=0,
-        tokens={OPS: ["ops"], UPLOAD: ["upload"]},
-    )
+    settings = api_settings(root, {OPS: ["ops"], UPLOAD: ["upload"]})
     registry = ModelRegistry(settings.registry.dir)
     versions = [registry.register(tiny_pose_onnx(root / f"m{s}.onnx", seed=s), actor="t").version for s in (0, 1)]
     registry.set_active(versions[0], "t")

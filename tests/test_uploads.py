@@ -26,7 +26,7 @@ from models.registry import ModelRegistry
 from poseloop.cli import app as cli_app
 from serving.app import create_app
 from tests.data_paths import data_path
-from tests.serving_fixtures import auth, encode, sample_image, thread_server, tiny_pose_onnx
+from tests.serving_fixtures import api_settings, auth, encode, sample_image, thread_server, tiny_pose_onnx
 
 UPLOAD, OPS, INFER = (secrets.token_urlsafe(16) for _ in range(3))
 MAX_UPLOAD_BYTES = 1 << 20
@@ -146,15 +146,12 @@ def store_rows(root) -> int:
 def live(tmp_path_factory):
     """(base URL, settings, registry) of a server with small upload limits and an empty registry."""
     root = tmp_path_factory.mktemp("uploads_api")
-    settings = Settings(
-        registry_dir=root / "registry",
-        data_dir=root / "data",
-        ort_threads=1,
-        registry_poll_s=0,
+    settings = api_settings(
+        root,
+        {UPLOAD: {"roles": ["upload"], "name": "uploader"}, OPS: ["ops"], INFER: ["infer"]},
         max_upload_bytes=MAX_UPLOAD_BYTES,
         max_upload_files=MAX_FILES,
         max_image_bytes=MAX_IMAGE_BYTES,
-        tokens={UPLOAD: {"roles": ["upload"], "name": "uploader"}, OPS: ["ops"], INFER: ["infer"]},
     )
     with thread_server(create_app(settings)) as base:
         yield base, settings, ModelRegistry(settings.registry.dir)

@@ -20,7 +20,8 @@
     }
   }
 
-  /** fetch an API path with the bearer token; JSON in (`json`) and out; errors as ApiError(status, code). */
+  /** fetch an API path with the bearer token; JSON in (`json`) and out, or with `blob` an object URL of the body
+   * (image routes: an <img src> cannot send the token); errors as ApiError(status, code). */
   async function api(path, options) {
     const opts = options || {};
     const headers = new Headers(opts.headers || {});
@@ -37,6 +38,7 @@
     } catch (err) {
       throw new ApiError(0, 'unreachable', 'the API did not answer (' + err.message + ')');
     }
+    if (response.ok && opts.blob) return URL.createObjectURL(await response.blob());
     const text = await response.text();
     let doc = null;
     try { doc = text ? JSON.parse(text) : null; } catch (_) { doc = null; }
@@ -278,16 +280,7 @@
     $('#cmp-show').disabled = onDisk.length === 0;
   }
 
-  async function renderUrl(version, sha) {
-    const response = await fetch(ROOT + `v1/models/${encodeURIComponent(version)}/render?upload=${sha}`, {
-      headers: { Authorization: 'Bearer ' + sessionStorage.getItem(TOKEN_KEY) },
-    });
-    if (!response.ok) {
-      const body = await response.json().catch(() => ({}));
-      throw new ApiError(response.status, 'render', (body.error && body.error.message) || 'render ' + response.status);
-    }
-    return URL.createObjectURL(await response.blob());
-  }
+  const renderUrl = (version, sha) => api(`v1/models/${encodeURIComponent(version)}/render?upload=${sha}`, { blob: true });
 
   async function showCompare() {
     const before = $('#cmp-before').value, after = $('#cmp-after').value;
@@ -381,13 +374,7 @@
   let galleryKey = '';
 
   async function thumbnailUrl(sha) {
-    if (!thumbnails.has(sha)) {
-      const response = await fetch(ROOT + 'v1/unlabeled/' + sha + '/thumbnail', {
-        headers: { Authorization: 'Bearer ' + sessionStorage.getItem(TOKEN_KEY) },
-      });
-      if (!response.ok) throw new ApiError(response.status, 'thumbnail', 'thumbnail ' + response.status);
-      thumbnails.set(sha, URL.createObjectURL(await response.blob()));
-    }
+    if (!thumbnails.has(sha)) thumbnails.set(sha, await api('v1/unlabeled/' + sha + '/thumbnail', { blob: true }));
     return thumbnails.get(sha);
   }
 
