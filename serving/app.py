@@ -29,7 +29,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from continual.queue import JobQueue
 from continual.settings import Settings
 from continual.uploads import UploadStore
-from core.inputs import InputError, PixelBudget, PoseInput, check_image, decode_pose_input
+from core.inputs import InputError, PixelBudget, PoseInput, check_image
 from core.logs import log_context
 from models.registry import ModelRegistry, RegistryError, VersionNotFound
 from serving.api_docs import install_offline_docs
@@ -38,6 +38,7 @@ from serving.backends import VersionedBackend
 from serving.batching import BatchError, MicroBatcher, Overloaded, PoseResult
 from serving.manager import ModelManager, NoActiveModel, PromotionError
 from serving.metrics import Metrics, MetricsMiddleware
+from serving.pipeline import full_resolution
 from serving.previews import VersionPreviews
 from serving.render import render_poses
 from serving.request_ids import RequestIdMiddleware, request_id_of
@@ -131,14 +132,10 @@ class Service:
                 except TimeoutError as err:
                     raise Overloaded(f"too many large images in flight: {err}") from None
                 try:
-                    crop = self.manager.active().pipeline.codec.input_size
-                    decoded = decode_pose_input(
-                        pose_input,
-                        settings.limits.max_pixels,
-                        settings.limits.max_boxes,
-                        header,
-                        min_side=min_side,
-                        min_box=(crop.w, crop.h),
+                    # the active version's crop bounds the reduction; a swap before the batch runs changes only
+                    # how much decode detail the next version gets, never the mapping back (decoded.scale)
+                    decoded = self.manager.active().pipeline.decode_request(
+                        pose_input, settings.limits.max_pixels, settings.limits.max_boxes, header, min_side
                     )
                     decoded_at = time.perf_counter()
                     future = self.batcher.submit(decoded.image, decoded.boxes, options)
@@ -163,9 +160,7 @@ class Service:
             "inference": result.infer_ms,
             "batch_crops": result.batch_crops,
         }
-        if decoded.reduction != 1:
-            sx, sy = decoded.scale
-            result = replace(result, poses=[pose.rescaled(sx, sy) for pose in result.poses])
+        result = replace(result, poses=full_resolution(result.poses, decoded))
         timing = {k: round(v, 3) for k, v in timing.items()}
         width, height = decoded.size
         return PoseOutcome(result, decoded.image, timing, width, height, decoded.reduction)

@@ -18,6 +18,7 @@ from typing import Literal
 import cv2
 import numpy as np
 
+from core.inputs import DecodedInput, ImageHeader, PoseInput, decode_pose_input
 from models.geometry import normalize_crop, person_crop_affine, warp_image
 from serving.backends import InferenceBackend
 from serving.detection import PersonDetector
@@ -44,6 +45,14 @@ class PersonPose:
         points = (np.asarray(self.keypoints, np.float64) + 0.5) * (sx, sy) - 0.5
         box = ((x + 0.5) * sx - 0.5, (y + 0.5) * sy - 0.5, w * sx, h * sy)
         return replace(self, box=box, keypoints=points)
+
+
+def full_resolution(poses: Sequence[PersonPose], decoded: DecodedInput) -> list[PersonPose]:
+    """Poses found in a (possibly reduced) decoded image, in the request's full-resolution pixels."""
+    if decoded.reduction == 1:
+        return list(poses)
+    sx, sy = decoded.scale
+    return [pose.rescaled(sx, sy) for pose in poses]
 
 
 @dataclass(frozen=True)
@@ -102,6 +111,14 @@ class PosePipeline:
         self._mean = np.asarray(meta.mean, np.float32)
         self._std = np.asarray(meta.std, np.float32)
         self._padding = meta.padding
+
+    def decode_request(
+        self, pose_input: PoseInput, max_pixels: int, max_boxes: int, header: ImageHeader, min_side: int = 0
+    ) -> DecodedInput:
+        """A request's image decoded only as large as this pipeline needs: a large JPEG is reduced while its long
+        side stays ≥ `min_side` (0 = full decode) and no box gets smaller than this model's crop."""
+        crop = self.codec.input_size
+        return decode_pose_input(pose_input, max_pixels, max_boxes, header, min_side=min_side, min_box=(crop.w, crop.h))
 
     def predict(
         self,

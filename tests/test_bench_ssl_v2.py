@@ -85,6 +85,19 @@ def test_the_external_teacher_row_is_the_distill_recipe_with_movenet_labels(tmp_
         assert a == b
 
 
+def test_the_1to1_row_differs_from_the_external_row_only_in_the_labeled_share(tmp_path):
+    rows = v2_rows("v2", tmp_path, include_distill=True)
+    balanced = {r.info["labels"]: r for r in rows if r.info["kind"] == "distill_movenet_1to1"}
+    external = {r.info["labels"]: r for r in rows if r.info["kind"] == "distill_movenet"}
+    assert sorted(balanced) == [100, 200, 400]
+    for n, row in balanced.items():
+        a, b = row.config.model_dump(mode="json"), external[n].config.model_dump(mode="json")
+        assert a.pop("name") != b.pop("name")
+        assert (a["data"].pop("pseudo_share"), b["data"].pop("pseudo_share")) == (0.5, None)
+        assert a == b
+    assert ssl_v2.DISTILL_PRECISION["distill_movenet_1to1"] == ssl_v2.DISTILL_PRECISION["distill_movenet"]
+
+
 def _record(method: str, labels: int, seed: int, correct: list[int], key: str) -> dict:
     counted = [12] * len(correct)
     pck = 100.0 * sum(correct) / sum(counted)
@@ -176,7 +189,7 @@ def _distill_row_reports_the_returned_checkpoint(tmp_path: Path, teacher_row: di
     calls = []
 
     def run_distillation(config, teacher, rounds, out_dir, *, precision, threads):
-        assert precision == ssl_v2.DISTILL_PRECISION and threads >= 1
+        assert precision == ssl_v2.DISTILL_PRECISION["distill"] and threads >= 1
         calls.append((config.name, Path(teacher), rounds, Path(out_dir)))
         return [types.SimpleNamespace(best_checkpoint=Path(teacher))]
 
@@ -186,4 +199,5 @@ def _distill_row_reports_the_returned_checkpoint(tmp_path: Path, teacher_row: di
     teacher = tmp_path / "runs" / teacher_row["run"] / "best.pt"
     assert calls == [("ssl_v2-quick_distill_n8_s0", teacher, ssl_v2.DISTILL_ROUNDS, tmp_path / "runs" / row["run"])]
     assert row["done"] and row["step"] == 2 and row["metrics"]["delta"] == 0.0
+    assert row["distill_precision"] == ssl_v2.DISTILL_PRECISION["distill"]
     assert row["metrics"]["pck_limbs"] == teacher_row["metrics"]["pck_limbs"]

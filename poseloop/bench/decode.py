@@ -24,13 +24,13 @@ from typing import Any
 import cv2
 import numpy as np
 
-from core.inputs import PoseInput, check_image, decode_pose_input
+from core.inputs import PoseInput, check_image
 from models.schema_map import joint_map, map_joints
 from models.schemas import LSP14, LSP_LIMB_JOINTS
 from poseloop.bench.doc import git_commit, machine_description, markdown_table, replace_section
 from serving.backends.detector import embedded_detector
 from serving.backends.onnxruntime import OnnxRuntimeBackend
-from serving.pipeline import PoseOptions, PosePipeline
+from serving.pipeline import PoseOptions, PosePipeline, full_resolution
 from training.datasets.records import PersonRecord
 from training.evaluation import lsp_pck
 
@@ -63,17 +63,13 @@ def detect_and_pose(pipeline: PosePipeline, data: bytes, min_side: int) -> tuple
     if none; decode ms; total ms; the reduction used)."""
     start = time.perf_counter()
     header = check_image(data, MAX_PIXELS)
-    crop = pipeline.codec.input_size
-    decoded = decode_pose_input(
-        PoseInput(data, None, False, None), MAX_PIXELS, 64, header, min_side=min_side, min_box=(crop.w, crop.h)
-    )
+    decoded = pipeline.decode_request(PoseInput(data, None, False, None), MAX_PIXELS, 64, header, min_side)
     decoded_at = time.perf_counter()
-    poses = pipeline.predict(decoded.image, None, PoseOptions(detect=True))
-    sx, sy = decoded.scale
+    poses = full_resolution(pipeline.predict(decoded.image, None, PoseOptions(detect=True)), decoded)
     mapping = joint_map(pipeline.backend.metadata.schema, LSP14)
     keypoints = np.full((LSP14.num_keypoints, 2), np.nan)
     if poses:
-        best = max(poses, key=lambda p: p.det_score or 0.0).rescaled(sx, sy)
+        best = max(poses, key=lambda p: p.det_score or 0.0)
         keypoints = map_joints(best.keypoints, mapping, axis=0)
     end = time.perf_counter()
     return keypoints, (decoded_at - start) * 1e3, (end - start) * 1e3, decoded.reduction
