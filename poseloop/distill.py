@@ -96,6 +96,7 @@ def run_distillation(
     device: str | None = None,
     threads: int = 0,
     progress: bool = False,
+    cache_root: str | Path | None = None,
 ) -> list[RoundResult]:
     """Run (or resume) `rounds` rounds; returns one RoundResult per round, in order.
 
@@ -104,6 +105,9 @@ def run_distillation(
     dev_records: labeled records the thresholds are calibrated on; default: the config's validation split (the dev
         split under LSP protocol v2). Never pass records the final figures are reported on.
     precision, min_joints, spread_grid: the filter (training/distill/filter.py, FilterSpec).
+    cache_root: where the pseudo-label caches live (default out_dir/pseudo_labels). A cache is keyed by teacher,
+        filter, pool and dev records, so runs that share those (e.g. students at several label budgets taught by
+        one external model) can share one root and label the pool once.
     """
     if config.method.name != "supervised":
         raise ValueError(f"the student trains with the supervised method, not {config.method.name!r}")
@@ -122,11 +126,12 @@ def run_distillation(
         current = teacher
     if current.schema.name != splits.schema:
         raise ValueError(f"the teacher predicts {current.schema.name}, the student trains on {splits.schema}")
+    caches = out_dir / PSEUDO_DIR if cache_root is None else Path(cache_root)
     results = []
     for r in range(rounds):
-        cache = cache_path(current, splits.unlabeled, out_dir / PSEUDO_DIR, spec, dev)
+        cache = cache_path(current, splits.unlabeled, caches, spec, dev)
         result = finished_round(config, r, out_dir, cache) or _run_round(
-            config, r, out_dir, current, splits.unlabeled, dev, spec, device, progress
+            config, r, out_dir, current, splits.unlabeled, dev, spec, caches, device, progress
         )
         results.append(result)
         current = build_teacher(result.best_checkpoint, splits.schema, tta, threads)
@@ -141,10 +146,11 @@ def _run_round(
     pool: list[PersonRecord],
     dev: list[PersonRecord],
     spec: FilterSpec,
+    caches: Path,
     device: str | None,
     progress: bool,
 ) -> RoundResult:
-    labels = label_pool(teacher, pool, out_dir / PSEUDO_DIR, spec, dev)
+    labels = label_pool(teacher, pool, caches, spec, dev)
     counts = labels.provenance["counts"]
     if counts["persons_kept"] == 0:
         raise ValueError(

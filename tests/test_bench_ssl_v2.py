@@ -188,8 +188,9 @@ def _distill_row_reports_the_returned_checkpoint(tmp_path: Path, teacher_row: di
     """A fake run_distillation that returns its teacher: the row scores that checkpoint, so its Δ is 0."""
     calls = []
 
-    def run_distillation(config, teacher, rounds, out_dir, *, precision, threads):
+    def run_distillation(config, teacher, rounds, out_dir, *, precision, threads, cache_root):
         assert precision == ssl_v2.DISTILL_PRECISION["distill"] and threads >= 1
+        assert Path(cache_root) == tmp_path / "runs" / ssl_v2.SHARED_PSEUDO_LABELS  # one cache root for all rows
         calls.append((config.name, Path(teacher), rounds, Path(out_dir)))
         return [types.SimpleNamespace(best_checkpoint=Path(teacher))]
 

@@ -15,7 +15,7 @@ import pytest
 from models.codec import HeatmapCodec
 from models.geometry import Size, invert_affine, normalize_crop, transform_points, warp_image
 from models.schemas import COCO17, LSP14, MPII16, SCHEMAS
-from training.config import AugmentConfig, DataConfig, TrainConfig, load_config
+from training.config import AugmentConfig, DataConfig, TrainConfig, config_with, load_config
 from training.data import load_pseudo_labels
 from training.datasets.records import PersonRecord
 from training.datasets.topdown import CropParams, TopDownDataset, sample_affine
@@ -496,3 +496,18 @@ def test_two_tiny_rounds_on_real_data_and_resume(tmp_path, data_root):
     assert again == results and [(r.run_dir / "metrics.jsonl").stat().st_mtime_ns for r in again] == stamps
     with pytest.raises(ValueError, match="other inputs"):
         run_distillation(config, BUNDLED, 1, out, dev_records=dev, precision=0.9, min_joints=4, tta=tta)
+    # another student of the same teacher, filter, pool and dev records (another label budget) finds the labels
+    other = config_with(config.model_dump(mode="json"), {"name": "tiny_n6", "data": {"label_budget": 6}})
+    shared = run_distillation(
+        other,
+        BUNDLED,
+        1,
+        tmp_path / "other",
+        dev_records=dev,
+        precision=0.8,
+        min_joints=4,
+        tta=tta,
+        cache_root=out / "pseudo_labels",
+    )
+    assert shared[0].reused_cache and shared[0].cache == results[0].cache
+    assert shared[0].run_dir.parent == tmp_path / "other"

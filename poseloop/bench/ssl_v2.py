@@ -65,6 +65,9 @@ DISTILL_ROUNDS = 1
 # joints and 51% of persons (the sweep is in docs/results/ssl_v2_notes.md).
 DISTILL_PRECISION: dict[str, float] = {DISTILL: 0.7, DISTILL_EXTERNAL: 0.9, DISTILL_EXTERNAL_1TO1: 0.9}
 CHECKPOINT = "best.pt (best dev PCK limbs)"
+# Pseudo-label caches of every distill row, under the rows' output_dir: the MoveNet rows at each N (and 1:1) share
+# one teacher, filter, pool and dev split, hence one cache, so the pool is labelled once, not once per row.
+SHARED_PSEUDO_LABELS = "pseudo_labels"
 
 
 class Profile(TypedDict):
@@ -195,7 +198,13 @@ def run_distill_row(config: TrainConfig, teacher: Path, precision: float) -> Pat
     import torch
 
     result: Any = run_distillation(
-        config, teacher, DISTILL_ROUNDS, config.run_dir, precision=precision, threads=torch.get_num_threads()
+        config,
+        teacher,
+        DISTILL_ROUNDS,
+        config.run_dir,
+        precision=precision,
+        threads=torch.get_num_threads(),
+        cache_root=Path(config.output_dir) / SHARED_PSEUDO_LABELS,
     )
     if isinstance(result, list | tuple):  # one result per round
         result = result[-1]
