@@ -74,28 +74,21 @@ def test_distill_rows_are_a_parameter_and_filters_check_names(tmp_path):
         select_rows(rows, None, None, [7])
 
 
-def test_the_external_teacher_row_is_the_distill_recipe_with_movenet_labels(tmp_path):
+@pytest.mark.parametrize(
+    ("kind", "like", "share"),
+    [("distill_movenet", "distill", None), ("distill_movenet_1to1", "distill_movenet", 0.5)],
+)
+def test_distill_kinds_share_the_student_recipe_but_for_the_labeled_share(tmp_path, kind, like, share):
+    """MoveNet rows train the self-distillation row's student; the 1:1 row only gives the labels half the split."""
     rows = v2_rows("v2", tmp_path, include_distill=True)
-    external = {r.info["labels"]: r for r in rows if r.info["kind"] == "distill_movenet"}
-    own = {r.info["labels"]: r for r in rows if r.info["kind"] == "distill"}
-    assert sorted(external) == [100, 200, 400]
-    for n, row in external.items():
-        a, b = row.config.model_dump(mode="json"), own[n].config.model_dump(mode="json")
-        assert a.pop("name") != b.pop("name")  # its own run directory, else the same student recipe
+    of_kind = {r.info["labels"]: r for r in rows if r.info["kind"] == kind}
+    reference = {r.info["labels"]: r for r in rows if r.info["kind"] == like}
+    assert sorted(of_kind) == [100, 200, 400]
+    for n, row in of_kind.items():
+        a, b = row.config.model_dump(mode="json"), reference[n].config.model_dump(mode="json")
+        assert a.pop("name") != b.pop("name")  # its own run directory
+        assert (a["data"].pop("pseudo_share"), b["data"].pop("pseudo_share")) == (share, None)
         assert a == b
-
-
-def test_the_1to1_row_differs_from_the_external_row_only_in_the_labeled_share(tmp_path):
-    rows = v2_rows("v2", tmp_path, include_distill=True)
-    balanced = {r.info["labels"]: r for r in rows if r.info["kind"] == "distill_movenet_1to1"}
-    external = {r.info["labels"]: r for r in rows if r.info["kind"] == "distill_movenet"}
-    assert sorted(balanced) == [100, 200, 400]
-    for n, row in balanced.items():
-        a, b = row.config.model_dump(mode="json"), external[n].config.model_dump(mode="json")
-        assert a.pop("name") != b.pop("name")
-        assert (a["data"].pop("pseudo_share"), b["data"].pop("pseudo_share")) == (0.5, None)
-        assert a == b
-    assert ssl_v2.DISTILL_PRECISION["distill_movenet_1to1"] == ssl_v2.DISTILL_PRECISION["distill_movenet"]
 
 
 def _record(method: str, labels: int, seed: int, correct: list[int], key: str) -> dict:
