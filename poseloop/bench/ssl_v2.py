@@ -7,8 +7,9 @@ im0801–1000 (500 persons), scored once per run and never used to choose. Every
 (no warm start) and trains the profile's schedule: the same steps and LR schedule for every row.
 
 Rows (`v2_rows`): for N ∈ {100, 200, 400}, supervised at seeds 0 and 1 (so seed variance is visible next to the
-method deltas) and posecons, posedual, dsph, trs, akm at seed 0; `include_distill` adds one "distill" row per N
-(`poseloop.distill.run_distillation`, imported only when such a row runs). The "all labels" reference for gap
+method deltas) and posecons, posedual, dsph, trs, akm at seed 0; `include_distill` adds, per N, the distill rows
+(DISTILL_KINDS: self-distillation, MoveNet as an external teacher, and MoveNet with the labels half of the train
+split; `poseloop.distill.run_distillation`, imported only when such a row runs). The "all labels" reference for gap
 closure is supervised at N = 400, seed 0: under v2 the 400 labeled images are all there are, so it is that row
 itself (one run), and gap closure is undefined (null) for N = 400 rows. Δ = report PCK limbs minus supervised at
 the same N, seed 0, with a 95% paired-bootstrap interval over the 500 report persons.
