@@ -310,6 +310,7 @@ def _config(settings: Settings, checkpoint: Path, job: Job, plan: dict):
             "occlusion_boxes": noise.occlusion_boxes,
             "occlusion_size": list(noise.occlusion_size),
         }
+        data["pseudo_share"] = settings.retrain.distill_pseudo_share
         method = {"name": "supervised"}
     else:
         method = load_config(settings.retrain.config).method.model_dump(mode="json")

@@ -254,6 +254,13 @@ class RetrainSettings(_Section):
         REPO_CONFIGS / "distill" / "lsp_distill.yaml",
         description="distill: the recipe whose occlusion noise the student trains with",
     )
+    distill_pseudo_share: float | None = Field(
+        0.5,
+        gt=0,
+        lt=1,
+        description="distill: the pseudo-labelled share of the train split, labeled records repeated to reach it "
+        "(empty: each record once). 0.5 is the measured best: distill_movenet_1to1 in docs/benchmarks.md, LSP-SSL v2",
+    )
     pseudo_label_dir: Path | None = Field(
         None,
         description="distill: where label caches live (default <data dir>/pseudo_labels); a cache is keyed by its "
@@ -303,6 +310,11 @@ class RetrainSettings(_Section):
         description="processes (one per GPU) per retrain; > 1 runs the training stage under torchrun with "
         "DistributedDataParallel",
     )
+
+    @field_validator("distill_pseudo_share", mode="before")
+    @classmethod
+    def _each_record_once(cls, value: Any) -> Any:
+        return None if isinstance(value, str) and value.strip() == "" else value
 
 
 class LogSettings(_Section):

@@ -1,6 +1,7 @@
 """The retrain job on real data (embedded worker path): plan → baseline → continual training → export with
 parity → register → gate; chunked resumption, cancel, and the gate's refusals (margin, pin, rollback meanwhile)."""
 
+import json
 import threading
 import time
 from pathlib import Path
@@ -57,6 +58,8 @@ def test_retrain_promotes_a_candidate_that_passes_the_gate(loop):
     assert labels["counts"]["persons"] == 12 and 0 < labels["counts"]["persons_kept"] <= 12
     assert labels["calibration"]["precision"] >= 0.9 and labels["calibration"]["dev_records"] == 32
     assert active.meta["data_summary"]["recipe"] == "distill"
+    trained = json.loads((run_dir / "config.json").read_text())["data"]
+    assert trained["pseudo_share"] == 0.5 and trained["pseudo_labels"] == labels["path"]  # the 1:1 recipe
     assert any("gate: promoted" in line for line in queue.jobs.logs(job.id))
 
 
