@@ -22,10 +22,6 @@ def pytest_collection_modifyitems(config, items) -> None:
     for item in items:
         if INTEGRATION_FIXTURES & set(item.fixturenames):
             item.add_marker(pytest.mark.integration)
-    # files with `slow` tests first, in their collected order: `make test` hands whole files to its xdist workers
-    # in this order, so the longest ones start at once instead of one of them running alone at the end
-    slow_files = {item.path for item in items if item.get_closest_marker("slow")}
-    items.sort(key=lambda item: item.path not in slow_files)
 
 
 def shared_dir(tmp_path_factory, name: str) -> Path:

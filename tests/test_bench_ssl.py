@@ -8,8 +8,6 @@ import pytest
 from poseloop.bench.runs import _train_time_s, load_results, save_result
 from poseloop.bench.ssl import METHODS, run_ssl_bench
 
-pytestmark = pytest.mark.slow
-
 
 def test_quick_profile_runs_every_preset(tmp_path, data_root):
     results = run_ssl_bench("quick", out=tmp_path / "bench.md", results_dir=tmp_path)

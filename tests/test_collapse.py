@@ -16,8 +16,6 @@ import tests.naive_method  # noqa: F401 - registers the collapsing anti-example 
 from training.config import load_config
 from training.engine import Trainer
 
-pytestmark = pytest.mark.slow
-
 CONFIGS = Path(__file__).resolve().parent.parent / "configs" / "ssl"
 SMALL = [
     "data.input_h=64",

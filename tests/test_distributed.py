@@ -12,8 +12,6 @@ import torch
 from training.distributed import DistContext, torchrun_argv
 from training.engine import InfiniteLoader
 
-pytestmark = pytest.mark.slow
-
 REPO = Path(__file__).resolve().parents[1]
 
 

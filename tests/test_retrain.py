@@ -13,8 +13,6 @@ from continual.runner import context, work_once
 from continual.uploads import UploadStore
 from tests.loop_fixtures import RETRAIN_OVERRIDES, install_active, loop_settings, upload_lspet
 
-pytestmark = pytest.mark.slow
-
 
 @pytest.fixture
 def loop(tmp_path, small_model, data_root):
