@@ -18,15 +18,20 @@ if TYPE_CHECKING:
     from serving.detection import PersonDetector
 
 BUNDLED_MODEL_DIR = Path(__file__).resolve().parent.parent / "artifacts"
+# the bundle served out of the box: COCO-17 output, and ahead of the LSP-14 bundle under every box protocol
+# (docs/benchmarks.md, "COCO-17 v2 student"); the LSP-14 one stays for the SSL benchmark and LSP-schema users
+DEFAULT_BUNDLE = "coco17-mbv2-128x96"
 
 
 def default_model_path() -> Path | None:
-    """$POSELOOP_MODEL, else the newest bundled artifacts/<name>/v<N>/model.onnx, else None."""
+    """$POSELOOP_MODEL, else the newest version of the DEFAULT_BUNDLE, else the newest of any bundle
+    (artifacts/<name>/v<N>/model.onnx), else None."""
     env = os.environ.get("POSELOOP_MODEL")
     if env:
         return Path(env)
     bundled = sorted(
-        BUNDLED_MODEL_DIR.glob("*/v*/model.onnx"), key=lambda p: (p.parent.parent.name, int(p.parent.name[1:] or 0))
+        BUNDLED_MODEL_DIR.glob("*/v*/model.onnx"),
+        key=lambda p: (p.parent.parent.name == DEFAULT_BUNDLE, p.parent.parent.name, int(p.parent.name[1:] or 0)),
     )
     return bundled[-1] if bundled else None
 

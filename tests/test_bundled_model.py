@@ -19,7 +19,7 @@ from models.metadata import REQUIRED_KEYS, ModelMetadata
 from models.registry import ModelRegistry
 from models.schema_map import joint_map, map_joints
 from models.schemas import LSP14
-from poseloop.workflows import BUNDLED_MODEL_DIR, default_model_path, predict_image
+from poseloop.workflows import BUNDLED_MODEL_DIR, DEFAULT_BUNDLE, default_model_path, predict_image
 from serving.backends.onnxruntime import OnnxRuntimeBackend
 from serving.pipeline import PosePipeline
 from tests.serving_fixtures import auth, thread_server
@@ -73,9 +73,12 @@ def test_bundle_fits_the_budget_and_its_card_tells_the_truth(bundle, release) ->
         assert f"| {mine['detector']:.1f} |" in card
 
 
-def test_the_default_is_the_newest_bundle(monkeypatch) -> None:
+def test_the_default_is_the_coco17_bundle(monkeypatch) -> None:
     monkeypatch.delenv("POSELOOP_MODEL", raising=False)
-    assert default_model_path() == BUNDLES[-1]
+    newest = sorted(BUNDLED_MODEL_DIR.glob(f"{DEFAULT_BUNDLE}/v*/model.onnx"), key=lambda p: int(p.parent.name[1:]))
+    assert default_model_path() == (newest[-1] if newest else BUNDLES[-1])
+    if newest:
+        assert ModelMetadata.from_onnx(default_model_path()).schema.name == "coco17"
     monkeypatch.setenv("POSELOOP_MODEL", "/somewhere/else.onnx")
     assert default_model_path() == Path("/somewhere/else.onnx")
 
