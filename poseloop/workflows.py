@@ -18,8 +18,9 @@ if TYPE_CHECKING:
     from serving.detection import PersonDetector
 
 BUNDLED_MODEL_DIR = Path(__file__).resolve().parent.parent / "artifacts"
-# the bundle served out of the box: COCO-17 output, and ahead of the LSP-14 bundle under every box protocol
-# (docs/benchmarks.md, "COCO-17 v2 student"); the LSP-14 one stays for the SSL benchmark and LSP-schema users
+# the bundle served out of the box: COCO-17 output, measurably ahead of the LSP-14 bundle with detector boxes and
+# level with it on tight boxes and whole images (docs/benchmarks.md, "COCO-17 v2 student"); the LSP-14 one stays
+# for the SSL benchmark and LSP-schema users
 DEFAULT_BUNDLE = "coco17-mbv2-128x96"
 
 
