@@ -224,8 +224,9 @@ def model_card(r: dict) -> str:
 A top-down 2D pose estimator for the {schema.num_keypoints}-joint {skeleton} skeleton (schema `{schema.name}`),
 one person crop at a time;
 the bundled person detector (artifacts/detector-nanodet-g-416) finds the people when a request sends no boxes.
-`make up` / `poseloop up` and `poseloop serve` install the default bundle as registry version 1 when the registry is
-empty; `poseloop predict` uses it when no `--model` is given. It was trained by PoseLoop's own pipeline; every
+`make up` / `poseloop up` and `poseloop serve` install the default bundle (`poseloop.workflows.DEFAULT_BUNDLE`) as
+registry version 1 when the registry is empty, and `poseloop predict` uses it when no `--model` is given;
+`POSELOOP_MODEL` selects any other bundle. It was trained by PoseLoop's own pipeline; every
 figure below was measured by `poseloop release` on the shipped files (`release.json` holds them all).
 
 ## Model
