@@ -45,6 +45,11 @@ OTHER_VARIABLES = {
 }
 
 
+def _empty_is_none(value: Any) -> Any:
+    """An optional setting given as an empty environment variable means "unset" (None), as in a .env file."""
+    return None if isinstance(value, str) and value.strip() == "" else value
+
+
 class TokenSpec(BaseModel):
     """Roles of one bearer token; `name` is what the audit log records as the actor."""
 
@@ -131,10 +136,7 @@ class InferenceSettings(_Section):
         "full-resolution pixels; 0 = always decode in full",
     )
 
-    @field_validator("detector_path", mode="before")
-    @classmethod
-    def _no_detector(cls, value: Any) -> Any:
-        return None if isinstance(value, str) and value.strip() == "" else value
+    _no_detector = field_validator("detector_path", mode="before")(_empty_is_none)
 
 
 class TritonSettings(_Section):
@@ -311,10 +313,7 @@ class RetrainSettings(_Section):
         "DistributedDataParallel",
     )
 
-    @field_validator("distill_pseudo_share", mode="before")
-    @classmethod
-    def _each_record_once(cls, value: Any) -> Any:
-        return None if isinstance(value, str) and value.strip() == "" else value
+    _each_record_once = field_validator("distill_pseudo_share", mode="before")(_empty_is_none)
 
 
 class LogSettings(_Section):
