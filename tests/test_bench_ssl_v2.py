@@ -30,6 +30,7 @@ def test_default_rows_cover_every_method_and_n_on_one_schedule(tmp_path):
     cells = [(r.info["method"], r.info["labels"], r.info["seed"]) for r in rows]
     expected = {("supervised", n, s) for n in (100, 200, 400) for s in (0, 1)}
     expected |= {(m, n, 0) for m in METHODS[1:] for n in (100, 200, 400)}
+    expected |= {("posecons_rampup", 100, 0)}
     assert sorted(cells) == sorted(expected)  # each cell once, nothing else (no distill rows by default)
     assert set(METHODS[1:]) == {"posecons", "posedual", "dsph", "trs", "akm"}
     assert {r.info["kind"] for r in rows} == {"train"}
@@ -40,10 +41,13 @@ def test_default_rows_cover_every_method_and_n_on_one_schedule(tmp_path):
         assert (c.schedule.val_every, c.optim.batch_size, c.data.input_h, c.data.input_w) == (250, 32, 128, 96)
         assert c.data.lsp_protocol == "v2" and c.data.unlabeled == "lspet" and c.data.label_budget == r.info["labels"]
         assert c.model.pretrained and c.init_checkpoint is None  # ImageNet init, no warm start
-        assert c.seed == r.info["seed"] and c.method.name == r.info["method"]
+        assert c.seed == r.info["seed"] and c.method.name == r.info["method"].removesuffix("_rampup")
         assert c.method.params.get("peer_init") != "copy"  # no warm start, so no copied peer
         if r.info["method"] != "supervised":
             assert c.method.params["hard_view_bn_stats"] is False
+    # an ablation variant is its seed method's preset with the one change it tests, nothing else
+    by_cell = {(r.info["method"], r.info["labels"]): r.config.method.params for r in rows}
+    assert by_cell["posecons_rampup", 100] == by_cell["posecons", 100] | {"rampup_steps": 500}
     # the base config holds the profile's schedule, so `poseloop train configs/ssl_v2/<m>.yaml` is a table row
     base = yaml.safe_load((CONFIGS / "base.yaml").read_text())
     p = PROFILES["v2"]
@@ -195,3 +199,10 @@ def _distill_row_reports_the_returned_checkpoint(tmp_path: Path, teacher_row: di
     assert row["done"] and row["step"] == 2 and row["metrics"]["delta"] == 0.0
     assert row["distill_precision"] == ssl_v2.DISTILL_PRECISION["distill"]
     assert row["metrics"]["pck_limbs"] == teacher_row["metrics"]["pck_limbs"]
+
+    # a later refresh that may not run distill rows still shows this one: the table is the whole table
+    monkeypatch.delitem(sys.modules, "poseloop.distill")
+    out = tmp_path / "refresh.md"
+    refreshed = run_ssl_v2_bench("v2-quick", out, tmp_path, ["supervised"], [8], include_distill=False)
+    assert refreshed[row["config_hash"]]["done"]
+    assert f"| 8 | distill | 0 | {row['metrics']['pck_limbs']:.1f} |" in out.read_text()

@@ -7,9 +7,10 @@ im0801–1000 (500 persons), scored once per run and never used to choose. Every
 (no warm start) and trains the profile's schedule: the same steps and LR schedule for every row.
 
 Rows (`v2_rows`): for N ∈ {100, 200, 400}, supervised at seeds 0 and 1 (so seed variance is visible next to the
-method deltas) and posecons, posedual, dsph, trs, akm at seed 0; `include_distill` adds, per N, the distill rows
-(DISTILL_KINDS: self-distillation, MoveNet as an external teacher, and MoveNet with the labels half of the train
-split; `poseloop.distill.run_distillation`, imported only when such a row runs). The "all labels" reference for gap
+method deltas) and posecons, posedual, dsph, trs, akm at seed 0, plus the ablation VARIANTS; `include_distill`
+adds, per N, the distill rows to what a call may run (DISTILL_KINDS: self-distillation, MoveNet as an external
+teacher, and MoveNet with the labels half of the train split; `poseloop.distill.run_distillation`, imported only
+when such a row runs); the docs table always shows every row. The "all labels" reference for gap
 closure is supervised at N = 400, seed 0: under v2 the 400 labeled images are all there are, so it is that row
 itself (one run), and gap closure is undefined (null) for N = 400 rows. Δ = report PCK limbs minus supervised at
 the same N, seed 0, with a 95% paired-bootstrap interval over the 500 report persons.
@@ -44,6 +45,9 @@ from training.evaluation import paired_bootstrap_delta
 CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "ssl_v2"
 SSL_METHODS = ("posecons", "posedual", "dsph", "trs", "akm")
 METHODS = ("supervised", *SSL_METHODS)
+# Ablation rows: a seed method's preset with one change that tests a measured diagnosis, run at the N where it was
+# diagnosed (configs/ssl_v2/<name>.yaml; its method is the seed method, shown next to it in the table).
+VARIANTS: dict[str, tuple[int, ...]] = {"posecons_rampup": (100,)}
 DISTILL = "distill"
 # An external-teacher distill row: the same student recipe, labels from MoveNet Thunder (COCO-17, mapped to LSP's
 # limbs by joint name; converted by tools/convert). It is not a seed method: the teacher learned from COCO's labels,
@@ -154,6 +158,7 @@ def v2_rows(profile: str, results_dir: Path, include_distill: bool = False) -> l
         for seed in p["supervised_seeds"]
     ]
     rows += [_row("train", m, n, 0, profile, results_dir) for n in p["labels"] for m in SSL_METHODS]
+    rows += [_row("train", v, n, 0, profile, results_dir) for v, ns in VARIANTS.items() for n in ns if n in p["labels"]]
     if include_distill:
         rows += [_row(m, m, n, 0, profile, results_dir) for n in p["labels"] for m in DISTILL_KINDS]
     return rows
@@ -315,10 +320,13 @@ def run_ssl_v2_bench(
     include_distill: bool = False,
     only_seeds: list[int] | None = None,
 ) -> dict:
-    """Run (or resume) the selected rows, refresh the comparisons, rewrite the docs section; returns the current
-    rows' results by config hash (rows of superseded configs stay in the file, off the table)."""
-    rows = v2_rows(profile, results_dir, include_distill)
-    selected = select_rows(rows, only_methods, only_labels, only_seeds)
+    """Run (or resume) the selected rows, refresh the comparisons, rewrite the docs section; returns the results of
+    every current row, run by this call or an earlier one, by config hash (rows of superseded configs stay in the
+    file, off the table)."""
+    # the table, its chart and the comparisons always cover every row, distill included: `include_distill` only
+    # widens which rows this call may run, so a refresh of one seed row never hides the distill results
+    rows = v2_rows(profile, results_dir, include_distill=True)
+    selected = select_rows(v2_rows(profile, results_dir, include_distill), only_methods, only_labels, only_seeds)
     path = results_path(profile, results_dir)
     reference = PROFILES[profile]["reference_labels"]
 
@@ -342,7 +350,7 @@ def run_ssl_v2_bench(
 # ---------------------------------------------------------------------- docs/benchmarks.md section and chart
 def _table_rows(results: dict, rows: list[BenchRow]) -> list[tuple[BenchRow, dict | None]]:
     """(row, its record or None) for the table, by N then in row order (supervised seeds first)."""
-    order = {m: i for i, m in enumerate((*METHODS, *DISTILL_KINDS))}
+    order = {m: i for i, m in enumerate((*METHODS, *VARIANTS, *DISTILL_KINDS))}
     ranked = sorted(rows, key=lambda r: (r.info["labels"], order[r.info["method"]], r.info["seed"]))
     return [(r, results.get(r.config.config_hash())) for r in ranked]
 
