@@ -15,6 +15,7 @@ from poseloop.bench.ssl_v2 import (
     CONFIGS,
     METHODS,
     PROFILES,
+    VARIANTS,
     add_comparisons,
     run_ssl_v2_bench,
     select_rows,
@@ -30,7 +31,8 @@ def test_default_rows_cover_every_method_and_n_on_one_schedule(tmp_path):
     cells = [(r.info["method"], r.info["labels"], r.info["seed"]) for r in rows]
     expected = {("supervised", n, s) for n in (100, 200, 400) for s in (0, 1)}
     expected |= {(m, n, 0) for m in METHODS[1:] for n in (100, 200, 400)}
-    expected |= {("posecons_rampup", 100, 0)}
+    expected |= {(v, n, 0) for v, ns in VARIANTS.items() for n in ns}
+    assert set(VARIANTS) == {"posecons_rampup", "trs_rampup", "akm_rampup"}
     assert sorted(cells) == sorted(expected)  # each cell once, nothing else (no distill rows by default)
     assert set(METHODS[1:]) == {"posecons", "posedual", "dsph", "trs", "akm"}
     assert {r.info["kind"] for r in rows} == {"train"}
@@ -47,7 +49,9 @@ def test_default_rows_cover_every_method_and_n_on_one_schedule(tmp_path):
             assert c.method.params["hard_view_bn_stats"] is False
     # an ablation variant is its seed method's preset with the one change it tests, nothing else
     by_cell = {(r.info["method"], r.info["labels"]): r.config.method.params for r in rows}
-    assert by_cell["posecons_rampup", 100] == by_cell["posecons", 100] | {"rampup_steps": 500}
+    for variant, ns in VARIANTS.items():
+        for n in ns:
+            assert by_cell[variant, n] == by_cell[variant.removesuffix("_rampup"), n] | {"rampup_steps": 500}
     # the base config holds the profile's schedule, so `poseloop train configs/ssl_v2/<m>.yaml` is a table row
     base = yaml.safe_load((CONFIGS / "base.yaml").read_text())
     p = PROFILES["v2"]
