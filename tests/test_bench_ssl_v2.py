@@ -22,6 +22,15 @@ from poseloop.bench.ssl_v2 import (
     v2_rows,
 )
 
+# each ablation row: its seed method and the change it tests against that preset
+RAMP = {"rampup_steps": 500}
+VARIANT_CHANGES = {
+    "posecons_rampup": ("posecons", RAMP),
+    "trs_rampup": ("trs", RAMP),
+    "akm_rampup": ("akm", RAMP),
+    "akm_rampup_gated": ("akm", RAMP | {"confidence_threshold": 0.1}),
+    "akm_rampup_gated_nomix": ("akm", RAMP | {"confidence_threshold": 0.1, "lambda_m": 0.0}),
+}
 REQUIRED = ("method", "labels", "seed", "config_hash", "step", "train_minutes", "metrics")
 REQUIRED_METRICS = ("pck_limbs", "delta", "ci_low", "ci_high", "gap_closure", "collapse", "dev_pck_limbs", "per_person")
 
@@ -32,7 +41,7 @@ def test_default_rows_cover_every_method_and_n_on_one_schedule(tmp_path):
     expected = {("supervised", n, s) for n in (100, 200, 400) for s in (0, 1)}
     expected |= {(m, n, 0) for m in METHODS[1:] for n in (100, 200, 400)}
     expected |= {(v, n, 0) for v, ns in VARIANTS.items() for n in ns}
-    assert set(VARIANTS) == {"posecons_rampup", "trs_rampup", "akm_rampup"}
+    assert set(VARIANTS) == set(VARIANT_CHANGES)
     assert sorted(cells) == sorted(expected)  # each cell once, nothing else (no distill rows by default)
     assert set(METHODS[1:]) == {"posecons", "posedual", "dsph", "trs", "akm"}
     assert {r.info["kind"] for r in rows} == {"train"}
@@ -43,15 +52,18 @@ def test_default_rows_cover_every_method_and_n_on_one_schedule(tmp_path):
         assert (c.schedule.val_every, c.optim.batch_size, c.data.input_h, c.data.input_w) == (250, 32, 128, 96)
         assert c.data.lsp_protocol == "v2" and c.data.unlabeled == "lspet" and c.data.label_budget == r.info["labels"]
         assert c.model.pretrained and c.init_checkpoint is None  # ImageNet init, no warm start
-        assert c.seed == r.info["seed"] and c.method.name == r.info["method"].removesuffix("_rampup")
+        assert (
+            c.seed == r.info["seed"] and c.method.name == VARIANT_CHANGES.get(r.info["method"], (r.info["method"],))[0]
+        )
         assert c.method.params.get("peer_init") != "copy"  # no warm start, so no copied peer
         if r.info["method"] != "supervised":
             assert c.method.params["hard_view_bn_stats"] is False
     # an ablation variant is its seed method's preset with the one change it tests, nothing else
     by_cell = {(r.info["method"], r.info["labels"]): r.config.method.params for r in rows}
     for variant, ns in VARIANTS.items():
+        method, change = VARIANT_CHANGES[variant]
         for n in ns:
-            assert by_cell[variant, n] == by_cell[variant.removesuffix("_rampup"), n] | {"rampup_steps": 500}
+            assert by_cell[variant, n] == by_cell[method, n] | change
     # the base config holds the profile's schedule, so `poseloop train configs/ssl_v2/<m>.yaml` is a table row
     base = yaml.safe_load((CONFIGS / "base.yaml").read_text())
     p = PROFILES["v2"]
