@@ -70,7 +70,7 @@ def test_naive_consistency_collapses_and_the_guard_fires_while_easy_to_hard_does
     torch.set_num_threads(1)
     with ThreadPoolExecutor(2) as pool:
         naive_run = pool.submit(consistency, "naive", 450, "method.name=naive_symmetric", "schedule.val_every=100")
-        healthy_run = pool.submit(consistency, "easy_to_hard", 400)
+        healthy_run = pool.submit(consistency, "easy_to_hard", 450)
         naive, healthy = naive_run.result(), healthy_run.result()
     assert naive.stopped_reason and "collapse" in naive.stopped_reason and naive.steps < 450
     assert (naive.run_dir / "UNPROMOTABLE").exists()
