@@ -27,6 +27,8 @@ RAMP = {"rampup_steps": 500}
 VARIANT_CHANGES = {
     "posecons_rampup": ("posecons", RAMP),
     "trs_rampup": ("trs", RAMP),
+    "posedual_rampup": ("posedual", RAMP),
+    "dsph_rampup": ("dsph", RAMP),
     "akm_rampup": ("akm", RAMP),
     "akm_rampup_gated": ("akm", RAMP | {"confidence_threshold": 0.1}),
     "akm_rampup_gated_nomix": ("akm", RAMP | {"confidence_threshold": 0.1, "lambda_m": 0.0}),

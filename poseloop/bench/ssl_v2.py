@@ -50,6 +50,8 @@ METHODS = ("supervised", *SSL_METHODS)
 VARIANTS: dict[str, tuple[int, ...]] = {
     "posecons_rampup": (100, 200),
     "trs_rampup": (100,),
+    "posedual_rampup": (100,),
+    "dsph_rampup": (100,),
     "akm_rampup": (100,),
     "akm_rampup_gated": (100,),
     "akm_rampup_gated_nomix": (100,),
