@@ -15,6 +15,7 @@ from poseloop.bench.ssl_v2 import (
     CONFIGS,
     METHODS,
     PROFILES,
+    SEED_REPEATS,
     VARIANTS,
     add_comparisons,
     run_ssl_v2_bench,
@@ -43,6 +44,8 @@ def test_default_rows_cover_every_method_and_n_on_one_schedule(tmp_path):
     expected = {("supervised", n, s) for n in (100, 200, 400) for s in (0, 1)}
     expected |= {(m, n, 0) for m in METHODS[1:] for n in (100, 200, 400)}
     expected |= {(v, n, 0) for v, ns in VARIANTS.items() for n in ns}
+    expected |= {(v, n, 1) for v, ns in SEED_REPEATS.items() for n in ns}
+    assert all(set(ns) <= set(VARIANTS[v]) for v, ns in SEED_REPEATS.items())  # a repeat of a row that runs
     assert set(VARIANTS) == set(VARIANT_CHANGES)
     assert sorted(cells) == sorted(expected)  # each cell once, nothing else (no distill rows by default)
     assert set(METHODS[1:]) == {"posecons", "posedual", "dsph", "trs", "akm"}
