@@ -49,7 +49,7 @@ METHODS = ("supervised", *SSL_METHODS)
 # diagnosed, and at the next N once it wins on dev there (configs/ssl_v2/<name>.yaml; its method is the seed method).
 VARIANTS: dict[str, tuple[int, ...]] = {
     "posecons_rampup": (100, 200),
-    "trs_rampup": (100,),
+    "trs_rampup": (100, 200),
     "posedual_rampup": (100,),
     "dsph_rampup": (100,),
     "akm_rampup": (100,),
