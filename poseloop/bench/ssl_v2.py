@@ -440,6 +440,8 @@ def plot_v2(entries: list[tuple[BenchRow, dict | None]], path: Path, profile: st
     series = list(dict.fromkeys(_series(r) for r, _ in entries))
     groups = sorted({r.info["labels"] for r, _ in entries})
     width = 0.8 / len(series)
+    tab20 = plt.get_cmap("tab20")  # the default cycle has 10 colours, the table more series than that
+    palette = [tab20(i) for i in range(tab20.N)]
     fig, ax = plt.subplots(figsize=(10, 4), dpi=120)
     text_at = ax.get_xaxis_transform()  # x in data, y in axes fractions
     for j, name in enumerate(series):
@@ -456,7 +458,7 @@ def plot_v2(entries: list[tuple[BenchRow, dict | None]], path: Path, profile: st
             if m["delta"] is not None:
                 base = m["pck_limbs"] - m["delta"]
                 err = [[m["pck_limbs"] - (base + m["ci_low"])], [base + m["ci_high"] - m["pck_limbs"]]]
-            ax.bar(x, m["pck_limbs"], width, color=f"C{j}", label=name, yerr=err, capsize=2)
+            ax.bar(x, m["pck_limbs"], width, color=palette[j % len(palette)], label=name, yerr=err, capsize=2)
     for i, n in enumerate(groups):
         ref = next((rec for r, rec in entries if _series(r) == "supervised s0" and r.info["labels"] == n), None)
         if ref and ref.get("done") and ref["metrics"]["pck_limbs"] is not None:
