@@ -126,7 +126,9 @@ def _record(method: str, labels: int, seed: int, correct: list[int], key: str) -
         "seed": seed,
         "config_hash": key,
         "done": True,
-        "metrics": {"pck_limbs": pck, "per_person": people},
+        "step": 1500,
+        "train_minutes": 1.0,
+        "metrics": {"pck_limbs": pck, "pck_all": pck, "dev_pck_limbs": pck, "collapse": None, "per_person": people},
     }
 
 
@@ -154,6 +156,30 @@ def test_comparisons_pair_each_row_with_supervised_n_seed0(tmp_path):
     assert results[key["posecons", 400, 0]]["metrics"]["delta"] == pytest.approx(100 * 1 / 48)
     assert results[key["trs", 200, 0]]["metrics"]["delta"] is None
     assert "delta" not in results["old00000000"]["metrics"]
+
+
+def test_two_seed_comparison_pairs_seed_means_once_all_four_runs_exist(tmp_path):
+    rows = v2_rows("v2", tmp_path)
+    key = {(r.info["method"], r.info["labels"], r.info["seed"]): r.config.config_hash() for r in rows}
+    scores = {  # 4 persons × 12 limbs
+        ("supervised", 100, 0): [4, 5, 6, 5],
+        ("supervised", 100, 1): [6, 5, 6, 7],
+        ("trs_rampup", 100, 0): [8, 7, 8, 7],  # seed 0 alone: +10.4 over supervised seed 0
+        ("trs_rampup", 100, 1): [4, 5, 6, 5],
+        ("posecons_rampup", 100, 0): [6, 6, 6, 6],  # no seed-1 run yet
+    }
+    results = {key[c]: _record(*c, correct, key[c]) for c, correct in scores.items()}
+    add_comparisons(results, rows, reference_labels=400)
+    trs = [results[key["trs_rampup", 100, s]]["metrics"] for s in (0, 1)]
+    # means: trs (6, 6, 7, 6) = 25/48, supervised (5, 5, 6, 6) = 22/48
+    assert trs[0]["delta"] == pytest.approx(100 * 10 / 48)
+    for m in trs:
+        assert m["two_seed_delta"] == pytest.approx(100 * 3 / 48)
+        assert m["two_seed_ci_low"] <= m["two_seed_delta"] <= m["two_seed_ci_high"]
+    assert results[key["posecons_rampup", 100, 0]]["metrics"]["two_seed_delta"] is None
+    assert results[key["supervised", 100, 1]]["metrics"]["two_seed_delta"] is None
+    trs_s1 = next(r for r in rows if r.config.config_hash() == key["trs_rampup", 100, 1])
+    assert ssl_v2._cells(trs_s1, results[key["trs_rampup", 100, 1]])[6].startswith("+6.2 [")  # the table column
 
 
 def test_a_distill_row_without_its_module_is_reported_not_run(tmp_path, monkeypatch):

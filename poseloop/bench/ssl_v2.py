@@ -58,7 +58,7 @@ VARIANTS: dict[str, tuple[int, ...]] = {
 }
 # Rows whose interval excludes 0, trained again at seed 1 (N per row), so their gain stands next to what a seed
 # alone moves (supervised has seeds 0 and 1 at every N); Δ stays against supervised seed 0.
-SEED_REPEATS: dict[str, tuple[int, ...]] = {"posecons_rampup": (100,), "trs_rampup": (100,)}
+SEED_REPEATS: dict[str, tuple[int, ...]] = {"posecons_rampup": (100,), "trs_rampup": (100, 200)}
 DISTILL = "distill"
 # An external-teacher distill row: the same student recipe, labels from MoveNet Thunder (COCO-17, mapped to LSP's
 # limbs by joint name; converted by tools/convert). It is not a seed method: the teacher learned from COCO's labels,
@@ -299,7 +299,8 @@ def gap_closure(value: float, sup_n: float, sup_all: float) -> float | None:
 
 
 def add_comparisons(results: dict, rows: list[BenchRow], reference_labels: int) -> None:
-    """Fill Δ, its interval and gap closure of every finished current row (in place) from the per-person counts:
+    """Fill Δ, its interval, gap closure and the two-seed comparison of every finished current row (in place) from
+    the per-person counts:
     a row's reference may finish after it, so this runs after every row and at the end (deterministic: the
     bootstrap is seeded)."""
     current = {r.config.config_hash() for r in rows}
@@ -319,6 +320,26 @@ def add_comparisons(results: dict, rows: list[BenchRow], reference_labels: int) 
         m.update(delta=delta, ci_low=low, ci_high=high)
         if top and top["pck_limbs"] is not None and record["labels"] != reference_labels:
             m["gap_closure"] = gap_closure(m["pck_limbs"], ref["pck_limbs"], top["pck_limbs"])
+    for record in done.values():
+        record["metrics"].update(two_seed_delta=None, two_seed_ci_low=None, two_seed_ci_high=None)
+        if record["method"] != "supervised":
+            record["metrics"].update(two_seed_comparison(cells, record["method"], record["labels"]))
+
+
+def two_seed_comparison(cells: dict, method: str, labels: int) -> dict:
+    """The row's mean over seeds 0 and 1 against supervised's mean over the same seeds, per person, with a paired
+    bootstrap: one seed's Δ can be what the seed moves (posecons_rampup won at seed 0 and lost at seed 1), so a
+    seed method's gain counts when this interval excludes 0. Empty until all four runs have report scores."""
+    runs = [cells.get((name, labels, seed), (None, None))[1] for name in (method, "supervised") for seed in (0, 1)]
+    if any(m is None or m["pck_limbs"] is None for m in runs):
+        return {}
+    counted = runs[0]["per_person"]["limbs_counted"]
+    if any(m["per_person"]["limbs_counted"] != counted for m in runs):
+        raise ValueError(f"{method} N={labels}: its seeds and supervised's were scored on different persons")
+    correct = [m["per_person"]["limbs_correct"] for m in runs]
+    mine, theirs = ([(a + b) / 2 for a, b in zip(s0, s1, strict=True)] for s0, s1 in (correct[:2], correct[2:]))
+    delta, low, high = paired_bootstrap_delta(mine, theirs, counted)
+    return {"two_seed_delta": delta, "two_seed_ci_low": low, "two_seed_ci_high": high}
 
 
 def results_path(profile: str, results_dir: Path) -> Path:
@@ -373,10 +394,10 @@ def _cells(row: BenchRow, record: dict | None) -> list:
     head = [row.info["labels"], row.info["method"], row.info["seed"]]
     if record is None or not record.get("done"):
         status = "pending" if record is None else f"not run: {record.get('reason', '')}"
-        return [*head, status, "", "", "", "", "", "", ""]
+        return [*head, status, "", "", "", "", "", "", "", ""]
     m = record["metrics"]
     if m["pck_limbs"] is None:
-        return [*head, "no checkpoint", "", "", "", "", "", record["train_minutes"], m["collapse"] or "no"]
+        return [*head, "no checkpoint", "", "", "", "", "", "", record["train_minutes"], m["collapse"] or "no"]
     if m["delta"] is None:
         delta = "(reference pending)"
     elif m.get("reference") == record["config_hash"]:
@@ -384,11 +405,15 @@ def _cells(row: BenchRow, record: dict | None) -> list:
     else:
         delta = f"{m['delta']:+.1f} [{m['ci_low']:+.1f}, {m['ci_high']:+.1f}]"
     gap = "–" if m["gap_closure"] is None else f"{m['gap_closure']:.2f}"
+    two_seed = "–"
+    if m.get("two_seed_delta") is not None:
+        two_seed = f"{m['two_seed_delta']:+.1f} [{m['two_seed_ci_low']:+.1f}, {m['two_seed_ci_high']:+.1f}]"
     return [
         *head,
         m["pck_limbs"],
         m["pck_all"],
         delta,
+        two_seed,
         gap,
         m["dev_pck_limbs"],
         record["step"],
@@ -404,7 +429,7 @@ def write_section(results: dict, rows: list[BenchRow], out: Path, profile: str, 
     plot_v2(entries, chart, profile)
     milestones = ", ".join(f"{int(f * p['iterations'])}" for f in p["milestones"])
     headers = ["N", "method", "seed", "PCK limbs (report)", "PCK all (report)", "Δ vs supervised_N seed 0 [95% CI]"]
-    headers += ["gap closure", "dev PCK limbs", "step", "train min", "collapse"]
+    headers += ["two-seed mean Δ [95% CI]", "gap closure", "dev PCK limbs", "step", "train min", "collapse"]
     body = (
         f"Command: `poseloop bench ssl-v2 --profile {profile}` · commit `{git_commit()}` · {machine_description()}\n\n"
         "LSP protocol v2: labels = first N of im0001–0400, unlabeled = 5,000 LSPET crops (batches 1:1), dev = "
@@ -416,6 +441,9 @@ def write_section(results: dict, rows: list[BenchRow], out: Path, profile: str, 
         "PCK@0.2 (limbs = 12 joints; all = 14) on the report split. Δ = PCK limbs minus supervised at the same N, "
         "seed 0, on the same 500 persons, with a 95% paired-bootstrap interval (2,000 resamples): an interval "
         "that contains 0 is not a measured difference; the seed-1 supervised row shows what a seed alone moves. "
+        "Two-seed mean Δ (rows trained at seeds 0 and 1) = the mean of the two seeds minus supervised's mean of "
+        "the same two seeds, per person, with the same paired bootstrap: a seed method's gain counts when this "
+        "interval excludes 0. "
         f"Gap closure = (row − supervised_N)/(supervised_{p['reference_labels']} − supervised_N), seed 0; "
         f"supervised at N = {p['reference_labels']} uses all labeled images, so N = {p['reference_labels']} rows "
         "have none. Train min = training time summed over resumed segments.\n\n"
