@@ -13,7 +13,9 @@ self-distillation, MoveNet as an external teacher, and MoveNet with the labels h
 `poseloop.distill.run_distillation`, imported only when such a row runs); the docs table always shows every row. The
 "all labels" reference for gap closure is supervised at N = 400, seed 0: under v2 the 400 labeled images are all
 there are, so it is that row itself (one run), and gap closure is undefined (null) for N = 400 rows. Δ = report PCK
-limbs minus supervised at the same N, seed 0, with a 95% paired-bootstrap interval over the 500 report persons.
+limbs minus supervised at the same N, seed 0, with a 95% paired-bootstrap interval over the 500 report persons;
+a row trained at seeds 0 and 1 also gets the two-seed comparison (its per-person seed mean against supervised's),
+as a one-seed interval resamples persons, not seeds.
 
 Budget of the "v2" profile. Step costs in units of one supervised step at batch 32, from v1's one-thread
 measurements (poseloop/bench/ssl.py, PROFILES: supervised 1.1 s, posecons 2.3, trs 2.3, akm 3.3, posedual 4.1,
