@@ -102,7 +102,10 @@ def init_process_group(ctx: DistContext, device: torch.device) -> None:
 
 
 def shutdown() -> None:
+    """Barrier, then destroy: a rank that tears gloo down while its peer still finishes its last step can abort
+    the peer ("terminate called without an active exception", seen once in the two-process retrain test)."""
     if dist.is_initialized():
+        dist.barrier()
         dist.destroy_process_group()
 
 
