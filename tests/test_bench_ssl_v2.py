@@ -182,6 +182,23 @@ def test_two_seed_comparison_pairs_seed_means_once_all_four_runs_exist(tmp_path)
     assert ssl_v2._cells(trs_s1, results[key["trs_rampup", 100, 1]])[6].startswith("+6.2 [")  # the table column
 
 
+def test_every_table_row_has_one_cell_per_header_whatever_state_its_run_is_in(tmp_path):
+    rows = v2_rows("v2", tmp_path)
+    row = next(r for r in rows if (r.info["method"], r.info["labels"]) == ("trs", 100))
+    done = _record("trs", 100, 0, [6, 6, 6, 6], row.config.config_hash())
+    done["metrics"] |= {"delta": 1.0, "ci_low": 0.5, "ci_high": 1.5, "gap_closure": 0.1}
+    no_checkpoint = _record("trs", 100, 0, [6, 6, 6, 6], row.config.config_hash())
+    no_checkpoint["metrics"] |= {"pck_limbs": None, "collapse": "mean unlabeled peak 0.01 at step 143"}
+    not_run = {"done": False, "reason": "poseloop.distill missing"}
+    states = {"pending": None, "not run": not_run, "no checkpoint": no_checkpoint, "done": done}
+    cells = {state: ssl_v2._cells(row, record) for state, record in states.items()}
+    assert {state: len(c) for state, c in cells.items()} == dict.fromkeys(states, len(ssl_v2.TABLE_HEADERS))
+    collapse = ssl_v2.TABLE_HEADERS.index("collapse")
+    assert cells["no checkpoint"][collapse] == "mean unlabeled peak 0.01 at step 143"
+    assert cells["done"][ssl_v2.TABLE_HEADERS.index("Δ vs supervised_N seed 0 [95% CI]")] == "+1.0 [+0.5, +1.5]"
+    assert cells["not run"][3] == "not run: poseloop.distill missing"
+
+
 def test_a_distill_row_without_its_module_is_reported_not_run(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "poseloop.distill", None)  # import → ImportError
     out = tmp_path / "bench.md"

@@ -51,7 +51,7 @@ METHODS = ("supervised", *SSL_METHODS)
 # diagnosed, and at the next N once it wins on dev there (configs/ssl_v2/<name>.yaml; its method is the seed method).
 VARIANTS: dict[str, tuple[int, ...]] = {
     "posecons_rampup": (100, 200),
-    "trs_rampup": (100, 200),
+    "trs_rampup": (100, 200, 400),
     "posedual_rampup": (100,),
     "dsph_rampup": (100,),
     "akm_rampup": (100,),
@@ -392,14 +392,35 @@ def _table_rows(results: dict, rows: list[BenchRow]) -> list[tuple[BenchRow, dic
     return [(r, results.get(r.config.config_hash())) for r in ranked]
 
 
+TABLE_HEADERS = (
+    "N",
+    "method",
+    "seed",
+    "PCK limbs (report)",
+    "PCK all (report)",
+    "Δ vs supervised_N seed 0 [95% CI]",
+    "two-seed mean Δ [95% CI]",
+    "gap closure",
+    "dev PCK limbs",
+    "step",
+    "train min",
+    "collapse",
+)
+
+
+def _padded(first: list, last: list) -> list:
+    """A row with blank cells between `first` and `last`, so every row has one cell per header."""
+    return [*first, *[""] * (len(TABLE_HEADERS) - len(first) - len(last)), *last]
+
+
 def _cells(row: BenchRow, record: dict | None) -> list:
     head = [row.info["labels"], row.info["method"], row.info["seed"]]
     if record is None or not record.get("done"):
         status = "pending" if record is None else f"not run: {record.get('reason', '')}"
-        return [*head, status, "", "", "", "", "", "", "", ""]
+        return _padded([*head, status], [])
     m = record["metrics"]
     if m["pck_limbs"] is None:
-        return [*head, "no checkpoint", "", "", "", "", "", "", record["train_minutes"], m["collapse"] or "no"]
+        return _padded([*head, "no checkpoint"], [record["train_minutes"], m["collapse"] or "no"])
     if m["delta"] is None:
         delta = "(reference pending)"
     elif m.get("reference") == record["config_hash"]:
@@ -430,8 +451,6 @@ def write_section(results: dict, rows: list[BenchRow], out: Path, profile: str, 
     chart = out.parent / "images" / f"ssl_{profile}.png"
     plot_v2(entries, chart, profile)
     milestones = ", ".join(f"{int(f * p['iterations'])}" for f in p["milestones"])
-    headers = ["N", "method", "seed", "PCK limbs (report)", "PCK all (report)", "Δ vs supervised_N seed 0 [95% CI]"]
-    headers += ["two-seed mean Δ [95% CI]", "gap closure", "dev PCK limbs", "step", "train min", "collapse"]
     body = (
         f"Command: `poseloop bench ssl-v2 --profile {profile}` · commit `{git_commit()}` · {machine_description()}\n\n"
         "LSP protocol v2: labels = first N of im0001–0400, unlabeled = 5,000 LSPET crops (batches 1:1), dev = "
@@ -449,7 +468,7 @@ def write_section(results: dict, rows: list[BenchRow], out: Path, profile: str, 
         f"Gap closure = (row − supervised_N)/(supervised_{p['reference_labels']} − supervised_N), seed 0; "
         f"supervised at N = {p['reference_labels']} uses all labeled images, so N = {p['reference_labels']} rows "
         "have none. Train min = training time summed over resumed segments.\n\n"
-        + markdown_table(headers, [_cells(r, rec) for r, rec in entries])
+        + markdown_table(list(TABLE_HEADERS), [_cells(r, rec) for r, rec in entries])
         + f"\n\nRaw results (with per-person counts): `{results_path(profile, results_dir)}`. "
         f"Chart: ![LSP-SSL benchmark {profile}]({chart.relative_to(out.parent)})"
     )
