@@ -11,8 +11,10 @@ import pytest
 import yaml
 
 from poseloop.bench import ssl_v2
+from poseloop.bench.doc import machine_description
 from poseloop.bench.ssl_v2 import (
     CONFIGS,
+    DISTILL_SEED_REPEATS,
     METHODS,
     PROFILES,
     SEED_REPEATS,
@@ -34,7 +36,7 @@ VARIANT_CHANGES = {
     "akm_rampup_gated": ("akm", RAMP | {"confidence_threshold": 0.1}),
     "akm_rampup_gated_nomix": ("akm", RAMP | {"confidence_threshold": 0.1, "lambda_m": 0.0}),
 }
-REQUIRED = ("method", "labels", "seed", "config_hash", "step", "train_minutes", "metrics")
+REQUIRED = ("method", "labels", "seed", "config_hash", "step", "train_minutes", "machine", "metrics")
 REQUIRED_METRICS = ("pck_limbs", "delta", "ci_low", "ci_high", "gap_closure", "collapse", "dev_pck_limbs", "per_person")
 
 
@@ -93,6 +95,16 @@ def test_distill_rows_are_a_parameter_and_filters_check_names(tmp_path):
         select_rows(v2_rows("v2", tmp_path), ["distill"], None)
     with pytest.raises(ValueError, match="include_distill"):
         select_rows(v2_rows("v2", tmp_path), ["distill_movenet"], None)
+    # a distill repeat is its seed-0 row with only the seed (and so its run directory) changed
+    repeats = [r for r in rows if r.info["kind"] in DISTILL_SEED_REPEATS and r.info["seed"] == 1]
+    assert sorted((r.info["kind"], r.info["labels"]) for r in repeats) == sorted(
+        (k, n) for k, ns in DISTILL_SEED_REPEATS.items() for n in ns
+    )
+    first = {(r.info["kind"], r.info["labels"], r.info["seed"]): r for r in rows}
+    for r in repeats:
+        a = r.config.model_dump(mode="json")
+        b = first[r.info["kind"], r.info["labels"], 0].config.model_dump(mode="json")
+        assert (a.pop("seed"), b.pop("seed")) == (1, 0) and a.pop("name") != b.pop("name") and a == b
     seeds = select_rows(rows, ["supervised"], [200], [1])
     assert [(r.info["labels"], r.info["seed"]) for r in seeds] == [(200, 1)]
     with pytest.raises(ValueError, match="seed"):
@@ -106,8 +118,8 @@ def test_distill_rows_are_a_parameter_and_filters_check_names(tmp_path):
 def test_distill_kinds_share_the_student_recipe_but_for_the_labeled_share(tmp_path, kind, like, share):
     """MoveNet rows train the self-distillation row's student; the 1:1 row only gives the labels half the split."""
     rows = v2_rows("v2", tmp_path, include_distill=True)
-    of_kind = {r.info["labels"]: r for r in rows if r.info["kind"] == kind}
-    reference = {r.info["labels"]: r for r in rows if r.info["kind"] == like}
+    of_kind = {r.info["labels"]: r for r in rows if r.info["kind"] == kind and r.info["seed"] == 0}
+    reference = {r.info["labels"]: r for r in rows if r.info["kind"] == like and r.info["seed"] == 0}
     assert sorted(of_kind) == [100, 200, 400]
     for n, row in of_kind.items():
         a, b = row.config.model_dump(mode="json"), reference[n].config.model_dump(mode="json")
@@ -220,6 +232,7 @@ def test_quick_profile_end_to_end(tmp_path, data_root, monkeypatch):
         assert all(f in row for f in REQUIRED) and all(f in row["metrics"] for f in REQUIRED_METRICS)
         m = row["metrics"]
         assert row["done"] and row["config_hash"] == key and row["step"] == 2 and m["collapse"] is None
+        assert row["machine"] == machine_description()
         assert 0.0 <= m["pck_limbs"] <= 100.0 and 0.0 <= m["dev_pck_limbs"] <= 100.0
         people = m["per_person"]
         assert len(people["limbs_correct"]) == m["report_persons"] == 500

@@ -72,6 +72,9 @@ EXTERNAL_TEACHER = Path(__file__).resolve().parents[2] / "artifacts" / "teachers
 DISTILL_EXTERNAL_1TO1 = "distill_movenet_1to1"
 DISTILL_KINDS = (DISTILL, DISTILL_EXTERNAL, DISTILL_EXTERNAL_1TO1)
 EXTERNAL_KINDS = (DISTILL_EXTERNAL, DISTILL_EXTERNAL_1TO1)
+# Distill rows trained again at seed 1, as SEED_REPEATS does for seed methods (the pseudo-label cache is keyed by
+# teacher, filter and pool, not by the student's seed, so a repeat only retrains the student)
+DISTILL_SEED_REPEATS: dict[str, tuple[int, ...]] = {DISTILL_EXTERNAL_1TO1: (100,)}
 # configs/ssl_v2/<file>.yaml of each distill kind
 DISTILL_CONFIG = {DISTILL: "distill", DISTILL_EXTERNAL: "distill", DISTILL_EXTERNAL_1TO1: "distill_1to1"}
 # How a distill row calls run_distillation: the teacher is this table's supervised row at the same N, seed 0
@@ -177,6 +180,12 @@ def v2_rows(profile: str, results_dir: Path, include_distill: bool = False) -> l
     ]
     if include_distill:
         rows += [_row(m, m, n, 0, profile, results_dir) for n in p["labels"] for m in DISTILL_KINDS]
+        rows += [
+            _row(m, m, n, 1, profile, results_dir)
+            for m, ns in DISTILL_SEED_REPEATS.items()
+            for n in ns
+            if n in p["labels"]
+        ]
     return rows
 
 
@@ -264,6 +273,9 @@ def run_row(row: BenchRow, teachers: dict[int, Path]) -> dict:
         "stopped": stopped,
         "train_minutes": round(sum(train_time_s(s.parent) for s in segments) / 60, 1),
         "wall_minutes": round((time.time() - t0) / 60, 1),
+        # the box that finished the row: step costs differ ~2x between this project's CPU boxes (AMX Xeon vs
+        # AVX2-only EPYC), so a row's minutes are read against its machine
+        "machine": machine_description(),
         "metrics": metrics,
         "status": "done",
     }
