@@ -74,7 +74,7 @@ DISTILL_KINDS = (DISTILL, DISTILL_EXTERNAL, DISTILL_EXTERNAL_1TO1)
 EXTERNAL_KINDS = (DISTILL_EXTERNAL, DISTILL_EXTERNAL_1TO1)
 # Distill rows trained again at seed 1, as SEED_REPEATS does for seed methods (the pseudo-label cache is keyed by
 # teacher, filter and pool, not by the student's seed, so a repeat only retrains the student)
-DISTILL_SEED_REPEATS: dict[str, tuple[int, ...]] = {DISTILL_EXTERNAL_1TO1: (100,)}
+DISTILL_SEED_REPEATS: dict[str, tuple[int, ...]] = {DISTILL_EXTERNAL_1TO1: (100, 200)}
 # configs/ssl_v2/<file>.yaml of each distill kind
 DISTILL_CONFIG = {DISTILL: "distill", DISTILL_EXTERNAL: "distill", DISTILL_EXTERNAL_1TO1: "distill_1to1"}
 # How a distill row calls run_distillation: the teacher is this table's supervised row at the same N, seed 0
