@@ -10,7 +10,8 @@ Rows (`v2_rows`): for N ∈ {100, 200, 400}, supervised at seeds 0 and 1 (so see
 method deltas) and posecons, posedual, dsph, trs, akm at seed 0, plus the ablation VARIANTS and, at seed 1, the
 SEED_REPEATS; `include_distill` adds, per N, the distill rows to what a call may run (DISTILL_KINDS:
 self-distillation, MoveNet as an external teacher, and MoveNet with the labels half of the train split;
-`poseloop.distill.run_distillation`, imported only when such a row runs); the docs table always shows every row. The
+`poseloop.distill.run_distillation`, imported only when such a row runs), and at seed 1 the DISTILL_SEED_REPEATS;
+the docs table always shows every row. The
 "all labels" reference for gap closure is supervised at N = 400, seed 0: under v2 the 400 labeled images are all
 there are, so it is that row itself (one run), and gap closure is undefined (null) for N = 400 rows. Δ = report PCK
 limbs minus supervised at the same N, seed 0, with a 95% paired-bootstrap interval over the 500 report persons;
@@ -74,7 +75,7 @@ DISTILL_KINDS = (DISTILL, DISTILL_EXTERNAL, DISTILL_EXTERNAL_1TO1)
 EXTERNAL_KINDS = (DISTILL_EXTERNAL, DISTILL_EXTERNAL_1TO1)
 # Distill rows trained again at seed 1, as SEED_REPEATS does for seed methods (the pseudo-label cache is keyed by
 # teacher, filter and pool, not by the student's seed, so a repeat only retrains the student)
-DISTILL_SEED_REPEATS: dict[str, tuple[int, ...]] = {DISTILL_EXTERNAL_1TO1: (100, 200)}
+DISTILL_SEED_REPEATS: dict[str, tuple[int, ...]] = {DISTILL_EXTERNAL_1TO1: (100, 200, 400)}
 # configs/ssl_v2/<file>.yaml of each distill kind
 DISTILL_CONFIG = {DISTILL: "distill", DISTILL_EXTERNAL: "distill", DISTILL_EXTERNAL_1TO1: "distill_1to1"}
 # How a distill row calls run_distillation: the teacher is this table's supervised row at the same N, seed 0
@@ -175,18 +176,20 @@ def v2_rows(profile: str, results_dir: Path, include_distill: bool = False) -> l
     ]
     rows += [_row("train", m, n, 0, profile, results_dir) for n in p["labels"] for m in SSL_METHODS]
     rows += [_row("train", v, n, 0, profile, results_dir) for v, ns in VARIANTS.items() for n in ns if n in p["labels"]]
-    rows += [
-        _row("train", v, n, 1, profile, results_dir) for v, ns in SEED_REPEATS.items() for n in ns if n in p["labels"]
-    ]
+    rows += _seed_one_rows(SEED_REPEATS, profile, results_dir, kind="train")
     if include_distill:
         rows += [_row(m, m, n, 0, profile, results_dir) for n in p["labels"] for m in DISTILL_KINDS]
-        rows += [
-            _row(m, m, n, 1, profile, results_dir)
-            for m, ns in DISTILL_SEED_REPEATS.items()
-            for n in ns
-            if n in p["labels"]
-        ]
+        rows += _seed_one_rows(DISTILL_SEED_REPEATS, profile, results_dir)
     return rows
+
+
+def _seed_one_rows(
+    repeats: dict[str, tuple[int, ...]], profile: str, results_dir: Path, kind: str | None = None
+) -> list[BenchRow]:
+    """The seed-1 repeats of `repeats` (method → N values) the profile has; a row's kind is `kind`, or its method
+    (distill rows are their own kind)."""
+    labels = PROFILES[profile]["labels"]
+    return [_row(kind or m, m, n, 1, profile, results_dir) for m, ns in repeats.items() for n in ns if n in labels]
 
 
 def select_rows(
