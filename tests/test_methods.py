@@ -70,6 +70,7 @@ def test_unsupervised_terms_train_students_not_teachers(name):
     out = method.train_step(labeled, unlabeled, step=0)
     assert torch.isfinite(out.loss)
     assert out.logs["loss_sup"] == 0.0
+    assert out.logs["mean_peak_labeled"] == 0.0  # no annotated joint in the batch: nothing is counted
     assert out.logs["loss_unsup"] > 0.0, "the unsupervised loss is silently zero"
     out.loss.backward()
     students = method.students()
@@ -136,3 +137,21 @@ def test_posedual_clamps_soft_targets_to_the_codec_range():
     assert clamped.weights.shape == (2, 14)
     raw = build_method("posedual", _student(), clamp_soft_targets=False)._pseudo(overshooting)
     assert torch.equal(raw.heatmaps, overshooting)
+
+
+def test_supervised_logs_the_peak_of_its_annotated_joints():
+    """`mean_peak_labeled` is the main head's mean peak over annotated joints only (the collapse statistics' labeled
+    side), so a run's log can tell an unlabeled dip from the flat-heatmap phase of the labeled fit."""
+    torch.set_num_threads(1)
+    labeled, _ = _batches()
+    weight = torch.zeros(4, 14)
+    weight[:, :7] = 1.0
+    labeled = LabeledBatch(labeled.images, labeled.heatmaps, weight)
+    method = build_method("supervised", _student())
+    method.train()
+    out = method.train_step(labeled, None, step=0)
+    with torch.no_grad():
+        main = method.student.forward_all(labeled.images)[0]  # train-mode BN: the same batch gives the same maps
+    expected = main.flatten(2).amax(-1)[:, :7].mean()
+    assert out.logs["mean_peak_labeled"] == pytest.approx(float(expected), rel=1e-5)
+    assert out.logs["mean_peak_labeled"] != pytest.approx(float(main.flatten(2).amax(-1).mean()), rel=1e-3)

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from training.methods.base import Method
-from training.ssl.monitor import CollapseGuard, CollapseStats, collapse_stats
+from training.ssl.monitor import CollapseGuard, CollapseStats, collapse_stats, labeled_mean_peak
 
 torch.set_num_threads(1)
 H, W = 8, 6
@@ -33,6 +33,12 @@ def test_collapse_stats_mean_peak_low_fraction_and_agreement():
     assert collapse_stats(flat, flat.clone()).agreement == 0.0  # flat maps do not "agree"
     mask = torch.tensor([[1.0, 0.0, 1.0, 0.0]])
     assert collapse_stats(a, mask=mask).mean_peak == pytest.approx(0.7)
+
+
+def test_labeled_mean_peak_counts_only_annotated_joints():
+    a = _maps([0.8, 0.05, 0.6, 0.4], [(1, 1), (2, 2), (3, 3), (0, 7)])
+    weight = torch.tensor([[1.0, 0.0, 0.5, 0.0]])  # a weight of any positive size marks an annotated joint
+    assert labeled_mean_peak(a, weight) == pytest.approx(0.7)
 
 
 def _stream(kind: str, steps: int, seed: int = 0):

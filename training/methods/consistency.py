@@ -28,7 +28,7 @@ from training.methods import parts
 from training.methods.base import LabeledBatch, Method, RunContext, StepOutput, UnlabeledBatch
 from training.methods.spec import ConsistencySpec
 from training.ssl import augment, pseudo
-from training.ssl.monitor import CollapseGuard, collapse_stats
+from training.ssl.monitor import CollapseGuard, collapse_stats, labeled_mean_peak
 from training.ssl.teachers import EMATeacher, ReviewerTeacher
 
 if TYPE_CHECKING:
@@ -143,12 +143,11 @@ class ConsistencyMethod(Method):
     def train_step(self, labeled: LabeledBatch, unlabeled: UnlabeledBatch | None, step: int) -> StepOutput:
         spec = self.spec
         logs: dict[str, float] = {}
-        losses = [
-            multilevel_mse(net.forward_all(labeled.images), labeled.heatmaps, labeled.target_weight, spec.aux_weight)
-            for net in self.students()
-        ]
+        preds = [net.forward_all(labeled.images) for net in self.students()]
+        losses = [multilevel_mse(p, labeled.heatmaps, labeled.target_weight, spec.aux_weight) for p in preds]
         loss_sup = sum(losses[1:], losses[0])  # one term per student
         logs["loss_sup"] = float(loss_sup.detach())
+        logs["mean_peak_labeled"] = labeled_mean_peak(preds[0][0], labeled.target_weight)
         if unlabeled is None:
             return StepOutput(loss_sup, logs)
         terms = self.unlabeled_terms(unlabeled.images)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from training.losses import multilevel_mse
 from training.methods import register_method
 from training.methods.base import LabeledBatch, Method, RunContext, StepOutput, UnlabeledBatch
+from training.ssl.monitor import labeled_mean_peak
 
 
 @register_method("supervised")
@@ -18,4 +19,8 @@ class Supervised(Method):
     def train_step(self, labeled: LabeledBatch, unlabeled: UnlabeledBatch | None, step: int) -> StepOutput:
         preds = self.student.forward_all(labeled.images)
         loss = multilevel_mse(preds, labeled.heatmaps, labeled.target_weight, self.aux_weight)
-        return StepOutput(loss, {"loss_sup": float(loss.detach())})
+        logs = {
+            "loss_sup": float(loss.detach()),
+            "mean_peak_labeled": labeled_mean_peak(preds[0], labeled.target_weight),
+        }
+        return StepOutput(loss, logs)
