@@ -112,11 +112,16 @@ def test_distill_rows_are_a_parameter_and_filters_check_names(tmp_path):
 
 
 @pytest.mark.parametrize(
-    ("kind", "like", "share"),
-    [("distill_movenet", "distill", None), ("distill_movenet_1to1", "distill_movenet", 0.5)],
+    ("kind", "like", "shares"),
+    [
+        ("distill_movenet", "distill", (None, None)),
+        ("distill_movenet_1to1", "distill_movenet", (0.5, None)),
+        ("distill_ensemble_1to1", "distill_movenet_1to1", (0.5, 0.5)),
+    ],
 )
-def test_distill_kinds_share_the_student_recipe_but_for_the_labeled_share(tmp_path, kind, like, share):
-    """MoveNet rows train the self-distillation row's student; the 1:1 row only gives the labels half the split."""
+def test_distill_kinds_share_the_student_recipe_but_for_the_labeled_share(tmp_path, kind, like, shares):
+    """MoveNet rows train the self-distillation row's student; the 1:1 rows only give the labels half the split, and
+    the ensemble row differs from the MoveNet 1:1 row in its teacher alone."""
     rows = v2_rows("v2", tmp_path, include_distill=True)
     of_kind = {r.info["labels"]: r for r in rows if r.info["kind"] == kind and r.info["seed"] == 0}
     reference = {r.info["labels"]: r for r in rows if r.info["kind"] == like and r.info["seed"] == 0}
@@ -124,7 +129,7 @@ def test_distill_kinds_share_the_student_recipe_but_for_the_labeled_share(tmp_pa
     for n, row in of_kind.items():
         a, b = row.config.model_dump(mode="json"), reference[n].config.model_dump(mode="json")
         assert a.pop("name") != b.pop("name")  # its own run directory
-        assert (a["data"].pop("pseudo_share"), b["data"].pop("pseudo_share")) == (share, None)
+        assert (a["data"].pop("pseudo_share"), b["data"].pop("pseudo_share")) == shares
         assert a == b
 
 
@@ -255,24 +260,34 @@ def test_quick_profile_end_to_end(tmp_path, data_root, monkeypatch):
     assert json.dumps(again, sort_keys=True) == json.dumps(results, sort_keys=True)
     assert "**Finding.** kept across regenerations" in out.read_text()
     monkeypatch.undo()
-    _distill_row_reports_the_returned_checkpoint(tmp_path, by_cell["supervised", 8, 0], monkeypatch)
+    _distill_row_reports_the_returned_checkpoint(
+        tmp_path, by_cell["supervised", 8, 0], by_cell["supervised", 8, 1], monkeypatch
+    )
 
 
-def _distill_row_reports_the_returned_checkpoint(tmp_path: Path, teacher_row: dict, monkeypatch) -> None:
-    """A fake run_distillation that returns its teacher: the row scores that checkpoint, so its Δ is 0."""
+def _distill_row_reports_the_returned_checkpoint(
+    tmp_path: Path, teacher_row: dict, seed_one_row: dict, monkeypatch
+) -> None:
+    """A fake run_distillation that returns its first teacher: the row scores that checkpoint, so its Δ is 0."""
     calls = []
 
     def run_distillation(config, teacher, rounds, out_dir, *, precision, threads, cache_root):
-        assert precision == ssl_v2.DISTILL_PRECISION["distill"] and threads >= 1
+        assert threads >= 1
         assert Path(cache_root) == tmp_path / "runs" / ssl_v2.SHARED_PSEUDO_LABELS  # one cache root for all rows
-        calls.append((config.name, Path(teacher), rounds, Path(out_dir)))
-        return [types.SimpleNamespace(best_checkpoint=Path(teacher))]
+        calls.append((config.name, [Path(t) for t in teacher], rounds, Path(out_dir), precision))
+        return [types.SimpleNamespace(best_checkpoint=Path(teacher[0]))]
 
     monkeypatch.setitem(sys.modules, "poseloop.distill", types.SimpleNamespace(run_distillation=run_distillation))
     results = run_ssl_v2_bench("v2-quick", None, tmp_path, ["distill"], [8], include_distill=True)
     row = next(r for r in results.values() if r["method"] == "distill")
     teacher = tmp_path / "runs" / teacher_row["run"] / "best.pt"
-    assert calls == [("ssl_v2-quick_distill_n8_s0", teacher, ssl_v2.DISTILL_ROUNDS, tmp_path / "runs" / row["run"])]
+    run_dir = tmp_path / "runs" / row["run"]
+    assert calls == [("ssl_v2-quick_distill_n8_s0", [teacher], ssl_v2.DISTILL_ROUNDS, run_dir, 0.7)]
+    # the ensemble row is taught by both supervised seeds at its N, seed 0 first
+    run_ssl_v2_bench("v2-quick", None, tmp_path, ["distill_ensemble_1to1"], [8], include_distill=True)
+    seed_one = tmp_path / "runs" / seed_one_row["run"] / "best.pt"
+    assert calls[1][0] == "ssl_v2-quick_distill_ensemble_1to1_n8_s0" and calls[1][1] == [teacher, seed_one]
+    assert calls[1][4] == ssl_v2.DISTILL_PRECISION["distill_ensemble_1to1"]
     assert row["done"] and row["step"] == 2 and row["metrics"]["delta"] == 0.0
     assert row["distill_precision"] == ssl_v2.DISTILL_PRECISION["distill"]
     assert row["metrics"]["pck_limbs"] == teacher_row["metrics"]["pck_limbs"]
