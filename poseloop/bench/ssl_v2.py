@@ -90,8 +90,9 @@ DISTILL_CONFIG = {
     DISTILL_EXTERNAL_1TO1: "distill_1to1",
     DISTILL_ENSEMBLE_1TO1: "distill_1to1",
 }
-# How a distill row calls run_distillation: the teacher is this table's supervised row at the same N, seed 0
-# (its best.pt), one round; the student trains the row's config (ImageNet init, the profile's schedule).
+# How a distill row calls run_distillation: the teacher is this table's supervised row(s) at the same N, at the
+# TEACHER_SEEDS of its kind (their best.pt), or MoveNet; one round; the student trains the row's config (ImageNet
+# init, the profile's schedule).
 DISTILL_ROUNDS = 1
 # Kept joints must be right (PCK@0.2) this often on dev; the threshold that achieves it is calibrated on dev. Per
 # teacher kind, chosen on dev: MoveNet reaches 0.9 keeping 95% of joints; the N = 100 seed teacher (40 report PCK)
