@@ -29,6 +29,8 @@ from poseloop.bench.ssl_v2 import (
 RAMP = {"rampup_steps": 500}
 VARIANT_CHANGES = {
     "posecons_rampup": ("posecons", RAMP),
+    "posecons_rampup_ema": ("posecons", RAMP | {"teacher": "ema"}),
+    "posecons_rampup_ema_gated": ("posecons", RAMP | {"teacher": "ema", "confidence_threshold": 0.1}),
     "trs_rampup": ("trs", RAMP),
     "posedual_rampup": ("posedual", RAMP),
     "dsph_rampup": ("dsph", RAMP),

@@ -83,7 +83,7 @@ def test_unsupervised_terms_train_students_not_teachers(name):
     for teacher in (method.ema, method.reviewer):
         if teacher is not None:
             assert all(p.grad is None for p in teacher.parameters())
-    for key in ("mean_peak", "low_peak_fraction"):
+    for key in ("mean_peak", "low_peak_fraction", "teacher_peak"):
         assert key in out.logs
 
 

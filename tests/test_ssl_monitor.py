@@ -29,6 +29,8 @@ def test_collapse_stats_mean_peak_low_fraction_and_agreement():
     # joint 0 within 2 px (dx=1, dy=1); joint 1 close but not confident; joint 2 3 px away; joint 3 exactly 2 px
     b = _maps([0.7, 0.9, 0.6, 0.5], [(2, 2), (2, 2), (3, 6), (2, 7)])
     assert collapse_stats(a, b).agreement == pytest.approx(0.5)
+    assert collapse_stats(a, b).reference_peak == pytest.approx((0.7 + 0.9 + 0.6 + 0.5) / 4)  # b's mean peak
+    assert s.reference_peak is None  # no second predictor
     flat = torch.zeros(1, 4, H, W)
     assert collapse_stats(flat, flat.clone()).agreement == 0.0  # flat maps do not "agree"
     mask = torch.tensor([[1.0, 0.0, 1.0, 0.0]])

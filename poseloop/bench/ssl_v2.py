@@ -53,6 +53,8 @@ METHODS = ("supervised", *SSL_METHODS)
 # diagnosed, and at the next N once it wins on dev there (configs/ssl_v2/<name>.yaml; its method is the seed method).
 VARIANTS: dict[str, tuple[int, ...]] = {
     "posecons_rampup": (100, 200, 400),
+    "posecons_rampup_ema": (100,),
+    "posecons_rampup_ema_gated": (100,),
     "trs_rampup": (100, 200, 400),
     "posedual_rampup": (100,),
     "dsph_rampup": (100,),

@@ -166,6 +166,8 @@ class ConsistencyMethod(Method):
         )
         if stats.agreement is not None:
             logs["agreement"] = stats.agreement
+        if stats.reference_peak is not None:
+            logs["teacher_peak"] = stats.reference_peak
         if self.guard is not None:
             self.guard.update(stats)  # sticky: once fired it keeps its reason
         return StepOutput(loss, logs)

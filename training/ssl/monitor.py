@@ -23,6 +23,9 @@ class CollapseStats:
     mean_peak: float  # mean over samples and joints of each heatmap's maximum
     low_peak_fraction: float  # fraction of joints whose peak < `low`
     agreement: float | None = None  # fraction of joints confident in both predictors with argmaxes ≤ radius apart
+    # mean peak of the second predictor (the teacher's target): tells a flat teacher from a student that cannot
+    # find the joints its hard view hides, when `mean_peak` dips
+    reference_peak: float | None = None
 
 
 def collapse_stats(
@@ -42,15 +45,16 @@ def collapse_stats(
     count = m.sum().clamp_min(1.0)
     mean_peak = float((values * m).sum() / count)
     low_fraction = float(((values < low).float() * m).sum() / count)
-    agreement = None
+    agreement = reference_peak = None
     if other is not None:
         if other.shape != pred.shape:
             raise ValueError(f"predictors differ in shape: {tuple(pred.shape)} vs {tuple(other.shape)}")
         v2, c2 = peaks(other.detach())
+        reference_peak = float((v2.float() * m).sum() / count)
         close = (coords - c2).norm(dim=-1) <= radius
         ok = close & (values >= low) & (v2.float() >= low)
         agreement = float((ok.float() * m).sum() / count)
-    return CollapseStats(mean_peak, low_fraction, agreement)
+    return CollapseStats(mean_peak, low_fraction, agreement, reference_peak)
 
 
 def labeled_mean_peak(pred: Tensor, target_weight: Tensor) -> float:
