@@ -28,6 +28,7 @@ from poseloop.bench.ssl_v2 import (
 # each ablation row: its seed method and the change it tests against that preset
 RAMP = {"rampup_steps": 500}
 VARIANT_CHANGES = {
+    "supervised_aux": ("supervised", {}),  # its one change is the model's aux heads, checked below
     "posecons_rampup": ("posecons", RAMP),
     "posecons_rampup_ema": ("posecons", RAMP | {"teacher": "ema"}),
     "posecons_rampup_ema_gated": ("posecons", RAMP | {"teacher": "ema", "confidence_threshold": 0.1}),
@@ -65,8 +66,10 @@ def test_default_rows_cover_every_method_and_n_on_one_schedule(tmp_path):
         seed_method = VARIANT_CHANGES[method][0] if method in VARIANT_CHANGES else method
         assert c.seed == r.info["seed"] and c.method.name == seed_method
         assert c.method.params.get("peer_init") != "copy"  # no warm start, so no copied peer
-        if r.info["method"] != "supervised":
+        if seed_method != "supervised":
             assert c.method.params["hard_view_bn_stats"] is False
+        with_heads = seed_method == "trs" or method == "supervised_aux"  # multi-level heads: trs and its control
+        assert c.model.aux_stages == ((1, 2) if with_heads else ())
     # an ablation variant is its seed method's preset with the one change it tests, nothing else
     by_cell = {(r.info["method"], r.info["labels"]): r.config.method.params for r in rows}
     for variant, ns in VARIANTS.items():

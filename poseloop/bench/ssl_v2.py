@@ -52,6 +52,7 @@ METHODS = ("supervised", *SSL_METHODS)
 # Ablation rows: a seed method's preset with one change that tests a measured diagnosis, run at the N where it was
 # diagnosed, and at the next N once it wins on dev there (configs/ssl_v2/<name>.yaml; its method is the seed method).
 VARIANTS: dict[str, tuple[int, ...]] = {
+    "supervised_aux": (100, 200),  # the control of trs's multi-level heads (configs/ssl_v2/supervised_aux.yaml)
     "posecons_rampup": (100, 200, 400),
     "posecons_rampup_ema": (100,),
     "posecons_rampup_ema_gated": (100,),
@@ -64,7 +65,11 @@ VARIANTS: dict[str, tuple[int, ...]] = {
 }
 # Rows whose interval excludes 0, trained again at seed 1 (N per row), so their gain stands next to what a seed
 # alone moves (supervised has seeds 0 and 1 at every N); Δ stays against supervised seed 0.
-SEED_REPEATS: dict[str, tuple[int, ...]] = {"posecons_rampup": (100,), "trs_rampup": (100, 200, 400)}
+SEED_REPEATS: dict[str, tuple[int, ...]] = {
+    "posecons_rampup": (100,),
+    "trs_rampup": (100, 200, 400),
+    "supervised_aux": (100, 200),  # trs_rampup's two-seed gain is checked against this control's two seeds
+}
 DISTILL = "distill"
 # An external-teacher distill row: the same student recipe, labels from MoveNet Thunder (COCO-17, mapped to LSP's
 # limbs by joint name; converted by tools/convert). It is not a seed method: the teacher learned from COCO's labels,
