@@ -32,6 +32,7 @@ VARIANT_CHANGES = {
     "posecons_rampup": ("posecons", RAMP),
     "posecons_rampup_ema": ("posecons", RAMP | {"teacher": "ema"}),
     "posecons_rampup_ema_gated": ("posecons", RAMP | {"teacher": "ema", "confidence_threshold": 0.1}),
+    "posecons_rampup_ema_kmix": ("posecons", RAMP | {"teacher": "ema", "paths": ["keypoint_mix"]}),
     "trs_rampup": ("trs", RAMP),
     "posedual_rampup": ("posedual", RAMP),
     "dsph_rampup": ("dsph", RAMP),

@@ -56,6 +56,7 @@ VARIANTS: dict[str, tuple[int, ...]] = {
     "posecons_rampup": (100, 200, 400),
     "posecons_rampup_ema": (100,),
     "posecons_rampup_ema_gated": (100,),
+    "posecons_rampup_ema_kmix": (100,),
     "trs_rampup": (100, 200, 400),
     "posedual_rampup": (100,),
     "dsph_rampup": (100,),
