@@ -203,6 +203,35 @@ def test_two_seed_comparison_pairs_seed_means_once_all_four_runs_exist(tmp_path)
     assert results[key["supervised", 100, 1]]["metrics"]["two_seed_delta"] is None
     trs_s1 = next(r for r in rows if r.config.config_hash() == key["trs_rampup", 100, 1])
     assert ssl_v2._cells(trs_s1, results[key["trs_rampup", 100, 1]])[6].startswith("+6.2 [")  # the table column
+    assert trs[0]["matched_two_seed_delta"] is None  # supervised_aux has not run yet
+    assert ssl_v2._cells(trs_s1, results[key["trs_rampup", 100, 1]])[7] == "–"
+
+
+def test_rows_with_aux_heads_are_also_compared_with_supervised_on_the_same_network(tmp_path):
+    """trs's heads also supervise labeled crops: its same-network column is against supervised_aux's two seeds."""
+    rows = v2_rows("v2", tmp_path)
+    key = {(r.info["method"], r.info["labels"], r.info["seed"]): r.config.config_hash() for r in rows}
+    scores = {  # 4 persons × 12 limbs
+        ("supervised", 200, 0): [4, 5, 6, 5],
+        ("supervised", 200, 1): [6, 5, 6, 7],
+        ("supervised_aux", 200, 0): [6, 6, 7, 6],
+        ("supervised_aux", 200, 1): [6, 6, 7, 7],
+        ("trs_rampup", 200, 0): [8, 7, 8, 7],
+        ("trs_rampup", 200, 1): [6, 7, 6, 7],
+        ("posecons_rampup", 200, 0): [6, 6, 6, 6],
+    }
+    results = {key[c]: _record(*c, correct, key[c]) for c, correct in scores.items()}
+    add_comparisons(results, rows, reference_labels=400)
+    trs = results[key["trs_rampup", 200, 0]]["metrics"]
+    # seed means: trs (7, 7, 7, 7) = 28/48, supervised (5, 5, 6, 6) = 22/48, supervised_aux (6, 6, 7, 6.5) = 25.5/48
+    assert trs["two_seed_delta"] == pytest.approx(100 * 6 / 48)
+    assert trs["matched_two_seed_delta"] == pytest.approx(100 * 2.5 / 48)
+    assert trs["matched_two_seed_ci_low"] <= trs["matched_two_seed_delta"] <= trs["matched_two_seed_ci_high"]
+    aux = results[key["supervised_aux", 200, 0]]["metrics"]
+    assert aux["two_seed_delta"] == pytest.approx(100 * 3.5 / 48) and aux["matched_two_seed_delta"] is None
+    assert results[key["posecons_rampup", 200, 0]]["metrics"]["matched_two_seed_delta"] is None  # no heads
+    trs_row = next(r for r in rows if r.config.config_hash() == key["trs_rampup", 200, 0])
+    assert ssl_v2._cells(trs_row, results[key["trs_rampup", 200, 0]])[7].startswith("+5.2 [")
 
 
 def test_every_table_row_has_one_cell_per_header_whatever_state_its_run_is_in(tmp_path):

@@ -52,7 +52,7 @@ METHODS = ("supervised", *SSL_METHODS)
 # Ablation rows: a seed method's preset with one change that tests a measured diagnosis, run at the N where it was
 # diagnosed, and at the next N once it wins on dev there (configs/ssl_v2/<name>.yaml; its method is the seed method).
 VARIANTS: dict[str, tuple[int, ...]] = {
-    "supervised_aux": (100, 200),  # the control of trs's multi-level heads (configs/ssl_v2/supervised_aux.yaml)
+    "supervised_aux": (100, 200, 400),  # HEADS_CONTROL
     "posecons_rampup": (100, 200, 400),
     "posecons_rampup_ema": (100,),
     "posecons_rampup_ema_gated": (100,),
@@ -66,10 +66,13 @@ VARIANTS: dict[str, tuple[int, ...]] = {
 }
 # Rows whose interval excludes 0, trained again at seed 1 (N per row), so their gain stands next to what a seed
 # alone moves (supervised has seeds 0 and 1 at every N); Δ stays against supervised seed 0.
+# Supervised on trs's network (auxiliary heads, configs/ssl_v2/supervised_aux.yaml): the reference of the table's
+# same-network two-seed column for every row whose network has auxiliary heads
+HEADS_CONTROL = "supervised_aux"
 SEED_REPEATS: dict[str, tuple[int, ...]] = {
     "posecons_rampup": (100,),
     "trs_rampup": (100, 200, 400),
-    "supervised_aux": (100, 200),  # trs_rampup's two-seed gain is checked against this control's two seeds
+    "supervised_aux": (100, 200, 400),  # trs_rampup's two-seed gain is checked against this control's two seeds
 }
 DISTILL = "distill"
 # An external-teacher distill row: the same student recipe, labels from MoveNet Thunder (COCO-17, mapped to LSP's
@@ -364,22 +367,30 @@ def add_comparisons(results: dict, rows: list[BenchRow], reference_labels: int) 
         m.update(delta=delta, ci_low=low, ci_high=high)
         if top and top["pck_limbs"] is not None and record["labels"] != reference_labels:
             m["gap_closure"] = gap_closure(m["pck_limbs"], ref["pck_limbs"], top["pck_limbs"])
-    for record in done.values():
-        record["metrics"].update(two_seed_delta=None, two_seed_ci_low=None, two_seed_ci_high=None)
+    # rows whose network has auxiliary heads (trs) are also compared with supervised on the same network: the heads
+    # supervise the labeled crops too, so Δ vs plain supervised mixes their gain with the unlabeled pool's
+    with_heads = {r.config.config_hash() for r in rows if r.config.model.aux_stages}
+    for key, record in done.items():
+        m = record["metrics"]
+        m.update({f"{p}_{s}": None for p in ("two_seed", "matched_two_seed") for s in ("delta", "ci_low", "ci_high")})
         if record["method"] != "supervised":
-            record["metrics"].update(two_seed_comparison(cells, record["method"], record["labels"]))
+            m.update(two_seed_comparison(cells, record["method"], record["labels"]))
+        if key in with_heads and record["method"] != HEADS_CONTROL:
+            matched = two_seed_comparison(cells, record["method"], record["labels"], reference=HEADS_CONTROL)
+            m.update({f"matched_{k}": v for k, v in matched.items()})
 
 
-def two_seed_comparison(cells: dict, method: str, labels: int) -> dict:
-    """The row's mean over seeds 0 and 1 against supervised's mean over the same seeds, per person, with a paired
-    bootstrap: one seed's Δ can be what the seed moves (posecons_rampup won at seed 0 and lost at seed 1), so a
-    seed method's gain counts when this interval excludes 0. Empty until all four runs have report scores."""
-    runs = [cells.get((name, labels, seed), (None, None))[1] for name in (method, "supervised") for seed in (0, 1)]
+def two_seed_comparison(cells: dict, method: str, labels: int, reference: str = "supervised") -> dict:
+    """The row's mean over seeds 0 and 1 against the reference row's (supervised) mean over the same seeds, per
+    person, with a paired bootstrap: one seed's Δ can be what the seed moves (posecons_rampup won at seed 0 and lost
+    at seed 1), so a seed method's gain counts when this interval excludes 0. Empty until all four runs have report
+    scores."""
+    runs = [cells.get((name, labels, seed), (None, None))[1] for name in (method, reference) for seed in (0, 1)]
     if any(m is None or m["pck_limbs"] is None for m in runs):
         return {}
     counted = runs[0]["per_person"]["limbs_counted"]
     if any(m["per_person"]["limbs_counted"] != counted for m in runs):
-        raise ValueError(f"{method} N={labels}: its seeds and supervised's were scored on different persons")
+        raise ValueError(f"{method} N={labels}: its seeds and {reference}'s were scored on different persons")
     correct = [m["per_person"]["limbs_correct"] for m in runs]
     mine, theirs = ([(a + b) / 2 for a, b in zip(s0, s1, strict=True)] for s0, s1 in (correct[:2], correct[2:]))
     delta, low, high = paired_bootstrap_delta(mine, theirs, counted)
@@ -442,6 +453,7 @@ TABLE_HEADERS = (
     "PCK all (report)",
     "Δ vs supervised_N seed 0 [95% CI]",
     "two-seed mean Δ [95% CI]",
+    "two-seed Δ vs supervised_aux [95% CI]",
     "gap closure",
     "dev PCK limbs",
     "step",
@@ -470,21 +482,26 @@ def _cells(row: BenchRow, record: dict | None) -> list:
     else:
         delta = f"{m['delta']:+.1f} [{m['ci_low']:+.1f}, {m['ci_high']:+.1f}]"
     gap = "–" if m["gap_closure"] is None else f"{m['gap_closure']:.2f}"
-    two_seed = "–"
-    if m.get("two_seed_delta") is not None:
-        two_seed = f"{m['two_seed_delta']:+.1f} [{m['two_seed_ci_low']:+.1f}, {m['two_seed_ci_high']:+.1f}]"
+    two_seed, matched = (_interval(m, prefix) for prefix in ("two_seed", "matched_two_seed"))
     return [
         *head,
         m["pck_limbs"],
         m["pck_all"],
         delta,
         two_seed,
+        matched,
         gap,
         m["dev_pck_limbs"],
         record["step"],
         record["train_minutes"],
         m["collapse"] or "no",
     ]
+
+
+def _interval(m: dict, prefix: str) -> str:
+    if m.get(f"{prefix}_delta") is None:
+        return "–"
+    return f"{m[f'{prefix}_delta']:+.1f} [{m[f'{prefix}_ci_low']:+.1f}, {m[f'{prefix}_ci_high']:+.1f}]"
 
 
 def write_section(results: dict, rows: list[BenchRow], out: Path, profile: str, results_dir: Path) -> None:
@@ -506,7 +523,9 @@ def write_section(results: dict, rows: list[BenchRow], out: Path, profile: str, 
         "that contains 0 is not a measured difference; the seed-1 supervised row shows what a seed alone moves. "
         "Two-seed mean Δ (rows trained at seeds 0 and 1) = the mean of the two seeds minus supervised's mean of "
         "the same two seeds, per person, with the same paired bootstrap: a seed method's gain counts when this "
-        "interval excludes 0. "
+        "interval excludes 0. Rows whose network has auxiliary heads (trs) are also compared, the same way, with "
+        "supervised on that network (supervised_aux): the heads supervise the labeled crops too, so only this "
+        "column isolates what the unlabeled pool adds. "
         f"Gap closure = (row − supervised_N)/(supervised_{p['reference_labels']} − supervised_N), seed 0; "
         f"supervised at N = {p['reference_labels']} uses all labeled images, so N = {p['reference_labels']} rows "
         "have none. Train min = training time summed over resumed segments.\n\n"
