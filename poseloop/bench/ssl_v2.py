@@ -64,11 +64,11 @@ VARIANTS: dict[str, tuple[int, ...]] = {
     "akm_rampup_gated": (100,),
     "akm_rampup_gated_nomix": (100,),
 }
-# Rows whose interval excludes 0, trained again at seed 1 (N per row), so their gain stands next to what a seed
-# alone moves (supervised has seeds 0 and 1 at every N); Δ stays against supervised seed 0.
 # Supervised on trs's network (auxiliary heads, configs/ssl_v2/supervised_aux.yaml): the reference of the table's
 # same-network two-seed column for every row whose network has auxiliary heads
 HEADS_CONTROL = "supervised_aux"
+# Rows whose interval excludes 0, and the heads control, trained again at seed 1 (N per row), so their gain stands
+# next to what a seed alone moves (supervised has seeds 0 and 1 at every N); Δ stays against supervised seed 0.
 SEED_REPEATS: dict[str, tuple[int, ...]] = {
     "posecons_rampup": (100,),
     "trs_rampup": (100, 200, 400),
