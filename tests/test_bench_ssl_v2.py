@@ -155,9 +155,14 @@ def _record(method: str, labels: int, seed: int, correct: list[int], key: str) -
     }
 
 
+def _scored(rows: list, scores: dict) -> tuple[dict, dict]:
+    """(cell → config hash of its row, the results file with one finished record per scored cell)."""
+    key = {(r.info["method"], r.info["labels"], r.info["seed"]): r.config.config_hash() for r in rows}
+    return key, {key[c]: _record(*c, correct, key[c]) for c, correct in scores.items()}
+
+
 def test_comparisons_pair_each_row_with_supervised_n_seed0(tmp_path):
     rows = v2_rows("v2", tmp_path)
-    key = {(r.info["method"], r.info["labels"], r.info["seed"]): r.config.config_hash() for r in rows}
     scores = {
         ("supervised", 100, 0): [4, 5, 6, 5],  # 41.7
         ("supervised", 100, 1): [5, 5, 6, 5],
@@ -166,7 +171,7 @@ def test_comparisons_pair_each_row_with_supervised_n_seed0(tmp_path):
         ("posecons", 400, 0): [9, 9, 10, 9],
         ("trs", 200, 0): [6, 6, 6, 6],  # its reference (supervised N=200 seed 0) is not there yet
     }
-    results = {key[c]: _record(*c, correct, key[c]) for c, correct in scores.items()}
+    key, results = _scored(rows, scores)
     results["old00000000"] = _record("posecons", 100, 0, [0, 0, 0, 0], "old00000000")  # superseded config
     add_comparisons(results, rows, reference_labels=400)
     sup = results[key["supervised", 100, 0]]["metrics"]
@@ -183,7 +188,6 @@ def test_comparisons_pair_each_row_with_supervised_n_seed0(tmp_path):
 
 def test_two_seed_comparison_pairs_seed_means_once_all_four_runs_exist(tmp_path):
     rows = v2_rows("v2", tmp_path)
-    key = {(r.info["method"], r.info["labels"], r.info["seed"]): r.config.config_hash() for r in rows}
     scores = {  # 4 persons × 12 limbs
         ("supervised", 100, 0): [4, 5, 6, 5],
         ("supervised", 100, 1): [6, 5, 6, 7],
@@ -191,7 +195,7 @@ def test_two_seed_comparison_pairs_seed_means_once_all_four_runs_exist(tmp_path)
         ("trs_rampup", 100, 1): [4, 5, 6, 5],
         ("posecons_rampup", 100, 0): [6, 6, 6, 6],  # no seed-1 run yet
     }
-    results = {key[c]: _record(*c, correct, key[c]) for c, correct in scores.items()}
+    key, results = _scored(rows, scores)
     add_comparisons(results, rows, reference_labels=400)
     trs = [results[key["trs_rampup", 100, s]]["metrics"] for s in (0, 1)]
     # means: trs (6, 6, 7, 6) = 25/48, supervised (5, 5, 6, 6) = 22/48
@@ -210,7 +214,6 @@ def test_two_seed_comparison_pairs_seed_means_once_all_four_runs_exist(tmp_path)
 def test_rows_with_aux_heads_are_also_compared_with_supervised_on_the_same_network(tmp_path):
     """trs's heads also supervise labeled crops: its same-network column is against supervised_aux's two seeds."""
     rows = v2_rows("v2", tmp_path)
-    key = {(r.info["method"], r.info["labels"], r.info["seed"]): r.config.config_hash() for r in rows}
     scores = {  # 4 persons × 12 limbs
         ("supervised", 200, 0): [4, 5, 6, 5],
         ("supervised", 200, 1): [6, 5, 6, 7],
@@ -220,7 +223,7 @@ def test_rows_with_aux_heads_are_also_compared_with_supervised_on_the_same_netwo
         ("trs_rampup", 200, 1): [6, 7, 6, 7],
         ("posecons_rampup", 200, 0): [6, 6, 6, 6],
     }
-    results = {key[c]: _record(*c, correct, key[c]) for c, correct in scores.items()}
+    key, results = _scored(rows, scores)
     add_comparisons(results, rows, reference_labels=400)
     trs = results[key["trs_rampup", 200, 0]]["metrics"]
     # seed means: trs (7, 7, 7, 7) = 28/48, supervised (5, 5, 6, 6) = 22/48, supervised_aux (6, 6, 7, 6.5) = 25.5/48
